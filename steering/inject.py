@@ -1,0 +1,199 @@
+"""Hooks that inject task vectors, with a separate steering plan for every row of a batch.
+
+All tensors a hook needs are prepared once per batch (`BatchSteering.build`), so a hook call is a
+handful of tensor operations. Positions are counted in the left-padded prompt: the last prompt token
+sits at index `prompt_len - 1` for every row, which is what keeps padding from moving a vector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from steering.arch import Architecture
+from steering.vectors import TaskVector
+
+
+@dataclass(frozen=True)
+class SteeringTerm:
+    """One task applied to one row: the vector, its strength, and optionally other layers."""
+
+    vector: TaskVector
+    strength: float
+    layers: tuple[int, ...] | None = None
+
+    def resolved_layers(self) -> tuple[int, ...]:
+        return tuple(self.layers) if self.layers is not None else tuple(self.vector.layers)
+
+
+@dataclass
+class LayerEdit:
+    """Everything injected at one decoder layer, as [batch, ...] tensors (rows without a term hold zeros)."""
+
+    replace_coef: Tensor | None = None  # [B, 1]: h <- h * (1 - coef) + replace_target at the last prompt token
+    replace_target: Tensor | None = None  # [B, hidden]
+    add_last: Tensor | None = None  # [B, hidden], at the last prompt token
+    add_from_last: Tensor | None = None  # [B, hidden], at the last prompt token and every later one
+    add_all: Tensor | None = None  # [B, hidden], at every position
+    add_all_norm: Tensor | None = None  # [B, hidden], at every position, then each state rescaled to its norm
+    norm_rows: Tensor | None = None  # [B] bool: rows that take add_all_norm
+    head_coef: Tensor | None = None  # [B, heads, 1]: z <- z * (1 - coef) + head_target at the last prompt token
+    head_target: Tensor | None = None  # [B, heads, head_dim]
+
+    @property
+    def touches_residual(self) -> bool:
+        return any(
+            t is not None
+            for t in (self.replace_coef, self.add_last, self.add_from_last, self.add_all, self.add_all_norm)
+        )
+
+
+class SteeringError(ValueError):
+    """A steering plan that cannot be applied to this model (bad layer, wrong vector shape)."""
+
+
+@dataclass
+class BatchSteering:
+    """Per-layer edits for one batch, and the position bookkeeping its hooks read."""
+
+    edits: dict[int, LayerEdit]
+    prompt_len: int
+    offset: int = 0  # absolute position of the first token of the current forward's input
+
+    @classmethod
+    def build(
+        cls,
+        plans: Sequence[Sequence[SteeringTerm]],
+        arch: Architecture,
+        prompt_len: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> BatchSteering | None:
+        """Sum every row's terms into per-layer batch tensors; None when nothing would change."""
+        batch = len(plans)
+        edits: dict[int, LayerEdit] = {}
+
+        def buffer(layer: int, name: str, shape: tuple[int, ...]) -> Tensor:
+            edit = edits.setdefault(layer, LayerEdit())
+            tensor = getattr(edit, name)
+            if tensor is None:
+                tensor = torch.zeros((batch, *shape), device=device, dtype=dtype)
+                setattr(edit, name, tensor)
+            return tensor
+
+        for row, terms in enumerate(plans):
+            for term in terms:
+                if term.strength == 0.0:
+                    continue
+                vector, strength = term.vector, float(term.strength)
+                for layer in term.resolved_layers():
+                    if not 0 <= layer < arch.num_layers:
+                        raise SteeringError(f"layer {layer} is out of range: the model has {arch.num_layers}")
+                    if vector.num_layers != arch.num_layers:
+                        raise SteeringError("the vector was computed for a model with another layer count")
+                    if vector.mode == "head_mix_last":
+                        gates = torch.sigmoid(vector.tensors["gate_logits"][layer].float()) * strength
+                        means = vector.tensors["head_means"][layer].float()
+                        buffer(layer, "head_coef", (arch.num_heads, 1))[row] += gates.to(device, dtype)[:, None]
+                        target = buffer(layer, "head_target", (arch.num_heads, arch.head_dim))
+                        target[row] += (gates[:, None] * means).to(device, dtype)
+                        continue
+                    delta = vector.tensors["residual"][layer].to(device, dtype) * strength
+                    if vector.mode == "replace_last":
+                        buffer(layer, "replace_coef", (1,))[row] += strength
+                        buffer(layer, "replace_target", (arch.hidden_size,))[row] += delta
+                    else:
+                        buffer(layer, vector.mode, (arch.hidden_size,))[row] += delta
+                        if vector.mode == "add_all_norm":
+                            rows = edits[layer].norm_rows
+                            if rows is None:
+                                rows = edits[layer].norm_rows = torch.zeros(batch, dtype=torch.bool, device=device)
+                            rows[row] = True
+        if not edits:
+            return None
+        return cls(edits=edits, prompt_len=prompt_len)
+
+    @classmethod
+    def from_edits(cls, edits: dict[int, LayerEdit], prompt_len: int) -> BatchSteering:
+        """For callers that build edits directly (soft-injection training passes gates that need gradients)."""
+        return cls(edits=edits, prompt_len=prompt_len)
+
+    def _last_index(self, length: int) -> int | None:
+        index = self.prompt_len - 1 - self.offset
+        return index if 0 <= index < length else None
+
+    def _residual_hook(self, edit: LayerEdit):
+        def hook(module, args, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            hidden = self.edit_residual(edit, hidden)
+            return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+        return hook
+
+    def edit_residual(self, edit: LayerEdit, hidden: Tensor) -> Tensor:
+        length = hidden.shape[1]
+        last = self._last_index(length)
+        if last is not None and (edit.replace_coef is not None or edit.add_last is not None):
+            row = hidden[:, last]
+            if edit.replace_coef is not None:
+                row = row * (1 - edit.replace_coef) + edit.replace_target
+            if edit.add_last is not None:
+                row = row + edit.add_last
+            hidden = hidden.clone()
+            hidden[:, last] = row
+        if edit.add_from_last is not None:
+            start = max(self.prompt_len - 1 - self.offset, 0)
+            if start < length:
+                hidden = torch.cat([hidden[:, :start], hidden[:, start:] + edit.add_from_last[:, None]], dim=1)
+        if edit.add_all is not None:
+            hidden = hidden + edit.add_all[:, None]
+        if edit.add_all_norm is not None:
+            norms = hidden.norm(dim=-1, keepdim=True)
+            shifted = hidden + edit.add_all_norm[:, None]
+            shifted = shifted * (norms / shifted.norm(dim=-1, keepdim=True).clamp_min(1e-6))
+            hidden = torch.where(edit.norm_rows[:, None, None], shifted, hidden)
+        return hidden
+
+    def _head_hook(self, edit: LayerEdit, num_heads: int):
+        def hook(module, args):
+            heads_in = args[0]
+            last = self._last_index(heads_in.shape[1])
+            if last is None:
+                return None
+            batch, _, width = heads_in.shape
+            z = heads_in[:, last].reshape(batch, num_heads, width // num_heads)
+            z = z * (1 - edit.head_coef) + edit.head_target
+            heads_in = heads_in.clone()
+            heads_in[:, last] = z.reshape(batch, width)
+            return (heads_in, *args[1:])
+
+        return hook
+
+    @contextmanager
+    def attached(self, arch: Architecture) -> Iterator[BatchSteering]:
+        """Hooks live exactly as long as this block, and are removed even when the block raises."""
+        handles = []
+        try:
+            for layer, edit in self.edits.items():
+                if edit.head_coef is not None:
+                    hook = self._head_hook(edit, arch.num_heads)
+                    handles.append(arch.attn_out[layer].register_forward_pre_hook(hook))
+                if edit.touches_residual:
+                    handles.append(arch.layers[layer].register_forward_hook(self._residual_hook(edit)))
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+@contextmanager
+def maybe_attached(steering: BatchSteering | None, arch: Architecture) -> Iterator[BatchSteering | None]:
+    if steering is None:
+        yield None
+        return
+    with steering.attached(arch):
+        yield steering
