@@ -1,0 +1,157 @@
+"""Forward passes that methods and evaluation share: read activations, score the next token.
+
+Every function batches its inputs, takes the model's lock per batch (so a long computation lets
+generation requests in between batches) and works under `inference_mode`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor
+
+from steering.engine import left_pad, positions_from_mask
+from steering.inject import BatchSteering, SteeringTerm, maybe_attached
+from steering.model import LoadedModel
+
+Plan = Sequence[SteeringTerm]
+
+
+def encode(lm: LoadedModel, texts: Sequence[str]) -> list[list[int]]:
+    return [list(ids) for ids in lm.tokenizer(list(texts))["input_ids"]]
+
+
+def _chunks(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def _pad_id(lm: LoadedModel) -> int:
+    return lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+
+
+@contextmanager
+def _recording(lm: LoadedModel, heads: bool, store: dict[str, list[Tensor]]):
+    """Record the last position of every decoder layer's output (and of every head's output)."""
+    handles = []
+
+    def on_layer(module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        store["residual"].append(hidden[:, -1].float())
+
+    def on_heads(module, args):
+        store["heads"].append(args[0][:, -1].float())
+
+    try:
+        for layer in lm.arch.layers:
+            handles.append(layer.register_forward_hook(on_layer))
+        if heads:
+            for out_proj in lm.arch.attn_out:
+                handles.append(out_proj.register_forward_pre_hook(on_heads))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def last_token_activations(
+    lm: LoadedModel, texts: Sequence[str], *, heads: bool = False, batch_size: int = 16
+) -> dict[str, Tensor]:
+    """`residual` [N, layers, hidden] at the last token; with `heads`, also `heads` [N, layers, heads, head_dim]."""
+    arch = lm.arch
+    token_ids = encode(lm, texts)
+    out: dict[str, list[Tensor]] = {"residual": [], "heads": []}
+    for part in _chunks(len(texts), batch_size):
+        ids, mask = left_pad(token_ids[part], _pad_id(lm), lm.device)
+        store: dict[str, list[Tensor]] = {"residual": [], "heads": []}
+        with lm.lock, torch.inference_mode(), _recording(lm, heads, store):
+            lm.model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), logits_to_keep=1)
+        out["residual"].append(torch.stack(store["residual"], dim=1).cpu())
+        if heads:
+            per_layer = torch.stack(store["heads"], dim=1)
+            out["heads"].append(per_layer.reshape(*per_layer.shape[:2], arch.num_heads, arch.head_dim).cpu())
+    result = {"residual": torch.cat(out["residual"])}
+    if heads:
+        result["heads"] = torch.cat(out["heads"])
+    return result
+
+
+def next_token_logprobs(
+    lm: LoadedModel,
+    texts: Sequence[str],
+    plans: Sequence[Plan] | None = None,
+    *,
+    batch_size: int = 32,
+) -> Tensor:
+    """Log-probabilities [N, vocab] of the token after each text, each row steered by its own plan."""
+    token_ids = encode(lm, texts)
+    outputs = []
+    for part in _chunks(len(texts), batch_size):
+        ids, mask = left_pad(token_ids[part], _pad_id(lm), lm.device)
+        row_plans = plans[part] if plans is not None else [()] * ids.shape[0]
+        steering = BatchSteering.build(row_plans, lm.arch, ids.shape[1], lm.device, lm.dtype)
+        with lm.lock, torch.inference_mode(), maybe_attached(steering, lm.arch):
+            logits = lm.model(
+                input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), logits_to_keep=1
+            ).logits[:, -1]
+        outputs.append(torch.log_softmax(logits.float(), dim=-1).cpu())
+    return torch.cat(outputs)
+
+
+class LastTokenRunner:
+    """Runs the shared prefix of prompts once, then only their last token under many different edits.
+
+    An edit at the last prompt token cannot change the prefix, so causal head scans and gate training
+    re-run a single position per row instead of the whole prompt.
+    """
+
+    def __init__(self, lm: LoadedModel, texts: Sequence[str], repeats: int = 1) -> None:
+        from transformers import DynamicCache
+
+        self.lm = lm
+        token_ids = encode(lm, texts)
+        if any(len(t) < 2 for t in token_ids):
+            raise ValueError("every prompt needs at least two tokens")
+        prefix_ids, mask = left_pad([t[:-1] for t in token_ids], _pad_id(lm), lm.device)
+        self.prefix_len = prefix_ids.shape[1]
+        self.cache = DynamicCache(config=lm.model.config)
+        # no_grad, not inference_mode: gate training back-propagates through attention over this cache.
+        with lm.lock, torch.no_grad():
+            lm.model(
+                input_ids=prefix_ids,
+                attention_mask=mask,
+                position_ids=positions_from_mask(mask),
+                past_key_values=self.cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        if repeats > 1:
+            self.cache.batch_repeat_interleave(repeats)  # rows i*repeats ... (i+1)*repeats-1 share prompt i
+            mask = mask.repeat_interleave(repeats, dim=0)
+        self._prefix_kv = [(layer.keys, layer.values) for layer in self.cache.layers]
+        last = torch.tensor([t[-1] for t in token_ids], device=lm.device).repeat_interleave(repeats)
+        self.last_ids = last[:, None]
+        self.mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        self.positions = self.mask.sum(-1, keepdim=True) - 1
+        self.rows = self.last_ids.shape[0]
+
+    def logits(self, steering: BatchSteering | None, *, grad: bool = False) -> Tensor:
+        """Logits [rows, vocab] at the last token; the cache is reset to the prefix afterwards."""
+        if steering is not None:
+            steering.prompt_len = self.prefix_len + 1
+            steering.offset = self.prefix_len
+        context: Callable = torch.enable_grad if grad else torch.inference_mode
+        try:
+            with self.lm.lock, context(), maybe_attached(steering, self.lm.arch):
+                return self.lm.model(
+                    input_ids=self.last_ids,
+                    attention_mask=self.mask,
+                    position_ids=self.positions,
+                    past_key_values=self.cache,
+                    use_cache=True,
+                ).logits[:, -1].float()
+        finally:
+            for layer, (keys, values) in zip(self.cache.layers, self._prefix_kv, strict=True):
+                layer.keys, layer.values = keys, values

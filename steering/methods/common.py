@@ -1,0 +1,169 @@
+"""What every method shares: options, the train/dev split, answer tokens and choosing on held-out data."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from steering.capture import next_token_logprobs
+from steering.inject import SteeringTerm
+from steering.model import LoadedModel
+from steering.protocol import Demonstration, Template
+from steering.templates import answer_text, render_query, sample_few_shot_prompts
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+class Cancelled(Exception):
+    """The computation was stopped from outside (its task was deleted)."""
+
+
+class MethodOptions(BaseModel):
+    """Options every method takes; each method extends them. Unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    k_shot: int = Field(5, ge=1, le=64, description="Demonstrations in each few-shot prompt.")
+    num_prompts: int = Field(24, ge=1, le=512, description="Few-shot prompts averaged into the vector.")
+    dev_fraction: float = Field(0.25, ge=0.0, le=0.9, description="Demonstrations held out to choose settings.")
+    seed: int = 0
+    layer: int | None = Field(None, description="Fix the layer instead of choosing it on held-out data.")
+    strength: float | None = Field(None, description="Fix the default strength instead of choosing it.")
+
+
+@dataclass
+class Job:
+    """The inputs of one computation and its channels to the outside."""
+
+    lm: LoadedModel
+    demonstrations: list[Demonstration]
+    template: Template
+    progress: ProgressFn = lambda info: None
+    should_stop: Callable[[], bool] = lambda: False
+    started: float = field(default_factory=time.perf_counter)
+
+    def check(self) -> None:
+        if self.should_stop():
+            raise Cancelled("computation cancelled")
+
+    def report(self, **info: Any) -> None:
+        self.progress(info)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+
+@dataclass
+class Split:
+    train: list[Demonstration]
+    dev: list[Demonstration]
+    held_out: bool  # False when there were too few demonstrations to hold any out
+
+
+def split_demonstrations(demos: Sequence[Demonstration], dev_fraction: float, seed: int) -> Split:
+    shuffled = list(demos)
+    random.Random(seed).shuffle(shuffled)
+    n_dev = round(len(shuffled) * dev_fraction)
+    if n_dev < 2 or len(shuffled) - n_dev < 2:
+        return Split(train=shuffled, dev=shuffled, held_out=False)
+    return Split(train=shuffled[n_dev:], dev=shuffled[:n_dev], held_out=True)
+
+
+def answer_token(lm: LoadedModel, template: Template, demo: Demonstration) -> int:
+    """The first token of the answer as the model would write it after the rendered query."""
+    query_ids = lm.tokenizer(render_query(template, demo.input))["input_ids"]
+    full_ids = lm.tokenizer(render_query(template, demo.input) + answer_text(template, demo))["input_ids"]
+    if len(full_ids) > len(query_ids) and full_ids[: len(query_ids)] == query_ids:
+        return int(full_ids[len(query_ids)])
+    return int(lm.tokenizer(answer_text(template, demo), add_special_tokens=False)["input_ids"][0])
+
+
+@dataclass
+class DevSet:
+    """Held-out queries, rendered zero-shot and few-shot, with their answers' first tokens."""
+
+    zero_shot: list[str]
+    few_shot: list[str]
+    answers: torch.Tensor  # [N] token ids
+
+    @classmethod
+    def build(cls, lm: LoadedModel, template: Template, split: Split, k_shot: int, seed: int) -> DevSet:
+        rng = random.Random(seed + 1)
+        return cls(
+            zero_shot=[render_query(template, d.input) for d in split.dev],
+            few_shot=sample_few_shot_prompts(template, split.train, split.dev, k_shot, rng),
+            answers=torch.tensor([answer_token(lm, template, d) for d in split.dev]),
+        )
+
+    def score(self, logprobs: torch.Tensor) -> tuple[float, float]:
+        """(first-token accuracy, mean log-probability of the right first token)."""
+        right = logprobs.gather(1, self.answers[:, None]).squeeze(1)
+        accuracy = (logprobs.argmax(-1) == self.answers).float().mean().item()
+        return accuracy, right.mean().item()
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One setting to try on the dev set: the terms applied to every dev query."""
+
+    terms: tuple[SteeringTerm, ...]
+    params: dict[str, Any]
+
+
+@dataclass
+class Choice:
+    candidate: Candidate
+    accuracy: float
+    logprob: float
+    table: list[dict[str, Any]]
+
+
+def choose(job: Job, dev: DevSet, candidates: Sequence[Candidate], batch_size: int = 48) -> Choice:
+    """Score every candidate on the dev queries in shared batches; best accuracy, then best log-prob."""
+    n = len(dev.zero_shot)
+    table = []
+    # Pack several candidates into each forward pass: rows are independent, each with its own plan.
+    per_pass = max(1, batch_size // n)
+    for start in range(0, len(candidates), per_pass):
+        job.check()
+        group = candidates[start : start + per_pass]
+        texts = dev.zero_shot * len(group)
+        plans = [c.terms for c in group for _ in range(n)]
+        logprobs = next_token_logprobs(job.lm, texts, plans, batch_size=batch_size)
+        for i, cand in enumerate(group):
+            accuracy, logprob = dev.score(logprobs[i * n : (i + 1) * n])
+            table.append({**cand.params, "accuracy": accuracy, "logprob": logprob})
+    best = max(range(len(candidates)), key=lambda i: (table[i]["accuracy"], table[i]["logprob"]))
+    return Choice(candidates[best], table[best]["accuracy"], table[best]["logprob"], table)
+
+
+def baseline_metrics(job: Job, dev: DevSet) -> dict[str, float]:
+    """Zero-shot and few-shot first-token accuracy on the dev queries: what steering has to beat."""
+    zero = dev.score(next_token_logprobs(job.lm, dev.zero_shot))
+    few = dev.score(next_token_logprobs(job.lm, dev.few_shot, batch_size=8))
+    return {"dev_zero_shot_accuracy": zero[0], "dev_few_shot_accuracy": few[0]}
+
+
+def layer_grid(num_layers: int, limit: int = 32) -> list[int]:
+    """Every layer for small models, an even spread of `limit` layers for deep ones."""
+    if num_layers <= limit:
+        return list(range(num_layers))
+    return sorted({round(i * (num_layers - 1) / (limit - 1)) for i in range(limit)})
+
+
+def few_shot_prompts(job: Job, train: Sequence[Demonstration], opts: MethodOptions) -> list[str]:
+    """`num_prompts` k-shot prompts, each ending in the query of a training demonstration."""
+    rng = random.Random(opts.seed)
+    queries = [train[i % len(train)] for i in range(opts.num_prompts)]
+    rng.shuffle(queries)
+    return sample_few_shot_prompts(job.template, train, queries, opts.k_shot, rng)
+
+
+def strength_grid(fixed: float | None, grid: Sequence[float]) -> list[float]:
+    return [fixed] if fixed is not None else list(grid)

@@ -1,0 +1,73 @@
+"""Task vectors (Hendel et al. 2023, "In-Context Learning Creates Task Vectors").
+
+The residual state at the last token of few-shot prompts, averaged, replaces the state of a
+zero-shot query at the same layer. The layer is chosen on held-out demonstrations.
+"""
+
+from __future__ import annotations
+
+import time
+
+from steering.capture import last_token_activations
+from steering.inject import SteeringTerm
+from steering.methods.common import (
+    Candidate,
+    DevSet,
+    Job,
+    MethodOptions,
+    baseline_metrics,
+    choose,
+    few_shot_prompts,
+    layer_grid,
+    split_demonstrations,
+    strength_grid,
+)
+from steering.vectors import TaskVector
+
+
+class TaskVectorOptions(MethodOptions):
+    pass
+
+
+OPTIONS = TaskVectorOptions
+
+
+def compute(job: Job, options: dict) -> TaskVector:
+    opts = TaskVectorOptions(**options)
+    started = time.perf_counter()
+    split = split_demonstrations(job.demonstrations, opts.dev_fraction, opts.seed)
+    job.report(stage="reading activations")
+    residual = last_token_activations(job.lm, few_shot_prompts(job, split.train, opts))["residual"].mean(0)
+    vector = TaskVector(
+        method="task_vector",
+        mode="replace_last",
+        tensors={"residual": residual},
+        layers=[0],
+        default_strength=1.0,
+        fingerprint=job.lm.fingerprint,
+        template=job.template,
+        num_demonstrations=len(job.demonstrations),
+        options=opts.model_dump(),
+    )
+    dev = DevSet.build(job.lm, job.template, split, opts.k_shot, opts.seed)
+    job.report(stage="choosing layer")
+    layers = [opts.layer] if opts.layer is not None else layer_grid(job.lm.arch.num_layers)
+    by_layer = choose(job, dev, [Candidate((SteeringTerm(vector, 1.0, (la,)),), {"layer": la}) for la in layers])
+    layer = by_layer.candidate.params["layer"]
+    job.report(stage="choosing strength")
+    strengths = strength_grid(opts.strength, [0.5, 0.75, 1.0, 1.25])
+    by_strength = choose(
+        job, dev, [Candidate((SteeringTerm(vector, s, (layer,)),), {"strength": s}) for s in strengths]
+    )
+    vector.layers = [layer]
+    vector.default_strength = by_strength.candidate.params["strength"]
+    vector.metrics = {
+        **baseline_metrics(job, dev),
+        "dev_steered_accuracy": by_strength.accuracy,
+        "held_out": split.held_out,
+        "dev_size": len(split.dev),
+        "layer_scan": by_layer.table,
+        "strength_scan": by_strength.table,
+    }
+    vector.compute_seconds = time.perf_counter() - started
+    return vector
