@@ -132,10 +132,7 @@ def test_gguf_layer_zero_is_refused_or_dropped(tiny: LoadedModel, tmp_path: Path
 
 @pytest.mark.parametrize("mode", ["replace_last", "head_mix_last"])
 def test_gguf_refuses_non_additive_modes(tiny: LoadedModel, tmp_path: Path, mode: str) -> None:
-    if mode == "head_mix_last":
-        vector = head_vector(tiny)
-    else:
-        vector = residual_vector(tiny, mode, method="task_vector")
+    vector = head_vector(tiny) if mode == "head_mix_last" else residual_vector(tiny, mode, method="task_vector")
     path = tmp_path / "v.gguf"
     with pytest.raises(ExportError, match="safetensors only"):
         export_gguf(vector, path, "llama")
