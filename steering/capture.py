@@ -145,13 +145,17 @@ class LastTokenRunner:
         context: Callable = torch.enable_grad if grad else torch.inference_mode
         try:
             with self.lm.lock, context(), maybe_attached(steering, self.lm.arch):
-                return self.lm.model(
-                    input_ids=self.last_ids,
-                    attention_mask=self.mask,
-                    position_ids=self.positions,
-                    past_key_values=self.cache,
-                    use_cache=True,
-                ).logits[:, -1].float()
+                return (
+                    self.lm.model(
+                        input_ids=self.last_ids,
+                        attention_mask=self.mask,
+                        position_ids=self.positions,
+                        past_key_values=self.cache,
+                        use_cache=True,
+                    )
+                    .logits[:, -1]
+                    .float()
+                )
         finally:
             for layer, (keys, values) in zip(self.cache.layers, self._prefix_kv, strict=True):
                 layer.keys, layer.values = keys, values

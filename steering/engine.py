@@ -61,8 +61,8 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.devi
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for i, seq in enumerate(sequences):
         if seq:
-            ids[i, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-            mask[i, width - len(seq):] = 1
+            ids[i, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+            mask[i, width - len(seq) :] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -115,7 +115,7 @@ class _RowState:
                 end -= 1
         if end <= self.emitted and self.finish is None:
             return None
-        delta = RowDelta(0, self.text[self.emitted:max(end, self.emitted)], self.finish)
+        delta = RowDelta(0, self.text[self.emitted : max(end, self.emitted)], self.finish)
         self.emitted = max(end, self.emitted)
         return delta
 
@@ -179,9 +179,7 @@ class Engine:
         ids, mask = left_pad([r.prompt_ids for r in requests], self.pad_id, device)
         prompt_len = ids.shape[1]
         positions = positions_from_mask(mask)
-        steering = BatchSteering.build(
-            [r.steering for r in requests], lm.arch, prompt_len, device, lm.dtype
-        )
+        steering = BatchSteering.build([r.steering for r in requests], lm.arch, prompt_len, device, lm.dtype)
         cache = DynamicCache(config=lm.model.config) if use_cache else None
         max_steps = max(r.max_new_tokens for r in requests)
         with maybe_attached(steering, lm.arch), torch.inference_mode():

@@ -79,9 +79,7 @@ def gguf_rows(vector: TaskVector, *, drop_layer_zero: bool = False) -> dict[int,
     return {layer: (residual[layer] * float(vector.default_strength)).contiguous() for layer in layers}
 
 
-def export_gguf(
-    vector: TaskVector, path: PathLike, model_hint: str, *, drop_layer_zero: bool = False
-) -> None:
+def export_gguf(vector: TaskVector, path: PathLike, model_hint: str, *, drop_layer_zero: bool = False) -> None:
     """Write `vector` as a GGUF control vector readable by llama.cpp's `--control-vector` and repeng.
 
     Row `k` of `residual` (added to the output of decoder layer k, 0-based) becomes tensor

@@ -148,7 +148,7 @@ def load_model(
     if name_or_path.startswith(TINY_PREFIX):
         from steering.tiny import build_tiny_model
 
-        model, tokenizer = build_tiny_model(name_or_path[len(TINY_PREFIX):])
+        model, tokenizer = build_tiny_model(name_or_path[len(TINY_PREFIX) :])
         name = name_or_path
     else:
         if name_or_path == DEFAULT_MODEL:

@@ -30,7 +30,7 @@ def answer_text(template: Template, demo: Demonstration) -> str:
     example = render_example(template, demo)
     query = render_query(template, demo.input)
     if example.startswith(query):
-        return example[len(query):]
+        return example[len(query) :]
     return " " + demo.output
 
 

@@ -20,7 +20,12 @@ FORMAT_VERSION = 1
 
 InjectionMode = Literal["add_all", "add_all_norm", "add_from_last", "add_last", "replace_last", "head_mix_last"]
 INJECTION_MODES: tuple[str, ...] = (
-    "add_all", "add_all_norm", "add_from_last", "add_last", "replace_last", "head_mix_last",
+    "add_all",
+    "add_all_norm",
+    "add_from_last",
+    "add_last",
+    "replace_last",
+    "head_mix_last",
 )
 
 

@@ -70,9 +70,7 @@ class SqliteStore:
     # plumbing
     def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(
-            self.path, timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=False
-        )
+        conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=False)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
@@ -112,9 +110,7 @@ class SqliteStore:
         args = (record.id, record.owner, record.created_at, record.to_json())
 
         def op(conn: sqlite3.Connection) -> bool:
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO tasks (id, owner, created_at, data) VALUES (?, ?, ?, ?)", args
-            )
+            cur = conn.execute("INSERT OR IGNORE INTO tasks (id, owner, created_at, data) VALUES (?, ?, ?, ?)", args)
             return cur.rowcount == 1
 
         return await self._run(op)

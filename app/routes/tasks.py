@@ -1,0 +1,41 @@
+"""POST/GET/DELETE /v1/tasks: register demonstrations, watch the computation, remove a task."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Response
+
+from app.services import Services, owner, services
+from app.tasks import task_info
+from steering.protocol import TaskCreate, TaskCreated, TaskInfo, TaskList
+
+router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
+
+
+@router.post("", response_model=TaskCreated, status_code=202, responses={200: {"model": TaskCreated}})
+async def create_task(
+    body: TaskCreate, response: Response, svc: Services = Depends(services), who: str | None = Depends(owner)
+) -> TaskCreated:
+    record, _ = await svc.tasks.register(body, who)
+    if record.status == "ready":
+        response.status_code = 200
+    response.headers["Location"] = f"/v1/tasks/{record.id}"
+    return TaskCreated(id=record.id, status=record.status)
+
+
+@router.get("", response_model=TaskList)
+async def list_tasks(svc: Services = Depends(services), who: str | None = Depends(owner)) -> TaskList:
+    return TaskList(tasks=[task_info(r) for r in await svc.tasks.list(who)])
+
+
+@router.get("/{task_id}", response_model=TaskInfo)
+async def get_task(task_id: str, svc: Services = Depends(services), who: str | None = Depends(owner)) -> TaskInfo:
+    record = await svc.tasks.get(task_id, who)
+    if record.status in ("pending", "running"):
+        svc.worker.submit(task_id)  # adopt a task whose computing replica died
+    return task_info(record)
+
+
+@router.delete("/{task_id}", status_code=204)
+async def delete_task(task_id: str, svc: Services = Depends(services), who: str | None = Depends(owner)) -> Response:
+    await svc.tasks.delete(task_id, who)
+    return Response(status_code=204)

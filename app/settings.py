@@ -1,0 +1,54 @@
+"""All service settings in one place, read from the environment with the prefix STEER_."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from steering.model import default_cache_dir
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STEER_", env_file=".env", extra="ignore")
+
+    # Model
+    model: str = Field("default", description="'default' (packaged SmolLM2), 'tiny:<family>', a hub id or a folder.")
+    device: str = "auto"
+    dtype: str = "auto"
+    torch_threads: int | None = Field(None, description="torch intra-op threads; unset = torch's choice.")
+
+    # Network
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # Store: Redis when set, else SQLite under data_dir
+    redis_url: str | None = None
+    redis_prefix: str = "steer:"
+    data_dir: Path = Field(default_factory=lambda: default_cache_dir() / "data")
+
+    # Auth: comma-separated keys; empty = open server (local use)
+    api_keys: str = ""
+
+    # Limits
+    max_body_bytes: int = 1_000_000
+    max_demonstrations: int = 512
+    max_demonstration_chars: int = 2_000
+    max_prompt_tokens: int = 2_048
+    max_new_tokens: int = 512
+    max_steering_entries: int = 8
+    max_strength: float = 50.0
+
+    # Batching
+    max_batch_size: int = 8
+    batch_window_ms: float = 15.0
+    max_queue: int = 64
+
+    # Vector computation
+    vector_cache_size: int = 128
+    lock_ttl_s: float = 60.0
+    compute_timeout_s: float = 1_800.0
+
+    def keys(self) -> list[str]:
+        return [k.strip() for k in self.api_keys.split(",") if k.strip()]
