@@ -64,6 +64,7 @@ def compute(job: Job, options: dict) -> TaskVector:
     vector.metrics = {
         **baseline_metrics(job, dev),
         "dev_steered_accuracy": by_strength.accuracy,
+        "dev_steered_logprob": by_strength.logprob,
         "held_out": split.held_out,
         "dev_size": len(split.dev),
         "layer_scan": by_layer.table,

@@ -1,0 +1,85 @@
+"""Accuracy of zero-shot, few-shot and steered runs on held-out items of a task.
+
+First-token accuracy compares the most likely next token with the answer's first token (one forward
+pass per query). Exact match generates greedily until the template's stop rule and compares the
+stripped text with the answer.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from steering.capture import next_token_logprobs
+from steering.engine import Engine, GenerationRequest
+from steering.inject import SteeringTerm
+from steering.methods.common import answer_token
+from steering.model import LoadedModel
+from steering.protocol import Demonstration, Template
+from steering.templates import few_shot_prompt, render_query, stop_strings
+from steering.vectors import TaskVector
+
+
+@dataclass
+class Scores:
+    first_token: float
+    exact: float | None = None
+
+
+@dataclass
+class VectorEval:
+    method: str
+    strength: float
+    layers: list[int]
+    steered: Scores
+    compute_seconds: float
+    strength_sweep: dict[str, float] = field(default_factory=dict)  # strength -> first-token accuracy
+    dev_metrics: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class TaskEvaluator:
+    """Scores prompts of one task's held-out items, with or without steering."""
+
+    def __init__(self, lm: LoadedModel, template: Template, test: Sequence[Demonstration], *, batch_size: int = 16):
+        self.lm, self.template, self.test, self.batch_size = lm, template, list(test), batch_size
+        self.engine = Engine(lm)
+        self.queries = [render_query(template, d.input) for d in self.test]
+        self.answers = torch.tensor([answer_token(lm, template, d) for d in self.test])
+
+    def few_shot_prompts(self, pool: Sequence[Demonstration], k: int, seed: int = 0) -> list[str]:
+        rng = random.Random(seed)
+        return [few_shot_prompt(self.template, rng.sample(list(pool), min(k, len(pool))), d.input) for d in self.test]
+
+    def first_token(self, prompts: Sequence[str], terms: Sequence[SteeringTerm] = ()) -> float:
+        plans = [tuple(terms)] * len(prompts) if terms else None
+        logprobs = next_token_logprobs(self.lm, prompts, plans, batch_size=self.batch_size)
+        return (logprobs.argmax(-1) == self.answers).float().mean().item()
+
+    def exact(self, prompts: Sequence[str], terms: Sequence[SteeringTerm] = (), max_new_tokens: int = 12) -> float:
+        stops = stop_strings(self.template)
+        right = 0
+        for start in range(0, len(prompts), self.batch_size):
+            chunk = prompts[start : start + self.batch_size]
+            requests = [
+                GenerationRequest(self.engine.encode(p), tuple(terms), max_new_tokens=max_new_tokens, stop=stops)
+                for p in chunk
+            ]
+            for result, item in zip(self.engine.generate(requests), self.test[start:], strict=False):
+                right += result.text.strip() == item.output.strip()
+        return right / len(prompts)
+
+    def scores(self, prompts: Sequence[str], terms: Sequence[SteeringTerm] = (), exact: bool = True) -> Scores:
+        return Scores(self.first_token(prompts, terms), self.exact(prompts, terms) if exact else None)
+
+    def vector(self, vector: TaskVector, *, exact: bool = True, sweep: Sequence[float] = ()) -> VectorEval:
+        strength = vector.default_strength
+        steered = self.scores(self.queries, [SteeringTerm(vector, strength)], exact)
+        swept = {f"{s:g}": self.first_token(self.queries, [SteeringTerm(vector, strength * s)]) for s in sweep}
+        dev = {k: v for k, v in vector.metrics.items() if not k.endswith("scan")}
+        return VectorEval(vector.method, strength, list(vector.layers), steered, vector.compute_seconds, swept, dev)

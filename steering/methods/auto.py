@@ -1,0 +1,83 @@
+"""`auto`: compute the candidate methods that fit the time budget and keep the best on held-out data.
+
+Every candidate uses the same seed and dev fraction, hence the same held-out demonstrations, so their
+dev accuracies compare like for like. Candidates run cheapest first; one is skipped when the time
+left is less than what it is expected to need.
+"""
+
+from __future__ import annotations
+
+import time
+from importlib import import_module
+from typing import Any, Literal
+
+from pydantic import Field
+
+from steering.methods.common import Job, MethodOptions
+from steering.vectors import TaskVector
+
+# Expected cost relative to a task vector's; used to skip candidates that would overrun the budget.
+_RELATIVE_COST = {"task_vector": 1.0, "function_vector": 2.0, "contrastive": 1.0, "icv": 0.5, "soft_injection": 6.0}
+
+
+class AutoOptions(MethodOptions):
+    candidates: list[Literal["task_vector", "function_vector", "icv", "contrastive", "soft_injection"]] = Field(
+        default_factory=lambda: ["task_vector", "function_vector", "soft_injection"],
+        min_length=1,
+        description="Methods to try, in order. ICV and contrastive are for style tasks and are not tried by default.",
+    )
+    time_budget_s: float = Field(240.0, gt=0, description="Stop trying further candidates past this budget.")
+    method_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Extra options per candidate method, e.g. {'soft_injection': {'steps': 60}}."
+    )
+
+
+OPTIONS = AutoOptions
+
+
+def _score(vector: TaskVector) -> tuple[float, float]:
+    return (vector.metrics.get("dev_steered_accuracy", 0.0), vector.metrics.get("dev_steered_logprob", -1e9))
+
+
+def compute(job: Job, options: dict) -> TaskVector:
+    opts = AutoOptions(**options)
+    shared = opts.model_dump(exclude={"candidates", "time_budget_s", "method_options"})
+    started = time.perf_counter()
+    tried: list[dict[str, Any]] = []
+    best: TaskVector | None = None  # the first candidate always runs
+    unit_cost: float | None = None
+    for method in opts.candidates:
+        elapsed = time.perf_counter() - started
+        expected = unit_cost * _RELATIVE_COST[method] if unit_cost is not None else 0.0
+        if best is not None and elapsed + expected > opts.time_budget_s:
+            tried.append({"method": method, "skipped": f"expected {expected:.0f} s, over the time budget"})
+            continue
+        job.check()
+        sub_job = Job(
+            job.lm,
+            job.demonstrations,
+            job.template,
+            progress=lambda info, m=method: job.progress({"candidate": m, **info}),
+            should_stop=job.should_stop,
+        )
+        module = import_module(f"steering.methods.{method}")
+        vector = module.compute(sub_job, {**shared, **opts.method_options.get(method, {})})
+        if unit_cost is None:
+            unit_cost = vector.compute_seconds / _RELATIVE_COST[method]
+        tried.append(
+            {
+                "method": method,
+                "dev_accuracy": vector.metrics.get("dev_steered_accuracy"),
+                "dev_logprob": vector.metrics.get("dev_steered_logprob"),
+                "seconds": round(vector.compute_seconds, 2),
+            }
+        )
+        if best is None or _score(vector) > _score(best):
+            best = vector
+    best.metrics["auto"] = {
+        "chose": best.method,
+        "reason": "highest held-out first-token accuracy (ties: higher log-probability of the right token)",
+        "candidates": tried,
+    }
+    best.compute_seconds = time.perf_counter() - started
+    return best

@@ -1,0 +1,194 @@
+"""The library's invariants on tiny random models of every supported family, for every method."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from steering.arch import UnsupportedArchitecture, resolve_architecture
+from steering.capture import next_token_logprobs
+from steering.engine import Engine, GenerationRequest
+from steering.inject import BatchSteering, SteeringError, SteeringTerm
+from steering.methods import compute_vector
+from steering.model import LoadedModel
+from steering.protocol import Demonstration
+from steering.vectors import FingerprintMismatch, TaskVector
+
+PAIRS = [
+    ("hot", "cold"),
+    ("big", "small"),
+    ("up", "down"),
+    ("fast", "slow"),
+    ("happy", "sad"),
+    ("light", "dark"),
+    ("open", "closed"),
+    ("good", "bad"),
+    ("early", "late"),
+    ("yes", "no"),
+    ("one", "two"),
+    ("red", "blue"),
+]
+DEMOS = [Demonstration(input=a, output=b) for a, b in PAIRS]
+PROMPTS = ["Q: hot\nA:", "Q: big dog\nA:", "France", "Q: the quick brown fox jumps\nA:"]
+FAST = {"num_prompts": 6, "k_shot": 3}
+METHODS = {
+    "task_vector": FAST,
+    "function_vector": {**FAST, "num_corrupted": 3},
+    "icv": FAST,
+    "contrastive": FAST,
+}
+
+
+@pytest.fixture(scope="module")
+def vectors(tiny_lm: LoadedModel) -> dict[str, TaskVector]:
+    computed = {m: compute_vector(tiny_lm, DEMOS, m, options=o) for m, o in METHODS.items()}
+    computed["fv_attribution"] = compute_vector(
+        tiny_lm, DEMOS, "function_vector", options={**FAST, "num_corrupted": 3, "head_selection": "attribution"}
+    )
+    return computed
+
+
+def _requests(engine: Engine, plans, max_new_tokens: int = 6) -> list[GenerationRequest]:
+    return [
+        GenerationRequest(engine.encode(p), tuple(plan), max_new_tokens=max_new_tokens)
+        for p, plan in zip(PROMPTS, plans, strict=True)
+    ]
+
+
+def _tokens(results) -> list[list[int]]:
+    return [r.token_ids for r in results]
+
+
+def test_plain_engine_matches_transformers_generate(tiny_lm: LoadedModel) -> None:
+    engine = Engine(tiny_lm)
+    results = engine.generate(_requests(engine, [()] * len(PROMPTS), max_new_tokens=8))
+    for prompt, result in zip(PROMPTS, results, strict=True):
+        ids = torch.tensor([engine.encode(prompt)])
+        reference = tiny_lm.model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False, pad_token_id=0
+        )[0, ids.shape[1] :].tolist()
+        assert result.token_ids == reference[: len(result.token_ids)]
+
+
+@pytest.mark.parametrize("method", [*METHODS, "fv_attribution"])
+def test_strength_zero_is_the_plain_model(tiny_lm: LoadedModel, vectors, method: str) -> None:
+    engine = Engine(tiny_lm)
+    plain = engine.generate(_requests(engine, [()] * len(PROMPTS)))
+    zero = engine.generate(_requests(engine, [[SteeringTerm(vectors[method], 0.0)]] * len(PROMPTS)))
+    assert _tokens(zero) == _tokens(plain)
+    logprobs = next_token_logprobs(tiny_lm, PROMPTS, [[SteeringTerm(vectors[method], 0.0)]] * len(PROMPTS))
+    assert torch.equal(logprobs, next_token_logprobs(tiny_lm, PROMPTS))
+
+
+@pytest.mark.parametrize("method", [*METHODS, "fv_attribution"])
+def test_steering_changes_the_output(tiny_lm: LoadedModel, vectors, method: str) -> None:
+    vector = vectors[method]
+    steered = next_token_logprobs(tiny_lm, PROMPTS, [[SteeringTerm(vector, 8.0, tuple(range(2)))]] * len(PROMPTS))
+    assert not torch.allclose(steered, next_token_logprobs(tiny_lm, PROMPTS))
+
+
+def test_batched_rows_match_single_runs_and_padding_does_not_move_vectors(tiny_lm: LoadedModel, vectors) -> None:
+    """Prompts of different lengths are left-padded together; each row must equal its solo run."""
+    engine = Engine(tiny_lm)
+    plans = [
+        [SteeringTerm(vectors["task_vector"], 1.0)],
+        [SteeringTerm(vectors["function_vector"], 4.0), SteeringTerm(vectors["icv"], -0.5)],
+        [],
+        [SteeringTerm(vectors["contrastive"], 3.0, (1,))],
+    ]
+    batched = engine.generate(_requests(engine, plans))
+    alone = [engine.generate([request])[0] for request in _requests(engine, plans)]
+    assert _tokens(batched) == _tokens(alone)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_kv_cache_on_and_off_give_the_same_tokens(tiny_lm: LoadedModel, vectors, method: str) -> None:
+    engine = Engine(tiny_lm)
+    plans = [[SteeringTerm(vectors[method], 2.0)]] * len(PROMPTS)
+    assert _tokens(engine.generate(_requests(engine, plans))) == _tokens(
+        engine.generate(_requests(engine, plans), use_cache=False)
+    )
+
+
+@pytest.mark.parametrize("method", [*METHODS, "fv_attribution"])
+def test_vector_round_trips_bit_identically(vectors, method: str) -> None:
+    vector = vectors[method]
+    back = TaskVector.from_bytes(vector.to_bytes())
+    assert back.metadata() == vector.metadata()
+    assert back.tensors.keys() == vector.tensors.keys()
+    for name, tensor in vector.tensors.items():
+        assert torch.equal(back.tensors[name], tensor.cpu()) and back.tensors[name].dtype == tensor.dtype
+
+
+def test_methods_choose_settings_and_report_metrics(vectors) -> None:
+    for method in METHODS:
+        metrics = vectors[method].metrics
+        assert {"dev_zero_shot_accuracy", "dev_few_shot_accuracy", "dev_steered_accuracy"} <= metrics.keys()
+        assert vectors[method].layers and vectors[method].compute_seconds > 0
+
+
+def test_sampling_with_a_seed_is_reproducible_and_batch_independent(tiny_llama: LoadedModel) -> None:
+    engine = Engine(tiny_llama)
+
+    def request(prompt: str, seed: int) -> GenerationRequest:
+        return GenerationRequest(engine.encode(prompt), max_new_tokens=8, temperature=1.0, top_p=0.9, seed=seed)
+
+    alone = engine.generate([request(PROMPTS[0], 7)])[0].token_ids
+    batched = engine.generate([request(PROMPTS[1], 1), request(PROMPTS[0], 7)])[1].token_ids
+    assert alone == batched
+    assert engine.generate([request(PROMPTS[0], 8)])[0].token_ids != alone
+
+
+def test_stop_strings_end_generation_and_are_not_returned(tiny_llama: LoadedModel) -> None:
+    engine = Engine(tiny_llama)
+    free = engine.generate([GenerationRequest(engine.encode(PROMPTS[0]), max_new_tokens=12)])[0]
+    assert len(free.text) > 3
+    stop = free.text[2:4]
+    stopped = engine.generate([GenerationRequest(engine.encode(PROMPTS[0]), max_new_tokens=12, stop=[stop])])[0]
+    assert stop not in stopped.text and stopped.finish_reason == "stop"
+    assert free.text.startswith(stopped.text)
+
+
+def test_streaming_yields_the_same_text(tiny_llama: LoadedModel) -> None:
+    engine = Engine(tiny_llama)
+    request = GenerationRequest(engine.encode(PROMPTS[1]), max_new_tokens=10)
+    whole = engine.generate([request])[0].text
+    assert "".join(engine.stream(GenerationRequest(engine.encode(PROMPTS[1]), max_new_tokens=10))) == whole
+
+
+def test_hooks_are_removed_even_when_the_forward_raises(tiny_llama: LoadedModel) -> None:
+    vector = compute_vector(tiny_llama, DEMOS, "task_vector", options=FAST)
+    steering = BatchSteering.build(
+        [[SteeringTerm(vector, 1.0)]], tiny_llama.arch, 3, tiny_llama.device, tiny_llama.dtype
+    )
+    with pytest.raises(RuntimeError), steering.attached(tiny_llama.arch):
+        raise RuntimeError("boom")
+    for module in tiny_llama.model.modules():
+        assert not module._forward_hooks and not module._forward_pre_hooks
+
+
+def test_bad_layers_and_foreign_vectors_are_refused(tiny_llama: LoadedModel) -> None:
+    vector = compute_vector(tiny_llama, DEMOS, "task_vector", options=FAST)
+    with pytest.raises(SteeringError):
+        BatchSteering.build(
+            [[SteeringTerm(vector, 1.0, (7,))]], tiny_llama.arch, 3, tiny_llama.device, tiny_llama.dtype
+        )
+    with pytest.raises(FingerprintMismatch):
+        vector.check_fingerprint("another-model@0000")
+
+
+def test_unknown_architecture_lists_the_supported_ones() -> None:
+    model = nn.Linear(2, 2)
+    model.config = type("Config", (), {"model_type": "mamba"})()
+    with pytest.raises(UnsupportedArchitecture, match="mamba") as info:
+        resolve_architecture(model)
+    assert "gpt2" in str(info.value) and "gpt_neox" in str(info.value)
+
+
+def test_auto_keeps_the_best_candidate_and_explains(tiny_llama: LoadedModel) -> None:
+    vector = compute_vector(tiny_llama, DEMOS, "auto", options={**FAST, "candidates": ["task_vector", "contrastive"]})
+    report = vector.metrics["auto"]
+    assert report["chose"] == vector.method
+    scores = {c["method"]: (c["dev_accuracy"], c["dev_logprob"]) for c in report["candidates"]}
+    assert scores[vector.method] == max(scores.values())
