@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 
 from app.auth import KeyChecker
 from app.batcher import Batcher
@@ -19,7 +20,7 @@ from app.generation import GenerationService
 from app.jobs import VectorWorker
 from app.metrics import Metrics
 from app.middleware import BodyLimit, RequestMetrics
-from app.routes import generate, health, openai, tasks
+from app.routes import generate, health, openai, tasks, vectors
 from app.services import Services
 from app.settings import Settings
 from app.store import open_store
@@ -86,13 +87,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for router in (health.router, tasks.router, generate.router, openai.router):
+    for router in (health.router, vectors.router, tasks.router, generate.router, openai.router):
         app.include_router(router)
     if (STATIC / "index.html").exists():
 
         @app.get("/", include_in_schema=False)
         async def playground() -> FileResponse:
             return FileResponse(STATIC / "index.html")
+
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

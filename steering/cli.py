@@ -147,7 +147,7 @@ def handled(func: F) -> F:
 
 def _out() -> Console:
     """stdout: tables fit the terminal; when piped, a wide console keeps each row on one line."""
-    return Console() if sys.stdout.isatty() else Console(width=200)
+    return Console() if sys.stdout.isatty() else Console(width=160)
 
 
 def _emit_json(data: Any) -> None:
