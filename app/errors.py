@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 class ApiError(Exception):
     def __init__(
-        self, status: int, type_: str, message: str, *, headers: dict[str, str] | None = None, **detail: Any
+        self, status: int, type_: str, message: str, /, *, headers: dict[str, str] | None = None, **detail: Any
     ) -> None:
         super().__init__(message)
         self.status, self.type, self.message, self.headers, self.detail = status, type_, message, headers, detail
@@ -27,7 +27,7 @@ def not_found(what: str) -> ApiError:
     return ApiError(404, "not_found", f"{what} not found")
 
 
-def error_response(status: int, type_: str, message: str, headers=None, **detail: Any) -> JSONResponse:
+def error_response(status: int, type_: str, message: str, headers=None, /, **detail: Any) -> JSONResponse:
     body: dict[str, Any] = {"type": type_, "message": message}
     body.update({k: v for k, v in detail.items() if v is not None})
     return JSONResponse({"error": body}, status_code=status, headers=headers)
@@ -51,7 +51,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(exc.status_code, "http_error")
+        kind = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 413: "body_too_large"}.get(
+            exc.status_code, "http_error"
+        )
         return error_response(exc.status_code, kind, str(exc.detail), getattr(exc, "headers", None))
 
     @app.exception_handler(StoreUnavailable)

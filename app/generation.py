@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+
+from fastapi import Request
 
 from app.batcher import Batcher, Pending
 from app.errors import ApiError
@@ -73,6 +76,14 @@ class GenerationService:
                 "prompt_too_long",
                 f"the prompt has {len(ids)} tokens; the limit is {self.settings.max_prompt_tokens}",
             )
+        window = context_window(self.lm)
+        if window is not None and len(ids) + sampling.max_new_tokens > window:
+            raise ApiError(
+                422,
+                "context_length_exceeded",
+                f"the prompt's {len(ids)} tokens plus max_new_tokens {sampling.max_new_tokens} exceed the model's "
+                f"context of {window} tokens",
+            )
         return GenerationRequest(
             prompt_ids=ids,
             steering=tuple(terms),
@@ -83,8 +94,22 @@ class GenerationService:
             stop=stop,
         )
 
-    async def complete(self, request: GenerationRequest) -> GenerationResult:
-        return await self.batcher.result(self.batcher.submit(request))
+    async def complete(self, request: GenerationRequest, client: Request | None = None) -> GenerationResult:
+        """Wait for a non-streaming request; if `client` hangs up first, its row is cancelled (no work is left)."""
+        pending = self.batcher.submit(request)
+        if client is None:
+            return await self.batcher.result(pending)
+        result = asyncio.ensure_future(self.batcher.result(pending))
+        gone = asyncio.ensure_future(_disconnected(client))
+        try:
+            await asyncio.wait({result, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not result.done():
+                result.cancel()  # sets the row's cancel flag
+        if not result.done() or result.cancelled():
+            raise ApiError(499, "client_closed_request", "the client closed the connection before the answer")
+        return result.result()
 
     def start_stream(self, request: GenerationRequest) -> Pending:
         return self.batcher.submit(request, stream=True)
@@ -97,6 +122,18 @@ class GenerationService:
                 yield piece
         finally:
             pending.request.cancel.set()
+
+
+def context_window(lm: LoadedModel) -> int | None:
+    """How many positions the model has (past them, learned position embeddings fail the whole batch)."""
+    value = getattr(lm.model.config, "max_position_embeddings", None) or getattr(lm.model.config, "n_positions", None)
+    return value if isinstance(value, int) and value > 0 else None
+
+
+async def _disconnected(client: Request) -> None:
+    """Return once the client has gone (the body was read already: the next ASGI message is the disconnect)."""
+    while (await client.receive())["type"] != "http.disconnect":
+        pass
 
 
 def applied(terms: Sequence[SteeringTerm], entries: Sequence[SteeringEntry]) -> list[SteeringEntry]:

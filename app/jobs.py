@@ -8,6 +8,7 @@ replica waiting on the task (or the same one after a restart) takes the lock and
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import socket
@@ -94,7 +95,8 @@ class VectorWorker:
                             await self._compute(task_id)
                         finally:
                             await self.store.release_lock(task_id, self.holder)
-                        return
+                        # Look again: a failed task posted anew while this follower was finishing is pending.
+                        continue
                 # Someone else holds the lock: check again later, take over if it expires.
                 await asyncio.sleep(min(ttl / 4, 5.0))
         except StoreUnavailable:
@@ -114,17 +116,21 @@ class VectorWorker:
         stop = self._stops.setdefault(task_id, threading.Event())
         loop = asyncio.get_running_loop()
         last_report = [0.0]
+        reports: list[concurrent.futures.Future] = []
 
         def progress(info: dict[str, Any]) -> None:  # called from the worker thread
             now = time.monotonic()
             if now - last_report[0] >= 0.5:
                 last_report[0] = now
-                asyncio.run_coroutine_threadsafe(self._report(task_id, info), loop)
+                reports.append(asyncio.run_coroutine_threadsafe(self._report(task_id, info), loop))
 
         heartbeat = loop.create_task(self._heartbeat(task_id, stop))
         started = time.perf_counter()
         try:
-            vector = await loop.run_in_executor(self._executor, self._run_method, record, progress, stop)
+            try:
+                vector = await loop.run_in_executor(self._executor, self._run_method, record, progress, stop)
+            finally:  # a progress write landing after the outcome would leave a finished task with stale progress
+                await asyncio.gather(*(asyncio.wrap_future(f) for f in reports), return_exceptions=True)
         except Cancelled:
             log.info("task %s cancelled", task_id)
             self.metrics.computations.labels(record.method, "cancelled").inc()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import error_response
@@ -31,7 +32,7 @@ class BodyLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
-                raise _TooLarge
+                raise _TooLarge(self.max_bytes)
             return message
 
         try:
@@ -40,12 +41,19 @@ class BodyLimit:
             await self._too_large(scope, receive, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error_response(413, "body_too_large", f"the request body is over {self.max_bytes} bytes")
+        response = error_response(413, "body_too_large", _too_large_message(self.max_bytes))
         await response(scope, receive, send)
 
 
-class _TooLarge(Exception):
-    pass
+def _too_large_message(max_bytes: int) -> str:
+    return f"the request body is over {max_bytes} bytes"
+
+
+class _TooLarge(HTTPException):
+    """An HTTPException, so that FastAPI's body parsing passes it on (it turns other errors into a 400)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, _too_large_message(max_bytes))
 
 
 class RequestMetrics:

@@ -83,11 +83,29 @@ class TaskService:
                 f"{self.settings.max_demonstration_chars}",
             )
         try:
-            return options_model(body.method)(**body.options).model_dump()
+            model = options_model(body.method)
+        except (ImportError, ValueError):
+            raise ApiError(422, "unknown_method", f"method {body.method!r} is not available on this server") from None
+        try:
+            options = model(**body.options).model_dump()
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             raise ApiError(422, "invalid_options", f"options.{where}: {first['msg']}") from None
+        self._check_option_layers(options)
+        return options
+
+    def _check_option_layers(self, options: dict) -> None:
+        """A layer the model does not have would only fail later, in the computation: refuse it now."""
+        num_layers = self.lm.arch.num_layers
+        for key in ("layer", "layers"):
+            value = options.get(key)
+            layers = value if isinstance(value, list) else [value]
+            bad = [la for la in layers if isinstance(la, int) and not 0 <= la < num_layers]
+            if bad:
+                raise ApiError(
+                    422, "invalid_options", f"options.{key}: layer {bad[0]} is out of range 0..{num_layers - 1}"
+                )
 
     async def register(self, body: TaskCreate, owner: str | None) -> tuple[TaskRecord, bool]:
         """Create the task (or find it) and make sure its vectors are being computed. Returns (record, created)."""
@@ -155,7 +173,7 @@ class TaskService:
             )
         terms = []
         for entry in entries:
-            if entry.strength is not None and abs(entry.strength) > self.settings.max_strength:
+            if entry.strength is not None and not abs(entry.strength) <= self.settings.max_strength:  # NaN too
                 raise ApiError(422, "strength_out_of_range", f"strength must be within ±{self.settings.max_strength}")
             layers = self.lm.arch.num_layers
             if entry.layers is not None and not all(0 <= la < layers for la in entry.layers):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from sse_starlette import EventSourceResponse
 
 from app.generation import Sampling, applied
@@ -16,7 +16,9 @@ router = APIRouter(prefix="/v1", tags=["generate"])
 
 
 @router.post("/generate", response_model=GenerateResponse)
-async def generate(body: GenerateRequest, svc: Services = Depends(services), who: str | None = Depends(owner)):
+async def generate(
+    body: GenerateRequest, http: Request, svc: Services = Depends(services), who: str | None = Depends(owner)
+):
     started = time.perf_counter()
     sampling = Sampling(body.max_new_tokens, body.temperature, body.top_p, body.seed, body.stop)
     request = await svc.generation.prepare(
@@ -38,7 +40,7 @@ async def generate(body: GenerateRequest, svc: Services = Depends(services), who
             yield {"event": "done", "data": _response(result, resolved, started).model_dump_json()}
 
         return EventSourceResponse(events(), ping=15)
-    result = await svc.generation.complete(request)
+    result = await svc.generation.complete(request, http)
     return _response(result, resolved, started)
 
 

@@ -7,7 +7,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from sse_starlette import EventSourceResponse
 
 from app.generation import Sampling
@@ -30,8 +30,10 @@ def _finish(result: GenerationResult) -> str:
     return "length" if result.finish_reason == "length" else "stop"
 
 
-def _sampling(body) -> Sampling:
-    return Sampling(body.new_tokens(DEFAULT_MAX_TOKENS), body.temperature, body.top_p, body.seed, body.stop)
+def _sampling(body, svc: Services) -> Sampling:
+    """A request without max_tokens gets the default, within the server's limit (never a 422 for leaving it out)."""
+    default = min(DEFAULT_MAX_TOKENS, svc.settings.max_new_tokens)
+    return Sampling(body.new_tokens(default), body.temperature, body.top_p, body.seed, body.stop)
 
 
 def _sse(chunks: AsyncIterator[dict]) -> EventSourceResponse:
@@ -52,9 +54,16 @@ async def list_models(svc: Services = Depends(services), who: str | None = Depen
 
 
 @router.post("/completions")
-async def completions(body: CompletionRequest, svc: Services = Depends(services), who: str | None = Depends(owner)):
+async def completions(
+    body: CompletionRequest, http: Request, svc: Services = Depends(services), who: str | None = Depends(owner)
+):
     request = await svc.generation.prepare(
-        prompt=body.text(), input_text=None, messages=None, steering=body.steering, sampling=_sampling(body), owner=who
+        prompt=body.text(),
+        input_text=None,
+        messages=None,
+        steering=body.steering,
+        sampling=_sampling(body, svc),
+        owner=who,
     )
     base = {
         "id": f"cmpl-{uuid.uuid4().hex}",
@@ -76,7 +85,7 @@ async def completions(body: CompletionRequest, svc: Services = Depends(services)
             }
 
         return _sse(chunks())
-    result = await svc.generation.complete(request)
+    result = await svc.generation.complete(request, http)
     text = (body.text() + result.text) if body.echo else result.text
     return {
         **base,
@@ -87,14 +96,14 @@ async def completions(body: CompletionRequest, svc: Services = Depends(services)
 
 @router.post("/chat/completions")
 async def chat_completions(
-    body: ChatCompletionRequest, svc: Services = Depends(services), who: str | None = Depends(owner)
+    body: ChatCompletionRequest, http: Request, svc: Services = Depends(services), who: str | None = Depends(owner)
 ):
     request = await svc.generation.prepare(
         prompt=None,
         input_text=None,
         messages=[m.plain() for m in body.messages],
         steering=body.steering,
-        sampling=_sampling(body),
+        sampling=_sampling(body, svc),
         owner=who,
     )
     base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": svc.lm.name}
@@ -117,7 +126,7 @@ async def chat_completions(
             }
 
         return _sse(chunks())
-    result = await svc.generation.complete(request)
+    result = await svc.generation.complete(request, http)
     return {
         **base,
         "object": "chat.completion",

@@ -1,0 +1,191 @@
+"""The OpenAI-compatible endpoints, driven by the official `openai` package against a real server process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.api_helpers import ANTONYMS, CAPITALS, task_body, wait_task_sync
+from tests.conftest import ServerProcess, start_server
+
+PROMPT = "Q: hot\nA:"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    tmp = tmp_path_factory.mktemp("openai")
+    env = {
+        "STEER_MODEL": "tiny:llama",
+        "STEER_DATA_DIR": str(tmp / "data"),
+        "STEER_REDIS_URL": "",
+        "STEER_API_KEYS": "",
+        "STEER_BATCH_WINDOW_MS": "2",
+    }
+    process = start_server(env, tmp / "server.log")
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def http(server: ServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="not-needed", max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def tasks(http: httpx.Client) -> dict[str, str]:
+    ids = {
+        name: http.post("/v1/tasks", json=task_body(pairs)).json()["id"]
+        for name, pairs in (("antonyms", ANTONYMS), ("capitals", CAPITALS))
+    }
+    for task_id in ids.values():
+        assert wait_task_sync(http, task_id)["status"] == "ready"
+    return ids
+
+
+@pytest.fixture(scope="module")
+def model_name(http: httpx.Client) -> str:
+    return http.get("/readyz").json()["model"]
+
+
+def native(http: httpx.Client, **body: Any) -> dict[str, Any]:
+    response = http.post("/v1/generate", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_models(client: openai.OpenAI, model_name: str) -> None:
+    models = client.models.list()
+    assert [m.id for m in models.data] == [model_name]
+    assert models.data[0].object == "model"
+
+
+def test_completions_match_native_generate(
+    client: openai.OpenAI, http: httpx.Client, tasks: dict[str, str], model_name: str
+) -> None:
+    plain = client.completions.create(model=model_name, prompt=PROMPT, max_tokens=12, temperature=0)
+    assert plain.object == "text_completion" and plain.model == model_name
+    choice = plain.choices[0]
+    assert choice.text == native(http, prompt=PROMPT, max_new_tokens=12)["text"]
+    assert choice.finish_reason == "length"
+    assert plain.usage.completion_tokens == 12 and plain.usage.total_tokens == plain.usage.prompt_tokens + 12
+
+    steering = [{"task": tasks["antonyms"], "strength": 2.0}]
+    steered = client.completions.create(
+        model=model_name, prompt=PROMPT, max_tokens=12, temperature=0, extra_body={"steering": steering}
+    )
+    expected = native(http, prompt=PROMPT, max_new_tokens=12, steering=steering)["text"]
+    assert steered.choices[0].text == expected != choice.text
+
+    zero = client.completions.create(
+        model=model_name,
+        prompt=PROMPT,
+        max_tokens=12,
+        temperature=0,
+        extra_body={"steering": [{"task": tasks["antonyms"], "strength": 0}]},
+    )
+    assert zero.choices[0].text == choice.text
+
+    echoed = client.completions.create(model=model_name, prompt=[PROMPT], max_tokens=12, temperature=0, echo=True)
+    assert echoed.choices[0].text == PROMPT + choice.text
+
+    stopped = client.completions.create(model=model_name, prompt=PROMPT, max_tokens=12, temperature=0, stop=["\n"])
+    assert stopped.choices[0].text == choice.text.split("\n")[0]
+
+
+def test_completions_stream(client: openai.OpenAI, tasks: dict[str, str], model_name: str) -> None:
+    kwargs = {
+        "model": model_name,
+        "prompt": PROMPT,
+        "max_tokens": 16,
+        "temperature": 0,
+        "extra_body": {"steering": [{"task": tasks["capitals"]}]},
+    }
+    whole = client.completions.create(**kwargs)
+    chunks = list(client.completions.create(stream=True, **kwargs))
+    assert len(chunks) > 2
+    assert "".join(c.choices[0].text for c in chunks) == whole.choices[0].text
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+    assert all(c.choices[0].finish_reason is None for c in chunks[:-1])
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_chat_completions_match_native_generate(
+    client: openai.OpenAI, http: httpx.Client, tasks: dict[str, str], model_name: str
+) -> None:
+    messages = [{"role": "system", "content": "answer with one word"}, {"role": "user", "content": "hot"}]
+    steering = [{"task": tasks["antonyms"], "strength": 1.5}]
+    chat = client.chat.completions.create(
+        model=model_name, messages=messages, max_tokens=10, temperature=0, extra_body={"steering": steering}
+    )
+    assert chat.object == "chat.completion"
+    message = chat.choices[0].message
+    assert message.role == "assistant"
+    assert message.content == native(http, messages=messages, max_new_tokens=10, steering=steering)["text"]
+    plain = client.chat.completions.create(model=model_name, messages=messages, max_tokens=10, temperature=0)
+    assert plain.choices[0].message.content == native(http, messages=messages, max_new_tokens=10)["text"]
+    assert plain.choices[0].message.content != message.content
+
+    stream = client.chat.completions.create(
+        model=model_name,
+        messages=messages,
+        max_tokens=10,
+        temperature=0,
+        stream=True,
+        extra_body={"steering": steering},
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == message.content
+    assert chunks[-1].choices[0].finish_reason == chat.choices[0].finish_reason
+    assert {c.object for c in chunks} == {"chat.completion.chunk"}
+
+    # Content given as a list of parts, and the newer max_completion_tokens field.
+    parts = [messages[0], {"role": "user", "content": [{"type": "text", "text": "hot"}]}]
+    again = client.chat.completions.create(
+        model=model_name, messages=parts, max_completion_tokens=10, temperature=0, extra_body={"steering": steering}
+    )
+    assert again.choices[0].message.content == message.content
+
+
+def test_seeded_sampling_is_reproducible(client: openai.OpenAI, tasks: dict[str, str], model_name: str) -> None:
+    kwargs = {
+        "model": model_name,
+        "messages": [{"role": "user", "content": "red green"}],
+        "max_tokens": 16,
+        "temperature": 1.0,
+        "seed": 42,
+        "extra_body": {"steering": [{"task": tasks["capitals"]}]},
+    }
+    first = client.chat.completions.create(**kwargs).choices[0].message.content
+    assert client.chat.completions.create(**kwargs).choices[0].message.content == first
+
+
+def test_errors_reach_the_client_as_openai_errors(
+    client: openai.OpenAI, tasks: dict[str, str], model_name: str
+) -> None:
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.completions.create(
+            model=model_name, prompt=PROMPT, max_tokens=4, extra_body={"steering": [{"task": "task-nope"}]}
+        )
+    assert missing.value.status_code == 404
+    with pytest.raises(openai.UnprocessableEntityError):
+        client.completions.create(
+            model=model_name,
+            prompt=PROMPT,
+            max_tokens=4,
+            extra_body={"steering": [{"task": tasks["antonyms"], "strength": 1e6}]},
+        )
+    with pytest.raises(openai.UnprocessableEntityError):
+        client.chat.completions.create(model=model_name, messages=[{"role": "user", "content": "x"}], n=2)
+    with pytest.raises(openai.UnprocessableEntityError):
+        client.completions.create(model=model_name, prompt=PROMPT, max_tokens=100_000)
