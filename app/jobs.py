@@ -36,6 +36,7 @@ def vector_summary(vector: TaskVector) -> dict[str, Any]:
         "mode": vector.mode,
         "layers": vector.layers,
         "default_strength": vector.default_strength,
+        "num_demonstrations": vector.num_demonstrations,
         "metrics": {**vector.metrics, "compute_seconds": round(vector.compute_seconds, 3)},
     }
 

@@ -33,6 +33,7 @@ class Settings(BaseSettings):
 
     # Limits
     max_body_bytes: int = 1_000_000
+    max_vector_bytes: int = Field(256_000_000, description="Body limit of vector imports.")
     max_demonstrations: int = 512
     max_demonstration_chars: int = 2_000
     max_prompt_tokens: int = 2_048

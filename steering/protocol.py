@@ -60,6 +60,7 @@ class TaskInfo(BaseModel):
     method: str
     name: str | None = None
     num_demonstrations: int = 0
+    demonstrations: list[Demonstration] | None = Field(None, description="As posted; empty for imported vectors.")
     layers: list[int] | None = None
     default_strength: float | None = None
     template: Template | None = None

@@ -489,7 +489,7 @@ function runFew(text) {
   const missing = [];
   const tasks = activeTasks();
   for (const task of tasks) {
-    const demos = loadDemos(task.id);
+    const demos = task.demonstrations && task.demonstrations.length ? task.demonstrations : loadDemos(task.id);
     if (!demos || !demos.length) {
       missing.push(task.name || task.id);
       continue;
