@@ -44,13 +44,15 @@ from steering.vectors import TaskVector
 CLOSED = -200.0
 STRENGTHS = (0.5, 0.75, 1.0, 1.25)
 REPORT_EVERY = 5
+MIN_DELTA = 0.01  # a dev-loss gain (nats) below this still updates the best gates but counts as stale
 
 
 class SoftInjectionOptions(MethodOptions):
-    steps: int = Field(120, ge=1, le=5000, description="Most optimiser steps on the gates.")
-    lr: float = Field(0.1, gt=0.0, le=10.0, description="Adam learning rate of the gate logits.")
+    k_shot: int = Field(10, ge=1, le=64, description="Demonstrations in each prompt the head means are read from.")
+    steps: int = Field(100, ge=1, le=5000, description="Most optimiser steps on the gates.")
+    lr: float = Field(0.2, gt=0.0, le=10.0, description="Adam learning rate of the gate logits.")
     batch_size: int = Field(32, ge=1, le=1024, description="Training queries per step.")
-    eval_every: int = Field(10, ge=1, le=1000, description="Steps between dev-loss evaluations.")
+    eval_every: int = Field(5, ge=1, le=1000, description="Steps between dev-loss evaluations.")
     patience: int = Field(4, ge=1, le=1000, description="Evaluations without a better dev loss before stopping.")
     layers: list[int] | None = Field(None, description="Layers whose heads get gates (default: all).")
 
@@ -152,13 +154,11 @@ def train_gates(
             dev_loss = _dev_loss(lm, dev, torch.sigmoid(logits.detach()), means, layers)
             best.curve.append({"step": step, "loss": round(recent, 4), "dev_loss": round(dev_loss, 4)})
             job.report(stage="training", step=step, steps=opts.steps, loss=recent, dev_loss=dev_loss)
+            stale = 0 if dev_loss < best.best_dev_loss - MIN_DELTA else stale + 1
             if dev_loss < best.best_dev_loss:
                 best.best_logits, best.best_step, best.best_dev_loss = logits.detach().clone(), step, dev_loss
-                stale = 0
-            else:
-                stale += 1
-                if stale >= opts.patience:
-                    break
+            if stale >= opts.patience:
+                break
         elif step % REPORT_EVERY == 0:
             job.report(stage="training", step=step, steps=opts.steps, loss=recent)
     best.seconds = time.perf_counter() - started
