@@ -11,6 +11,7 @@ from contextlib import contextmanager
 
 import torch
 from torch import Tensor
+from transformers import DynamicCache
 
 from steering.engine import left_pad, positions_from_mask
 from steering.inject import BatchSteering, SteeringTerm, maybe_attached
@@ -108,8 +109,6 @@ class LastTokenRunner:
     """
 
     def __init__(self, lm: LoadedModel, texts: Sequence[str], repeats: int = 1) -> None:
-        from transformers import DynamicCache
-
         self.lm = lm
         token_ids = encode(lm, texts)
         if any(len(t) < 2 for t in token_ids):

@@ -229,7 +229,12 @@ class Engine:
         ]
 
     def stream(self, request: GenerationRequest) -> Iterator[str]:
-        """Text deltas of one request as they are produced (generation runs in a worker thread)."""
+        """Text deltas of one request as they are produced (generation runs in a worker thread).
+
+        Leaving the loop early cancels the generation.
+        """
+        if request.cancel is None:
+            request.cancel = threading.Event()
         pieces: queue.Queue[str | BaseException | None] = queue.Queue()
 
         def run() -> None:
@@ -248,6 +253,5 @@ class Engine:
                 if piece:
                     yield piece
         finally:
-            if request.cancel is not None:
-                request.cancel.set()
+            request.cancel.set()
             worker.join()

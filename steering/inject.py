@@ -90,11 +90,11 @@ class BatchSteering:
                 if term.strength == 0.0:
                     continue
                 vector, strength = term.vector, float(term.strength)
+                if vector.num_layers != arch.num_layers:
+                    raise SteeringError("the vector was computed for a model with another layer count")
                 for layer in term.resolved_layers():
                     if not 0 <= layer < arch.num_layers:
                         raise SteeringError(f"layer {layer} is out of range: the model has {arch.num_layers}")
-                    if vector.num_layers != arch.num_layers:
-                        raise SteeringError("the vector was computed for a model with another layer count")
                     if vector.mode == "head_mix_last":
                         gates = torch.sigmoid(vector.tensors["gate_logits"][layer].float()) * strength
                         means = vector.tensors["head_means"][layer].float()

@@ -16,6 +16,7 @@ from steering.inject import SteeringTerm
 from steering.model import LoadedModel
 from steering.protocol import Demonstration, Template
 from steering.templates import answer_text, render_query, sample_few_shot_prompts
+from steering.vectors import TaskVector
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
@@ -167,3 +168,40 @@ def few_shot_prompts(job: Job, train: Sequence[Demonstration], opts: MethodOptio
 
 def strength_grid(fixed: float | None, grid: Sequence[float]) -> list[float]:
     return [fixed] if fixed is not None else list(grid)
+
+
+def new_vector(
+    job: Job,
+    opts: MethodOptions,
+    method: str,
+    mode: str,
+    tensors: dict[str, torch.Tensor],
+    layers: Sequence[int] = (0,),
+    strength: float = 1.0,
+) -> TaskVector:
+    """A vector of this job's model and template; layers and strength are usually chosen afterwards."""
+    return TaskVector(
+        method=method,
+        mode=mode,
+        tensors=tensors,
+        layers=list(layers),
+        default_strength=strength,
+        fingerprint=job.lm.fingerprint,
+        template=job.template,
+        num_demonstrations=len(job.demonstrations),
+        options=opts.model_dump(),
+    )
+
+
+def finish(vector: TaskVector, job: Job, dev: DevSet, split: Split, choice: Choice, **extra: Any) -> TaskVector:
+    """Record the held-out comparison (zero-shot, few-shot, steered) and the time the job took."""
+    vector.metrics = {
+        **baseline_metrics(job, dev),
+        "dev_steered_accuracy": choice.accuracy,
+        "dev_steered_logprob": choice.logprob,
+        "held_out": split.held_out,
+        "dev_size": len(split.dev),
+        **extra,
+    }
+    vector.compute_seconds = job.elapsed()
+    return vector

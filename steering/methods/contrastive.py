@@ -7,8 +7,6 @@ a layer chosen on held-out pairs. Strength may be negative, which steers away fr
 
 from __future__ import annotations
 
-import time
-
 from steering.capture import last_token_activations
 from steering.inject import SteeringTerm
 from steering.methods.common import (
@@ -16,9 +14,10 @@ from steering.methods.common import (
     DevSet,
     Job,
     MethodOptions,
-    baseline_metrics,
     choose,
+    finish,
     layer_grid,
+    new_vector,
     split_demonstrations,
     strength_grid,
 )
@@ -34,22 +33,11 @@ OPTIONS = ContrastiveOptions
 
 def compute(job: Job, options: dict) -> TaskVector:
     opts = ContrastiveOptions(**options)
-    started = time.perf_counter()
     split = split_demonstrations(job.demonstrations, opts.dev_fraction, opts.seed)
     job.report(stage="reading activations")
     positive = last_token_activations(job.lm, [d.output for d in split.train])["residual"]
     negative = last_token_activations(job.lm, [d.input for d in split.train])["residual"]
-    vector = TaskVector(
-        method="contrastive",
-        mode="add_from_last",
-        tensors={"residual": (positive - negative).mean(0)},
-        layers=[0],
-        default_strength=1.0,
-        fingerprint=job.lm.fingerprint,
-        template=job.template,
-        num_demonstrations=len(job.demonstrations),
-        options=opts.model_dump(),
-    )
+    vector = new_vector(job, opts, "contrastive", "add_from_last", {"residual": (positive - negative).mean(0)})
     dev = DevSet.build(job.lm, job.template, split, opts.k_shot, opts.seed)
     job.report(stage="choosing layer and strength")
     layers = [opts.layer] if opts.layer is not None else layer_grid(job.lm.arch.num_layers, limit=12)
@@ -65,13 +53,4 @@ def compute(job: Job, options: dict) -> TaskVector:
     )
     vector.layers = [best.candidate.params["layer"]]
     vector.default_strength = best.candidate.params["strength"]
-    vector.metrics = {
-        **baseline_metrics(job, dev),
-        "dev_steered_accuracy": best.accuracy,
-        "dev_steered_logprob": best.logprob,
-        "held_out": split.held_out,
-        "dev_size": len(split.dev),
-        "scan": best.table,
-    }
-    vector.compute_seconds = time.perf_counter() - started
-    return vector
+    return finish(vector, job, dev, split, best, scan=best.table)

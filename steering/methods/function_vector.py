@@ -16,7 +16,6 @@ Head selection:
 from __future__ import annotations
 
 import random
-import time
 from typing import Literal
 
 import torch
@@ -31,10 +30,11 @@ from steering.methods.common import (
     Job,
     MethodOptions,
     answer_token,
-    baseline_metrics,
     choose,
     few_shot_prompts,
+    finish,
     layer_grid,
+    new_vector,
     split_demonstrations,
     strength_grid,
 )
@@ -116,7 +116,6 @@ def top_heads(scores: Tensor, k: int) -> list[tuple[int, int]]:
 
 def compute(job: Job, options: dict) -> TaskVector:
     opts = FunctionVectorOptions(**options)
-    started = time.perf_counter()
     lm, template = job.lm, job.template
     split = split_demonstrations(job.demonstrations, opts.dev_fraction, opts.seed)
     job.report(stage="reading head activations")
@@ -141,17 +140,7 @@ def compute(job: Job, options: dict) -> TaskVector:
 
     def make(k: int) -> TaskVector:
         fv = head_vector(lm, means, top_heads(scores, k))
-        return TaskVector(
-            method="function_vector",
-            mode=mode,
-            tensors={"residual": fv.expand(lm.arch.num_layers, -1).clone()},
-            layers=[0],
-            default_strength=1.0,
-            fingerprint=lm.fingerprint,
-            template=template,
-            num_demonstrations=len(job.demonstrations),
-            options=opts.model_dump(),
-        )
+        return new_vector(job, opts, "function_vector", mode, {"residual": fv.expand(lm.arch.num_layers, -1).clone()})
 
     vectors = {k: make(k) for k in head_counts}
     dev = DevSet.build(lm, template, split, opts.k_shot, opts.seed)
@@ -178,16 +167,14 @@ def compute(job: Job, options: dict) -> TaskVector:
     vector.layers = [layer]
     vector.default_strength = by_setting.candidate.params["strength"]
     vector.tensors["head_scores"] = scores.float()
-    vector.metrics = {
-        **baseline_metrics(job, dev),
-        "dev_steered_accuracy": by_setting.accuracy,
-        "dev_steered_logprob": by_setting.logprob,
-        "held_out": split.held_out,
-        "dev_size": len(split.dev),
-        "num_heads": best_k,
-        "heads": [list(h) for h in top_heads(scores, best_k)],
-        "layer_scan": by_layer.table,
-        "setting_scan": by_setting.table,
-    }
-    vector.compute_seconds = time.perf_counter() - started
-    return vector
+    return finish(
+        vector,
+        job,
+        dev,
+        split,
+        by_setting,
+        num_heads=best_k,
+        heads=[list(h) for h in top_heads(scores, best_k)],
+        layer_scan=by_layer.table,
+        setting_scan=by_setting.table,
+    )

@@ -11,8 +11,6 @@ ICV was built for style (detoxification, formality, sentiment); on word-mapping 
 
 from __future__ import annotations
 
-import time
-
 import torch
 from torch import Tensor
 
@@ -23,8 +21,9 @@ from steering.methods.common import (
     DevSet,
     Job,
     MethodOptions,
-    baseline_metrics,
     choose,
+    finish,
+    new_vector,
     split_demonstrations,
     strength_grid,
 )
@@ -54,35 +53,16 @@ def shift_direction(diffs: Tensor) -> Tensor:
 
 def compute(job: Job, options: dict) -> TaskVector:
     opts = IcvOptions(**options)
-    started = time.perf_counter()
     split = split_demonstrations(job.demonstrations, opts.dev_fraction, opts.seed)
     job.report(stage="reading activations")
     inputs = last_token_activations(job.lm, [d.input for d in split.train])["residual"]
     outputs = last_token_activations(job.lm, [d.output for d in split.train])["residual"]
     all_layers = list(range(job.lm.arch.num_layers))
-    vector = TaskVector(
-        method="icv",
-        mode="add_all_norm",
-        tensors={"residual": shift_direction(outputs - inputs)},
-        layers=[opts.layer] if opts.layer is not None else all_layers,
-        default_strength=0.1,
-        fingerprint=job.lm.fingerprint,
-        template=job.template,
-        num_demonstrations=len(job.demonstrations),
-        options=opts.model_dump(),
-    )
+    layers = [opts.layer] if opts.layer is not None else all_layers
+    vector = new_vector(job, opts, "icv", "add_all_norm", {"residual": shift_direction(outputs - inputs)}, layers)
     dev = DevSet.build(job.lm, job.template, split, opts.k_shot, opts.seed)
     job.report(stage="choosing strength")
     strengths = strength_grid(opts.strength, [0.02, 0.05, 0.1, 0.2, 0.4])
     by_strength = choose(job, dev, [Candidate((SteeringTerm(vector, s),), {"strength": s}) for s in strengths])
     vector.default_strength = by_strength.candidate.params["strength"]
-    vector.metrics = {
-        **baseline_metrics(job, dev),
-        "dev_steered_accuracy": by_strength.accuracy,
-        "dev_steered_logprob": by_strength.logprob,
-        "held_out": split.held_out,
-        "dev_size": len(split.dev),
-        "strength_scan": by_strength.table,
-    }
-    vector.compute_seconds = time.perf_counter() - started
-    return vector
+    return finish(vector, job, dev, split, by_strength, strength_scan=by_strength.table)

@@ -28,9 +28,10 @@ from steering.methods.common import (
     Job,
     MethodOptions,
     answer_token,
-    baseline_metrics,
     choose,
     few_shot_prompts,
+    finish,
+    new_vector,
     split_demonstrations,
     strength_grid,
 )
@@ -187,7 +188,6 @@ def _summary(training: Training, gate_logits: Tensor, layers: Sequence[int]) -> 
 
 def compute(job: Job, options: dict) -> TaskVector:
     opts = SoftInjectionOptions(**options)
-    started = time.perf_counter()
     lm, arch = job.lm, job.lm.arch
     layers = _check_layers(opts.layers, arch.num_layers)
     split = split_demonstrations(job.demonstrations, opts.dev_fraction, opts.seed)
@@ -200,29 +200,13 @@ def compute(job: Job, options: dict) -> TaskVector:
     dev_batches = _batches(lm, job.template, split.dev, max(opts.batch_size, len(split.dev)), opts.seed)
     training = train_gates(job, train, dev_batches, means, layers, opts)
     gate_logits = _gate_logits(training.best_logits, layers, arch.num_layers)
-    vector = TaskVector(
-        method="soft_injection",
-        mode="head_mix_last",
-        tensors={"head_means": means.float().cpu().contiguous(), "gate_logits": gate_logits},
-        layers=layers,
-        default_strength=1.0,
-        fingerprint=lm.fingerprint,
-        template=job.template,
-        num_demonstrations=len(job.demonstrations),
-        options=opts.model_dump(),
-    )
+    tensors = {"head_means": means.float().cpu().contiguous(), "gate_logits": gate_logits}
+    vector = new_vector(job, opts, "soft_injection", "head_mix_last", tensors, layers)
     dev = DevSet.build(lm, job.template, split, opts.k_shot, opts.seed)
     job.report(stage="choosing strength")
     strengths = strength_grid(opts.strength, STRENGTHS)
     by_strength = choose(job, dev, [Candidate((SteeringTerm(vector, s),), {"strength": s}) for s in strengths])
     vector.default_strength = by_strength.candidate.params["strength"]
-    vector.metrics = {
-        **baseline_metrics(job, dev),
-        "dev_steered_accuracy": by_strength.accuracy,
-        "held_out": split.held_out,
-        "dev_size": len(split.dev),
-        "strength_scan": by_strength.table,
-        **_summary(training, gate_logits, layers),
-    }
-    vector.compute_seconds = time.perf_counter() - started
-    return vector
+    return finish(
+        vector, job, dev, split, by_strength, strength_scan=by_strength.table, **_summary(training, gate_logits, layers)
+    )

@@ -6,8 +6,6 @@ zero-shot query at the same layer. The layer is chosen on held-out demonstration
 
 from __future__ import annotations
 
-import time
-
 from steering.capture import last_token_activations
 from steering.inject import SteeringTerm
 from steering.methods.common import (
@@ -15,10 +13,11 @@ from steering.methods.common import (
     DevSet,
     Job,
     MethodOptions,
-    baseline_metrics,
     choose,
     few_shot_prompts,
+    finish,
     layer_grid,
+    new_vector,
     split_demonstrations,
     strength_grid,
 )
@@ -34,21 +33,10 @@ OPTIONS = TaskVectorOptions
 
 def compute(job: Job, options: dict) -> TaskVector:
     opts = TaskVectorOptions(**options)
-    started = time.perf_counter()
     split = split_demonstrations(job.demonstrations, opts.dev_fraction, opts.seed)
     job.report(stage="reading activations")
     residual = last_token_activations(job.lm, few_shot_prompts(job, split.train, opts))["residual"].mean(0)
-    vector = TaskVector(
-        method="task_vector",
-        mode="replace_last",
-        tensors={"residual": residual},
-        layers=[0],
-        default_strength=1.0,
-        fingerprint=job.lm.fingerprint,
-        template=job.template,
-        num_demonstrations=len(job.demonstrations),
-        options=opts.model_dump(),
-    )
+    vector = new_vector(job, opts, "task_vector", "replace_last", {"residual": residual})
     dev = DevSet.build(job.lm, job.template, split, opts.k_shot, opts.seed)
     job.report(stage="choosing layer")
     layers = [opts.layer] if opts.layer is not None else layer_grid(job.lm.arch.num_layers)
@@ -61,14 +49,4 @@ def compute(job: Job, options: dict) -> TaskVector:
     )
     vector.layers = [layer]
     vector.default_strength = by_strength.candidate.params["strength"]
-    vector.metrics = {
-        **baseline_metrics(job, dev),
-        "dev_steered_accuracy": by_strength.accuracy,
-        "dev_steered_logprob": by_strength.logprob,
-        "held_out": split.held_out,
-        "dev_size": len(split.dev),
-        "layer_scan": by_layer.table,
-        "strength_scan": by_strength.table,
-    }
-    vector.compute_seconds = time.perf_counter() - started
-    return vector
+    return finish(vector, job, dev, split, by_strength, layer_scan=by_layer.table, strength_scan=by_strength.table)
