@@ -130,9 +130,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             break
         _stop(proc)
     else:
-        pytest.fail(
-            f"redis-server did not start; log:\n{log_path.read_text(errors='replace')}", pytrace=False
-        )
+        pytest.fail(f"redis-server did not start; log:\n{log_path.read_text(errors='replace')}", pytrace=False)
     try:
         yield f"redis://127.0.0.1:{port}/0"
     finally:

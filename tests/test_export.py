@@ -31,17 +31,27 @@ def tiny() -> LoadedModel:
 
 
 def residual_vector(
-    tiny: LoadedModel, mode: str = "add_all", layers: list[int] | None = None, strength: float = 1.0,
-    dtype: torch.dtype = torch.float32, method: str = "icv",
+    tiny: LoadedModel,
+    mode: str = "add_all",
+    layers: list[int] | None = None,
+    strength: float = 1.0,
+    dtype: torch.dtype = torch.float32,
+    method: str = "icv",
 ) -> TaskVector:
     gen = torch.Generator().manual_seed(7)
     residual = torch.randn(tiny.arch.num_layers, tiny.arch.hidden_size, generator=gen).to(dtype)
     return TaskVector(
-        method=method, mode=mode, tensors={"residual": residual},  # type: ignore[arg-type]
+        method=method,
+        mode=mode,
+        tensors={"residual": residual},  # type: ignore[arg-type]
         layers=list(range(1, tiny.arch.num_layers)) if layers is None else layers,
-        default_strength=strength, fingerprint=tiny.fingerprint,
+        default_strength=strength,
+        fingerprint=tiny.fingerprint,
         template=Template(example="In: {input}\nOut: {output}", query="In: {input}\nOut:"),
-        num_demonstrations=5, compute_seconds=0.25, options={"k": 3}, metrics={"acc": 0.5},
+        num_demonstrations=5,
+        compute_seconds=0.25,
+        options={"k": 3},
+        metrics={"acc": 0.5},
     )
 
 
@@ -49,12 +59,15 @@ def head_vector(tiny: LoadedModel) -> TaskVector:
     arch = tiny.arch
     gen = torch.Generator().manual_seed(3)
     return TaskVector(
-        method="function_vector", mode="head_mix_last",
+        method="function_vector",
+        mode="head_mix_last",
         tensors={
             "head_means": torch.randn(arch.num_layers, arch.num_heads, arch.head_dim, generator=gen),
             "gate_logits": torch.randn(arch.num_layers, arch.num_heads, generator=gen),
         },
-        layers=[0, 1], default_strength=1.0, fingerprint=tiny.fingerprint,
+        layers=[0, 1],
+        default_strength=1.0,
+        fingerprint=tiny.fingerprint,
     )
 
 
@@ -82,8 +95,9 @@ def test_gguf_round_trip(tiny: LoadedModel, tmp_path: Path, mode: str) -> None:
     vector = residual_vector(tiny, mode=mode, layers=[1])
     path = tmp_path / "v.gguf"
     export_gguf(vector, path, hint(tiny))
-    back = import_gguf(path, tiny.fingerprint, tiny.arch.num_layers, tiny.arch.hidden_size,
-                       expected_model_hint=hint(tiny))
+    back = import_gguf(
+        path, tiny.fingerprint, tiny.arch.num_layers, tiny.arch.hidden_size, expected_model_hint=hint(tiny)
+    )
     assert back.method == "contrastive" and back.mode == "add_all"
     assert back.layers == [1]
     assert back.default_strength == 1.0
@@ -187,8 +201,7 @@ def test_gguf_model_hint_mismatch_is_refused(tiny: LoadedModel, tmp_path: Path) 
     path = tmp_path / "v.gguf"
     export_gguf(residual_vector(tiny, layers=[1]), path, "qwen2")
     with pytest.raises(VectorImportError, match="qwen2"):
-        import_gguf(path, tiny.fingerprint, tiny.arch.num_layers, tiny.arch.hidden_size,
-                    expected_model_hint=hint(tiny))
+        import_gguf(path, tiny.fingerprint, tiny.arch.num_layers, tiny.arch.hidden_size, expected_model_hint=hint(tiny))
     back = import_gguf(path, tiny.fingerprint, tiny.arch.num_layers, tiny.arch.hidden_size)  # unchecked
     assert back.options["model_hint"] == "qwen2"
 
@@ -206,8 +219,10 @@ def assert_same_vector(a: TaskVector, b: TaskVector) -> None:
 
 @pytest.mark.parametrize("mode", [*RESIDUAL_MODES, "replace_last", "head_mix_last"])
 def test_safetensors_round_trip_is_bit_identical(tiny: LoadedModel, tmp_path: Path, mode: str) -> None:
-    vector = head_vector(tiny) if mode == "head_mix_last" else residual_vector(
-        tiny, mode, layers=[0, 1], strength=3.0, dtype=torch.bfloat16
+    vector = (
+        head_vector(tiny)
+        if mode == "head_mix_last"
+        else residual_vector(tiny, mode, layers=[0, 1], strength=3.0, dtype=torch.bfloat16)
     )
     path = tmp_path / "v.safetensors"
     export_safetensors(vector, path)

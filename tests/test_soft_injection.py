@@ -18,8 +18,18 @@ from steering.protocol import Demonstration
 from steering.vectors import TaskVector
 
 PAIRS = [
-    ("hot", "cold"), ("big", "small"), ("up", "down"), ("happy", "sad"), ("fast", "slow"), ("light", "dark"),
-    ("open", "closed"), ("good", "bad"), ("early", "late"), ("yes", "no"), ("cold", "hot"), ("small", "big"),
+    ("hot", "cold"),
+    ("big", "small"),
+    ("up", "down"),
+    ("happy", "sad"),
+    ("fast", "slow"),
+    ("light", "dark"),
+    ("open", "closed"),
+    ("good", "bad"),
+    ("early", "late"),
+    ("yes", "no"),
+    ("cold", "hot"),
+    ("small", "big"),
 ]
 DEMOS = [Demonstration(input=i, output=o) for i, o in PAIRS]
 FAST: dict[str, Any] = {"steps": 12, "eval_every": 4, "patience": 10, "num_prompts": 6, "k_shot": 3, "lr": 0.3}
@@ -111,7 +121,11 @@ def test_should_stop_cancels_training(tiny: LoadedModel) -> None:
     seen: list[dict[str, Any]] = []
     with pytest.raises(Cancelled):
         compute_vector(
-            tiny, DEMOS, "soft_injection", options={**FAST, "steps": 1000, "eval_every": 1},
-            progress=seen.append, should_stop=lambda: next(calls) >= 4,
+            tiny,
+            DEMOS,
+            "soft_injection",
+            options={**FAST, "steps": 1000, "eval_every": 1},
+            progress=seen.append,
+            should_stop=lambda: next(calls) >= 4,
         )
     assert any(info.get("stage") == "training" for info in seen)
