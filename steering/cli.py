@@ -41,6 +41,7 @@ from steering.client import (
     WaitTimeout,
 )
 from steering.datasets import read_demonstrations
+from steering.evalsuite import eval_command
 from steering.protocol import GenerateResponse, SteeringEntry, TaskInfo, TaskList
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_NOT_READY, EXIT_AUTH = 0, 1, 2, 3, 4, 5
@@ -498,6 +499,9 @@ def import_(
     with state.client() as client:
         info = client.import_vector(file, format=format, name=name)  # type: ignore[arg-type]
     show_task(state, info)
+
+
+app.command("eval", epilog=EPILOG)(handled(eval_command))
 
 
 def main() -> None:

@@ -1,0 +1,81 @@
+"""Smoke test of `make bench`: the quick run on the tiny model writes every metric (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+EXPECTED = [
+    "compute.task_vector_s",
+    "compute.function_vector_s",
+    "compute.icv_s",
+    "compute.contrastive_s",
+    "http.register_known_p50_ms",
+    "http.batching_throughput_ratio",
+    "http.overhead_ratio",
+    "decode.unsteered_ms_per_token",
+    "decode.task_vector_ratio",
+    "decode.function_vector_ratio",
+    "decode.icv_all_layers_ratio",
+    "decode.contrastive_ratio",
+    "icl.first_token_ratio",
+    "icl.full_answer_ratio",
+    "peers.loop_unsteered_ms_per_token",
+    "peers.engine_vs_loop_unsteered_ratio",
+    "peers.raw_hook_ratio",
+    "peers.steering_vectors_ratio",
+    "peers.repeng_ratio",
+    "peers.engine_add_all_ratio",
+]
+TARGETED = [
+    "http.register_known_p50_ms",
+    "http.batching_throughput_ratio",
+    "http.overhead_ratio",
+    "decode.task_vector_ratio",
+    "decode.function_vector_ratio",
+    "decode.icv_all_layers_ratio",
+    "icl.first_token_ratio",
+    "icl.full_answer_ratio",
+]
+
+
+def test_quick_bench_writes_every_metric(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "scripts.bench", "--quick", "--model", "tiny:llama", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(out.read_text())
+    metrics = report["metrics"]
+    expected = EXPECTED + (["compute.soft_injection_s", "decode.soft_injection_ratio"] if _has_soft() else [])
+    missing = [k for k in expected if k not in metrics]
+    assert not missing, f"missing metrics: {missing}"
+    for key in expected:
+        m = metrics[key]
+        if m["skipped"] is None:
+            assert isinstance(m["value"], (int, float)), key
+        else:  # only the optional peer libraries may be skipped, and they must say why
+            assert key in ("peers.steering_vectors_ratio", "peers.repeng_ratio") and m["skipped"], key
+    for key in TARGETED:
+        assert metrics[key]["target"] and metrics[key]["status"] in ("PASS", "MISS"), key
+    meta = report["meta"]
+    assert meta["quick"] is True and meta["model"].startswith("tiny")
+    assert {"nproc", "cpu_model", "torch"} <= set(meta["machine"])
+    assert "load1_mean" in meta and meta["duration_s"] > 0
+    assert out.with_suffix(".txt").read_text().strip()  # the table's copy
+    assert "result" in proc.stdout  # the table went to stdout
+
+
+def _has_soft() -> bool:
+    return (ROOT / "steering" / "methods" / "soft_injection.py").exists()

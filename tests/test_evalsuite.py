@@ -1,0 +1,132 @@
+"""`steer eval` on the tiny model: the outputs' structure, and the HTTP backend matching the in-process one."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from steering.cli import app
+from steering.evalsuite import (
+    EvalConfig,
+    LocalBackend,
+    RemoteBackend,
+    first_token_right,
+    parse_method_options,
+    run_suite,
+    write_outputs,
+)
+from steering.model import LoadedModel
+from tests.conftest import ServerProcess
+
+TASKS = ["antonyms", "uppercase"]
+SMALL = {"n_demos": 16, "n_test": 6, "k_shot": 4, "max_new_tokens": 6}
+
+
+def small_config(methods: list[str], **overrides: Any) -> EvalConfig:
+    return EvalConfig(model="tiny:llama", tasks=TASKS, methods=methods, **{**SMALL, **overrides})
+
+
+def numbers(result: dict[str, Any]) -> dict[str, Any]:
+    """Everything that must not depend on the backend: scores, generations, chosen settings (not timings)."""
+    out = {}
+    for name, task in result["tasks"].items():
+        methods = {
+            method: {k: v for k, v in run.items() if k != "compute_seconds"} for method, run in task["methods"].items()
+        }
+        out[name] = {"conditions": task["conditions"], "methods": methods, "answers": task["answers"]}
+    return {"tasks": out, "summary": result["summary"]}
+
+
+def test_first_token_rule() -> None:
+    assert first_token_right(" cold", "cold")
+    assert first_token_right(" co", "cold")
+    assert not first_token_right("\n", "cold")
+    assert not first_token_right(" colder", "cold")
+
+
+def test_method_options_parse_json_values() -> None:
+    options = parse_method_options(
+        ["soft_injection.steps=20", "task_vector.layer=1", "icv.x=abc"], ["soft_injection", "task_vector", "icv"]
+    )
+    assert options == {"soft_injection": {"steps": 20}, "task_vector": {"layer": 1}, "icv": {"x": "abc"}}
+    with pytest.raises(ValueError):
+        parse_method_options(["steps=20"], ["soft_injection"])
+    with pytest.raises(ValueError):
+        parse_method_options(["function_vector.num_heads=2"], ["soft_injection"])
+
+
+def test_in_process_writes_json_markdown_and_plots(tiny_llama: LoadedModel, tmp_path: Path) -> None:
+    config = small_config(["task_vector", "function_vector"])
+    result = run_suite(config, LocalBackend(tiny_llama))
+    paths = write_outputs(result, tmp_path)
+    assert [p.name for p in paths] == ["results.json", "results.md", "sweep.png", "per_task.png"]
+    for png in paths[2:]:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+    data = json.loads(paths[0].read_text())
+    assert set(data) == {"config", "meta", "definitions", "tasks", "summary"}
+    assert data["meta"]["backend"] == "in-process" and data["meta"]["model"] == "tiny:llama"
+    assert set(data["definitions"]) >= {"first_token", "exact"}
+    assert list(data["tasks"]) == TASKS
+    for task in data["tasks"].values():
+        assert len(task["answers"]) == SMALL["n_test"]
+        assert set(task["conditions"]) == {"zero_shot", "few_shot"}
+        for scores in task["conditions"].values():
+            assert 0.0 <= scores["first_token"] <= 1.0 and 0.0 <= scores["exact"] <= 1.0
+            assert len(scores["outputs"]) == SMALL["n_test"]
+        assert list(task["methods"]) == ["task_vector", "function_vector"]
+        for run in task["methods"].values():
+            assert "error" not in run, run
+            assert run["layers"] and run["strength"] > 0
+            assert [p["multiple"] for p in run["sweep"]] == [0.0, 0.25, 0.5, 1.0, 1.5, 2.0]
+            assert [p["strength"] for p in run["sweep"]] == [m * run["strength"] for m in (0, 0.25, 0.5, 1, 1.5, 2)]
+            one = run["sweep"][3]
+            assert (one["first_token"], one["exact"]) == (run["steered"]["first_token"], run["steered"]["exact"])
+            # strength 0 is the plain model: the zero-shot numbers
+            zero = run["sweep"][0]
+            assert zero["first_token"] == task["conditions"]["zero_shot"]["first_token"]
+            assert zero["exact"] == task["conditions"]["zero_shot"]["exact"]
+    for metric in ("first_token", "exact"):
+        assert set(data["summary"][metric]) == {"zero_shot", "few_shot", "task_vector", "function_vector"}
+    assert [p["multiple"] for p in data["summary"]["sweep"]["task_vector"]] == config.multiples
+
+    md = paths[1].read_text()
+    assert "## First-token accuracy" in md and "## Exact-match accuracy" in md
+    assert "| antonyms |" in md and "| zero-shot | 4-shot | task_vector | function_vector |" in md
+    assert "non-empty prefix of the answer" in md
+
+
+def test_http_backend_matches_in_process(tiny_llama: LoadedModel, server_factory: Callable[..., ServerProcess]) -> None:
+    config = small_config(["task_vector"])
+    local = run_suite(config, LocalBackend(tiny_llama))
+    server = server_factory(STEER_MODEL="tiny:llama")
+    with RemoteBackend(server.url) as backend:
+        remote = run_suite(config, backend)
+    assert remote["meta"]["backend"] == "http"
+    assert remote["meta"]["fingerprint"] == local["meta"]["fingerprint"]
+    assert numbers(remote) == numbers(local)
+
+
+def test_cli_eval_in_process(tmp_path: Path) -> None:
+    args = ["eval", "--model", "tiny:llama", "--tasks", "antonyms", "--methods", "task_vector"]
+    args += ["--demos", "12", "--test", "4", "--k-shot", "3", "--max-new-tokens", "4", "--multiples", "0,1"]
+    args += ["--option", "task_vector.num_prompts=8", "--out", str(tmp_path / "out"), "--no-progress"]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "first-token accuracy" in result.stdout
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert data["config"]["options"] == {"task_vector": {"num_prompts": 8}}
+    assert data["meta"]["command"].startswith("steer eval --model tiny:llama --tasks antonyms")
+    assert [p["multiple"] for p in data["tasks"]["antonyms"]["methods"]["task_vector"]["sweep"]] == [0.0, 1.0]
+
+
+def test_cli_eval_rejects_unknown_task(tmp_path: Path) -> None:
+    args = ["eval", "--model", "tiny:llama", "--tasks", "nope", "--out", str(tmp_path), "--no-progress"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert "unknown task" in result.output
