@@ -205,3 +205,12 @@ def finish(vector: TaskVector, job: Job, dev: DevSet, split: Split, choice: Choi
     }
     vector.compute_seconds = job.elapsed()
     return vector
+
+
+def framed(job: Job, texts: Sequence[str]) -> list[str]:
+    """Texts read inside the task's query template, as queries look at inference time.
+
+    A bare one-token word would be read at the first position, whose activations in many models are
+    outliers orders of magnitude larger than elsewhere: their differences would swamp any steering.
+    """
+    return [render_query(job.template, text) for text in texts]

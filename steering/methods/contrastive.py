@@ -1,8 +1,9 @@
 """Contrastive activation addition (CAA, Rimsky et al. 2023; ActAdd, Turner et al. 2023).
 
 Each demonstration is a contrast pair: `output` is the positive example, `input` the negative one.
-The per-layer mean difference of their last-token states is added from the last prompt token on, at
-a layer chosen on held-out pairs. Strength may be negative, which steers away from the positives.
+The per-layer mean difference of their last-token states (each read inside the task's query
+template) is added from the last prompt token on, at a layer chosen on held-out pairs. Strength may
+be negative, which steers away from the positives.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from steering.methods.common import (
     MethodOptions,
     choose,
     finish,
+    framed,
     layer_grid,
     new_vector,
     split_demonstrations,
@@ -35,8 +37,8 @@ def compute(job: Job, options: dict) -> TaskVector:
     opts = ContrastiveOptions(**options)
     split = split_demonstrations(job.demonstrations, opts.dev_fraction, opts.seed)
     job.report(stage="reading activations")
-    positive = last_token_activations(job.lm, [d.output for d in split.train])["residual"]
-    negative = last_token_activations(job.lm, [d.input for d in split.train])["residual"]
+    positive = last_token_activations(job.lm, framed(job, [d.output for d in split.train]))["residual"]
+    negative = last_token_activations(job.lm, framed(job, [d.input for d in split.train]))["residual"]
     vector = new_vector(job, opts, "contrastive", "add_from_last", {"residual": (positive - negative).mean(0)})
     dev = DevSet.build(job.lm, job.template, split, opts.k_shot, opts.seed)
     job.report(stage="choosing layer and strength")

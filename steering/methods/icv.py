@@ -1,10 +1,11 @@
 """In-context vectors (Liu et al. 2023, "In-context Vectors: Making In Context Learning More Effective
 and Controllable Through Latent Space Steering").
 
-Each demonstration's input and output are run separately; the difference of their last-token
-states, at every layer, is the demonstration's shift. The vector is the mean shift plus its first
-principal direction (scaled by the spread along it, sign aligned with the mean). It is added at every
-layer and position, and each state is then rescaled to its original norm.
+Each demonstration's input and output are run separately (each inside the task's query template);
+the difference of their last-token states, at every layer, is the demonstration's shift. The vector
+is the mean shift plus its first principal direction (scaled by the spread along it, sign aligned
+with the mean). It is added at every layer and position, and each state is then rescaled to its
+original norm.
 
 ICV was built for style (detoxification, formality, sentiment); on word-mapping tasks it does little.
 """
@@ -23,6 +24,7 @@ from steering.methods.common import (
     MethodOptions,
     choose,
     finish,
+    framed,
     new_vector,
     split_demonstrations,
     strength_grid,
@@ -55,8 +57,8 @@ def compute(job: Job, options: dict) -> TaskVector:
     opts = IcvOptions(**options)
     split = split_demonstrations(job.demonstrations, opts.dev_fraction, opts.seed)
     job.report(stage="reading activations")
-    inputs = last_token_activations(job.lm, [d.input for d in split.train])["residual"]
-    outputs = last_token_activations(job.lm, [d.output for d in split.train])["residual"]
+    inputs = last_token_activations(job.lm, framed(job, [d.input for d in split.train]))["residual"]
+    outputs = last_token_activations(job.lm, framed(job, [d.output for d in split.train]))["residual"]
     all_layers = list(range(job.lm.arch.num_layers))
     layers = [opts.layer] if opts.layer is not None else all_layers
     vector = new_vector(job, opts, "icv", "add_all_norm", {"residual": shift_direction(outputs - inputs)}, layers)
