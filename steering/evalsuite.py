@@ -815,6 +815,7 @@ def eval_command(
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
 ) -> None:
     """Accuracy of zero-shot, k-shot and every steering method on held-out items; writes JSON, Markdown and plots."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts: idle threads must not spin
     from steering.methods import METHODS  # imports torch: kept out of `steer`'s start-up
 
     method_list = parse_list(methods, METHODS, "method")
