@@ -2,7 +2,8 @@
 
 Every candidate uses the same seed and dev fraction, hence the same held-out demonstrations, so their
 dev accuracies compare like for like. Candidates run cheapest first; one is skipped when the time
-left is less than what it is expected to need.
+left is less than what it is expected to need. Soft injection also early-stops on that split, which
+favours it slightly in the comparison.
 """
 
 from __future__ import annotations
