@@ -269,12 +269,14 @@ def measure_overhead(
     prompt_ids = engine.encode(prompt)
     body = {"prompt": prompt, "steering": [{"task": task_id, "strength": strength}], "max_new_tokens": max_new_tokens}
     tokens: dict[str, int] = {}
+    queued: list[float] = []
 
     def over_http() -> float:
         started = time.perf_counter()
         answer = http.post("/v1/generate", json=body).raise_for_status().json()
         wall = time.perf_counter() - started
         tokens["http"] = int(answer["usage"]["completion_tokens"])
+        queued.append(float(answer["timing"].get("queue_s", 0.0)))  # includes the batcher's wait for company
         return wall
 
     def in_process() -> float:
@@ -297,6 +299,7 @@ def measure_overhead(
         "http_ms": round(http_ms, 2),
         "in_process_ms": round(local_ms, 2),
         "difference_ms": round(http_ms - local_ms, 2),
+        "server_queue_ms": round(median(queued[1:] or queued) * 1000, 2),
         "tokens_http": tokens.get("http"),
         "tokens_in_process": tokens.get("in_process"),
         "max_new_tokens": max_new_tokens,
