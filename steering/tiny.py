@@ -54,41 +54,29 @@ def build_tiny_tokenizer(vocab_size: int = 384) -> PreTrainedTokenizerFast:
 
 
 def tiny_config(family: str, vocab_size: int) -> PretrainedConfig:
-    common = {"vocab_size": vocab_size, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+    common = {
+        "vocab_size": vocab_size,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 0,
+        "initializer_range": 0.2,
+    }
+    decoder = {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 512,
+        **common,
+    }
     if family == "llama":
-        return LlamaConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            initializer_range=0.2,
-            **common,
-        )
+        return LlamaConfig(num_key_value_heads=2, **decoder)
     if family == "qwen2":
-        return Qwen2Config(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            initializer_range=0.2,
-            **common,
-        )
+        return Qwen2Config(num_key_value_heads=2, **decoder)
     if family == "gpt2":
-        return GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=512, initializer_range=0.2, **common)
+        return GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=512, **common)
     if family == "gpt_neox":
-        return GPTNeoXConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=512,
-            initializer_range=0.2,
-            **common,
-        )
+        return GPTNeoXConfig(**decoder)
     raise ValueError(f"tiny model family must be one of {', '.join(TINY_FAMILIES)}, not {family!r}")
 
 
