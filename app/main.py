@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 
 from app.auth import KeyChecker
 from app.batcher import Batcher
+from app.bounds import Bounds
 from app.errors import install_error_handlers
 from app.generation import GenerationService
 from app.jobs import VectorWorker
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             generation=GenerationService(lm, task_service, batcher, settings),
             keys=keys,
             metrics=metrics,
+            bounds=Bounds(settings, lm.arch.num_layers),
         )
         try:
             await worker.resume_unfinished()

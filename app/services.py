@@ -8,6 +8,7 @@ from fastapi import Request
 
 from app.auth import KeyChecker
 from app.batcher import Batcher
+from app.bounds import Bounds
 from app.generation import GenerationService
 from app.jobs import VectorWorker
 from app.metrics import Metrics
@@ -28,6 +29,7 @@ class Services:
     generation: GenerationService
     keys: KeyChecker
     metrics: Metrics
+    bounds: Bounds
 
 
 def services(request: Request) -> Services:

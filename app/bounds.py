@@ -1,0 +1,44 @@
+"""The bounds that depend on this server: its settings and its model. Each is defined here, once.
+
+Bounds that hold for every server (seed range, temperature floor, finite numbers, shapes of chat
+content) live in the wire models (`steering/protocol.py`) and are checked by FastAPI on the way in.
+What needs the loaded model or the settings (how many layers, the strength ceiling, token limits)
+is checked here, before anything reaches the batcher, the worker or the store.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from app.errors import ApiError
+from app.settings import Settings
+
+
+class Bounds:
+    def __init__(self, settings: Settings, num_layers: int) -> None:
+        self.settings, self.num_layers = settings, num_layers
+
+    def strength(self, value: float, where: str = "strength") -> float:
+        """A strength (requested, computed, imported or given as an option): finite, within ±max_strength."""
+        limit = self.settings.max_strength
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and abs(value) <= limit):
+            raise ApiError(422, "strength_out_of_range", f"{where} must be a finite number within ±{limit}")
+        return float(value)
+
+    def layers(self, layers: Iterable[int], where: str = "layers") -> tuple[int, ...]:
+        """Layer indices of this model, each once, at least one."""
+        unique = tuple(dict.fromkeys(layers))
+        if not unique:
+            raise ApiError(422, "invalid_layers", f"{where}, when given, must name at least one layer")
+        bad = [la for la in unique if not 0 <= la < self.num_layers]
+        if bad:
+            raise ApiError(422, "invalid_layers", f"{where}: layer {bad[0]} is out of range 0..{self.num_layers - 1}")
+        return unique
+
+    def new_tokens(self, value: int) -> int:
+        if value > self.settings.max_new_tokens:
+            raise ApiError(
+                422, "max_new_tokens_too_large", f"max_new_tokens is limited to {self.settings.max_new_tokens}"
+            )
+        return value
