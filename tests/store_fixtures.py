@@ -2,6 +2,7 @@
 
 Use from a conftest with `pytest_plugins = ["tests.store_fixtures"]` (top-level conftest only)
 or `from tests.store_fixtures import redis_url, store, store_backend  # noqa: F401`.
+`redis_server_factory` starts dedicated servers for fault tests (kill -9, SIGSTOP, restart, full).
 Set STEER_TEST_REDIS_URL to run against an existing Redis instead of starting one.
 """
 
@@ -9,11 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,6 +92,107 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=10)
 
 
+def _launch(binary: str, port: int, workdir: Path, extra: list[str]) -> subprocess.Popen[bytes]:
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    args += ["--daemonize", "no", "--dir", str(workdir), *extra]  # later options win over earlier ones
+    with open(workdir / "redis.log", "ab") as log:
+        return subprocess.Popen(args, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _wait_ping(proc: subprocess.Popen[bytes], port: int, timeout_s: float = 15) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None and not _answers_ping(port):
+        time.sleep(0.05)
+    return proc.poll() is None and _answers_ping(port)
+
+
+@dataclass
+class RedisServer:
+    """A dedicated redis-server process that a test may kill, pause, fill up or restart on the same port."""
+
+    binary: str
+    workdir: Path
+    extra: list[str]
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    paused: bool = False
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start on `port` (a free one the first time); the data is whatever `workdir` holds (AOF, if enabled)."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for _attempt in range(3 if self.port == 0 else 40):  # a fixed port may still be held for a moment
+            port = self.port or free_port()
+            self.proc = _launch(self.binary, port, self.workdir, self.extra)
+            if _wait_ping(self.proc, port):
+                self.port, self.paused = port, False
+                return
+            _stop(self.proc)
+            time.sleep(0.25)
+        pytest.fail(f"redis-server did not start; log:\n{self.log()}", pytrace=False)
+
+    def kill(self) -> None:
+        """kill -9: no shutdown, no final save."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        self.paused = False
+
+    def pause(self) -> None:
+        """SIGSTOP: the port still accepts connections, nothing answers."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+        self.paused = False
+
+    def restart(self, *, empty: bool) -> None:
+        """kill -9 and start again on the same port, with no data (`empty`) or with what the AOF kept."""
+        self.kill()
+        if empty:
+            for item in self.workdir.iterdir():
+                if item.is_dir():
+                    shutil.rmtree(item)
+                elif item.name != "redis.log":
+                    item.unlink()
+        self.start()
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, socket_timeout=5)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            if self.paused:
+                self.resume()
+            _stop(self.proc)
+
+    def log(self) -> str:
+        path = self.workdir / "redis.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+@pytest.fixture
+def redis_server_factory(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """Start dedicated redis-servers: `redis_server_factory("--maxmemory", "2mb")`; stopped after the test."""
+    started: list[RedisServer] = []
+
+    def make(*extra: str) -> RedisServer:
+        server = RedisServer(redis_server_binary(), tmp_path / f"redis{len(started)}", list(extra))
+        server.start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a real redis-server started for this test session (killed at the end)."""
@@ -97,44 +200,12 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if external:
         yield external
         return
-    binary = redis_server_binary()
-    workdir = tmp_path_factory.mktemp("redis")
-    log_path = workdir / "redis.log"
-    for _attempt in range(3):  # the free port may be taken between probing and binding
-        port = free_port()
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(
-                [
-                    binary,
-                    "--port",
-                    str(port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--daemonize",
-                    "no",
-                    "--dir",
-                    str(workdir),
-                ],
-                cwd=workdir,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and proc.poll() is None and not _answers_ping(port):
-            time.sleep(0.05)
-        if proc.poll() is None and _answers_ping(port):
-            break
-        _stop(proc)
-    else:
-        pytest.fail(f"redis-server did not start; log:\n{log_path.read_text(errors='replace')}", pytrace=False)
+    server = RedisServer(redis_server_binary(), tmp_path_factory.mktemp("redis"), [])
+    server.start()
     try:
-        yield f"redis://127.0.0.1:{port}/0"
+        yield server.url
     finally:
-        _stop(proc)
+        server.stop()
 
 
 @dataclass

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import builtins
+import logging
 import time
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
 TaskStatus = Literal["pending", "running", "ready", "failed"]
+
+log = logging.getLogger(__name__)
 
 
 class TaskRecord(BaseModel):
@@ -40,7 +43,7 @@ class TaskRecord(BaseModel):
 
 
 class StoreUnavailable(Exception):
-    """The backend cannot be reached (Redis down, SQLite file locked or unreadable): answer 503."""
+    """The backend cannot serve the call (down, timed out, full, read-only, locked, I/O error): answer 503."""
 
 
 def apply_update(record: TaskRecord, fields: dict[str, Any]) -> TaskRecord:
@@ -61,29 +64,62 @@ def apply_update(record: TaskRecord, fields: dict[str, Any]) -> TaskRecord:
     return TaskRecord.model_validate(data)
 
 
+UNFINISHED: frozenset[str] = frozenset({"pending", "running"})
+
+
+def parse_record(raw: str | bytes, where: str) -> TaskRecord | None:
+    """The record in `raw`, or None (with a warning) when it is corrupt: one bad record must not break the rest."""
+    try:
+        return TaskRecord.from_json(raw)
+    except ValueError as exc:  # pydantic's ValidationError (bad JSON or wrong types) is a ValueError
+        log.warning("skipping unreadable task record %s: %s", where, str(exc).splitlines()[0])
+        return None
+
+
 @runtime_checkable
 class TaskStore(Protocol):
-    """Where tasks and their vectors live. Every method is async; backend outages raise StoreUnavailable."""
+    """Where tasks and their vectors live. Every method is async; every backend fault raises StoreUnavailable."""
 
-    async def get(self, task_id: str) -> TaskRecord | None: ...
+    async def get(self, task_id: str) -> TaskRecord | None:
+        """The record, or None if it is missing or unreadable (the latter is logged)."""
+        ...
 
-    async def create(self, record: TaskRecord) -> bool:
-        """Atomic put-if-absent across processes; False if the id already exists."""
+    async def create(self, record: TaskRecord, vector: bytes | None = None) -> bool:
+        """Atomic put-if-absent of the record and, when given, its vector; False if the id already exists."""
         ...
 
     async def update(self, task_id: str, **fields: Any) -> TaskRecord | None:
         """Partial update (read-modify-write, atomic), bumps updated_at; None if the task is missing."""
         ...
 
-    async def list(self, owner: str | None = None, all_owners: bool = False) -> builtins.list[TaskRecord]:
-        """Newest first (created_at desc, then id desc); only `owner`'s tasks unless all_owners."""
+    async def finish(self, task_id: str, vector: bytes, **fields: Any) -> TaskRecord | None:
+        """Store the vector and apply `update(**fields)` in one atomic step; None (nothing written) if missing."""
+        ...
+
+    async def count(self, owner: str | None) -> int:
+        """How many tasks `owner` has (None: the open server's tasks)."""
+        ...
+
+    async def list(
+        self, owner: str | None = None, all_owners: bool = False, *, offset: int = 0, limit: int | None = None
+    ) -> builtins.list[TaskRecord]:
+        """Newest first (created_at desc, then id desc); only `owner`'s tasks unless all_owners; one page.
+
+        Unreadable records are skipped (and logged), so a page may be shorter than `limit`.
+        """
+        ...
+
+    async def unfinished(self) -> builtins.list[str]:
+        """Ids of the tasks whose status is pending or running (for reconcilers: cheap, called often)."""
         ...
 
     async def delete(self, task_id: str) -> bool:
         """Remove record, vector and lock; False if there was no record."""
         ...
 
-    async def put_vector(self, task_id: str, data: bytes) -> None: ...
+    async def put_vector(self, task_id: str, data: bytes) -> None:
+        """Store the vector bytes; a no-op when the task record does not exist (deleted meanwhile)."""
+        ...
 
     async def get_vector(self, task_id: str) -> bytes | None: ...
 

@@ -1,48 +1,106 @@
 """TaskStore on Redis (redis.asyncio): what replicas share. Records are JSON, vectors raw bytes.
 
 Keys, all under `prefix`:
-  {prefix}task:{id}   JSON string of the TaskRecord
-  {prefix}vec:{id}    raw vector bytes (safetensors, produced elsewhere)
-  {prefix}lock:{id}   holder string, SET NX PX; refresh/release by Lua comparing the holder
-  {prefix}tasks       sorted set id -> created_at, for listing
+  {prefix}task:{id}       JSON string of the TaskRecord
+  {prefix}vec:{id}        raw vector bytes (safetensors, produced elsewhere)
+  {prefix}lock:{id}       holder string, SET NX PX; refresh/release by Lua comparing the holder
+  {prefix}tasks           sorted set id -> created_at: everyone's tasks, for listing
+  {prefix}owner:{owner}   sorted set id -> created_at per owner ("-" for None): list pages and counts
+  {prefix}unfinished      set of the ids whose status is pending or running, for reconcilers
+  {prefix}schema          "2" once the per-owner and unfinished indexes exist (older stores had neither)
 
-Multi-key operations (create, delete, put_vector) are Lua scripts, so under Redis Cluster all
-keys must share a slot: use a hash-tagged prefix such as "{steer}:" there.
-Nothing read from Redis is ever unpickled.
+Every write that touches a record and its indexes is one Lua script, so nothing is ever seen
+half-written. Read-modify-write (update, finish, delete) is compare-and-swap: read the record,
+compute the new one in Python, and let a script write it only if the stored JSON is still the
+one that was read (else read again). Unlike WATCH/MULTI this keeps no state on a connection, so
+a call cut off by its deadline leaves nothing behind. Under Redis Cluster all keys must share a
+slot: use a hash-tagged prefix such as "{steer}:" there. Nothing read from Redis is unpickled.
+
+Every fault (unreachable, timed out, OOM under noeviction, READONLY replica, MISCONF, LOADING,
+BUSY, anything else redis-py raises) becomes StoreUnavailable within `deadline_s`. After a
+connection fault, calls fail at once for `fail_fast_s` instead of each waiting for a timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.exceptions import WatchError
 
-from .base import StoreUnavailable, TaskRecord, apply_update
+from .base import UNFINISHED, StoreUnavailable, TaskRecord, apply_update, parse_record
 
-_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+log = logging.getLogger(__name__)
 
-# KEYS: task, index   ARGV: json, created_at, id
+T = TypeVar("T")
+
+# Faults that say the server is not there (as opposed to one that answered with an error).
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
+
+# Scripts write only after all their checks, and Redis refuses a script for OOM at its first
+# write, never half-way: a script either writes everything or nothing.
+
+# KEYS: task, all, owner, unfinished, vec   ARGV: json, created_at, id, unfinished(0|1), has_vec(0|1), vec
 _CREATE = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
-  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
-  return 1
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then
+  return 0
 end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
+if ARGV[4] == '1' then redis.call('SADD', KEYS[4], ARGV[3]) end
+if ARGV[5] == '1' then redis.call('SET', KEYS[5], ARGV[6]) else redis.call('DEL', KEYS[5]) end
+return 1
+"""
+# KEYS: task, all, old owner, new owner, unfinished, vec
+# ARGV: expected json, new json, id, created_at, unfinished(0|1), has_vec(0|1), vec
+# Returns 1 written, 0 missing, -1 changed since it was read.
+_SWAP = """
+local cur = redis.call('GET', KEYS[1])
+if not cur then return 0 end
+if cur ~= ARGV[1] then return -1 end
+redis.call('SET', KEYS[1], ARGV[2])
+if KEYS[3] ~= KEYS[4] then redis.call('ZREM', KEYS[3], ARGV[3]) end
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[3])
+if ARGV[5] == '1' then redis.call('SADD', KEYS[5], ARGV[3]) else redis.call('SREM', KEYS[5], ARGV[3]) end
+if ARGV[6] == '1' then redis.call('SET', KEYS[6], ARGV[7]) end
+return 1
+"""
+# KEYS: task, vec, lock, all, owner, unfinished   ARGV: expected json ('' when none was read), id
+# Returns 1 deleted, 0 missing, -1 changed since it was read. A missing record still loses its leftovers.
+_DELETE = """
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[1] then return -1 end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('ZREM', KEYS[4], ARGV[2])
+if cur then redis.call('ZREM', KEYS[5], ARGV[2]) end
+redis.call('SREM', KEYS[6], ARGV[2])
+if cur then return 1 end
 return 0
 """
-# KEYS: task, vec, lock, index   ARGV: id
-_DELETE = """
-local n = redis.call('DEL', KEYS[1])
-redis.call('DEL', KEYS[2], KEYS[3])
-redis.call('ZREM', KEYS[4], ARGV[1])
+# KEYS: task, owner, unfinished   ARGV: expected json, id, created_at, unfinished(0|1)   (index rebuild)
+_INDEX = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+if ARGV[4] == '1' then redis.call('SADD', KEYS[3], ARGV[2]) else redis.call('SREM', KEYS[3], ARGV[2]) end
+return 1
+"""
+# KEYS: index, task keys...   ARGV: ids (same order)   -- drops index entries whose record is gone
+_PRUNE = """
+local n = 0
+for i, id in ipairs(ARGV) do
+  if redis.call('EXISTS', KEYS[i + 1]) == 0 then n = n + redis.call('ZREM', KEYS[1], id) end
+end
 return n
 """
 # KEYS: task, vec   ARGV: bytes  -- only while the task exists, so a late worker leaves no orphan
@@ -68,12 +126,18 @@ end
 return 0
 """
 
-_MGET_CHUNK = 500
-_UPDATE_RETRIES = 200
+_SCHEMA_VERSION = b"2"
+_CHUNK = 500
+_SWAP_ATTEMPTS = 200
+_MIGRATION_DEADLINE_S = 60.0
 
 
 def _ttl_ms(ttl_s: float) -> int:
     return max(1, round(ttl_s * 1000))
+
+
+def _flag(value: bool) -> str:
+    return "1" if value else "0"
 
 
 class RedisStore:
@@ -84,22 +148,33 @@ class RedisStore:
         url: str,
         prefix: str = "steer:",
         *,
-        connect_timeout_s: float = 2.0,
-        socket_timeout_s: float = 10.0,
-        retries: int = 2,
+        connect_timeout_s: float = 0.5,
+        socket_timeout_s: float = 0.75,
+        retries: int = 1,
+        deadline_s: float = 2.0,
+        fail_fast_s: float = 1.0,
     ) -> None:
         self.prefix = prefix
-        # Few, short retries: a Redis outage should turn into a 503 in about a second, not 10 s.
+        self.deadline_s = deadline_s
+        self.fail_fast_s = fail_fast_s
+        self._down_since: float | None = None  # monotonic time of the last connection fault
+        self._schema_ok = False
+        # One short retry: it reconnects a pooled connection that a Redis restart left dead. More
+        # would only stretch an outage's answer: redis-py nests connect retries inside command ones.
         self._redis: aioredis.Redis = aioredis.Redis.from_url(
             url,
             decode_responses=False,
             socket_connect_timeout=connect_timeout_s,
             socket_timeout=socket_timeout_s,
-            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries),
+            retry=Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.1), retries),
             health_check_interval=30,
         )
+        # redis-py's Script runs EVALSHA and, on NOSCRIPT (a restarted Redis), loads the script again.
         self._create = self._redis.register_script(_CREATE)
+        self._swap = self._redis.register_script(_SWAP)
         self._delete = self._redis.register_script(_DELETE)
+        self._index_one = self._redis.register_script(_INDEX)
+        self._prune = self._redis.register_script(_PRUNE)
         self._put_vector = self._redis.register_script(_PUT_VECTOR)
         self._refresh = self._redis.register_script(_REFRESH)
         self._release = self._redis.register_script(_RELEASE)
@@ -114,106 +189,212 @@ class RedisStore:
     def _lock(self, task_id: str) -> str:
         return f"{self.prefix}lock:{task_id}"
 
+    def _owner(self, owner: str | None) -> str:
+        return f"{self.prefix}owner:{'-' if owner is None else owner}"
+
     @property
-    def _index(self) -> str:
+    def _all(self) -> str:
         return f"{self.prefix}tasks"
 
-    @asynccontextmanager
-    async def _guard(self) -> AsyncIterator[None]:
+    @property
+    def _unfinished(self) -> str:
+        return f"{self.prefix}unfinished"
+
+    @property
+    def _schema(self) -> str:
+        return f"{self.prefix}schema"
+
+    # plumbing
+    async def _call(self, op: Callable[[], Awaitable[T]], *, deadline_s: float | None = None) -> T:
+        """Run `op` against Redis within the deadline; every fault comes out as StoreUnavailable."""
+        if self._down_since is not None and time.monotonic() - self._down_since < self.fail_fast_s:
+            raise StoreUnavailable("redis unavailable (it failed moments ago)")
         try:
-            yield
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"redis unavailable: {exc}") from exc
+            if not self._schema_ok:
+                await asyncio.wait_for(self._migrate(), _MIGRATION_DEADLINE_S)
+            result = await asyncio.wait_for(op(), deadline_s or self.deadline_s)
+        except _UNREACHABLE as exc:
+            self._down_since = time.monotonic()
+            raise StoreUnavailable(f"redis unavailable: {type(exc).__name__}: {exc}") from exc
+        except RedisError as exc:  # OOM, READONLY, MISCONF, LOADING, BUSY, NOPERM, ...
+            raise StoreUnavailable(f"redis refused: {type(exc).__name__}: {exc}") from exc
+        self._down_since = None
+        return result
+
+    async def _migrate(self) -> None:
+        """Build the per-owner and unfinished indexes of a store written before they existed (once)."""
+        if await self._redis.get(self._schema) == _SCHEMA_VERSION:
+            self._schema_ok = True
+            return
+        ids = [i.decode() for i in await self._redis.zrange(self._all, 0, -1)]
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start : start + _CHUNK]
+            raws = await self._redis.mget([self._task(i) for i in chunk])
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for task_id, raw in zip(chunk, raws, strict=True):
+                    rec = None if raw is None else parse_record(raw, task_id)
+                    if rec is not None:
+                        keys = [self._task(task_id), self._owner(rec.owner), self._unfinished]
+                        args = [raw, task_id, repr(rec.created_at), _flag(rec.status in UNFINISHED)]
+                        await self._index_one(keys=keys, args=args, client=pipe)
+                await pipe.execute()
+        await self._redis.set(self._schema, _SCHEMA_VERSION)
+        if ids:
+            log.info("redis store %s: indexed %d existing tasks by owner and status", self.prefix, len(ids))
+        self._schema_ok = True
 
     # records
     async def get(self, task_id: str) -> TaskRecord | None:
-        async with self._guard():
-            raw = await self._redis.get(self._task(task_id))
-        return None if raw is None else TaskRecord.from_json(raw)
+        raw = await self._call(lambda: self._redis.get(self._task(task_id)))
+        return None if raw is None else parse_record(raw, task_id)
 
-    async def create(self, record: TaskRecord) -> bool:
-        keys = [self._task(record.id), self._index]
-        async with self._guard():
-            n = await self._create(keys=keys, args=[record.to_json(), repr(record.created_at), record.id])
-        return bool(n)
+    async def create(self, record: TaskRecord, vector: bytes | None = None) -> bool:
+        keys = [self._task(record.id), self._all, self._owner(record.owner), self._unfinished, self._vec(record.id)]
+        args = [
+            record.to_json(),
+            repr(record.created_at),
+            record.id,
+            _flag(record.status in UNFINISHED),
+            _flag(vector is not None),
+            b"" if vector is None else bytes(vector),
+        ]
+        return bool(await self._call(lambda: self._create(keys=keys, args=args)))
 
     async def update(self, task_id: str, **fields: Any) -> TaskRecord | None:
+        return await self._call(lambda: self._read_modify_write(task_id, fields, None))
+
+    async def finish(self, task_id: str, vector: bytes, **fields: Any) -> TaskRecord | None:
+        return await self._call(lambda: self._read_modify_write(task_id, fields, bytes(vector)))
+
+    async def _read_modify_write(self, task_id: str, fields: dict[str, Any], vector: bytes | None) -> TaskRecord | None:
         key = self._task(task_id)
-        async with self._guard(), self._redis.pipeline(transaction=True) as pipe:
-            for attempt in range(_UPDATE_RETRIES):
-                try:
-                    await pipe.watch(key)
-                    raw = await pipe.get(key)
-                    if raw is None:
-                        await pipe.unwatch()
-                        return None
-                    new = apply_update(TaskRecord.from_json(raw), fields)
-                    pipe.multi()
-                    pipe.set(key, new.to_json())
-                    if "created_at" in fields:
-                        pipe.zadd(self._index, {task_id: new.created_at})
-                    await pipe.execute()
-                    return new
-                except WatchError:
-                    await pipe.reset()
-                    await asyncio.sleep(min(0.001 * attempt, 0.05))
+        for attempt in range(_SWAP_ATTEMPTS):
+            raw = await self._redis.get(key)
+            if raw is None:
+                return None
+            old = parse_record(raw, task_id)
+            if old is None:
+                return None
+            new = apply_update(old, fields)
+            owners = [self._owner(old.owner), self._owner(new.owner)]
+            keys = [key, self._all, *owners, self._unfinished, self._vec(task_id)]
+            args = [
+                raw,
+                new.to_json(),
+                task_id,
+                repr(new.created_at),
+                _flag(new.status in UNFINISHED),
+                _flag(vector is not None),
+                vector or b"",
+            ]
+            n = await self._swap(keys=keys, args=args)
+            if n == 1:
+                return new
+            if n == 0:
+                return None
+            await asyncio.sleep(min(0.001 * attempt, 0.02))  # someone else wrote it meanwhile: read again
         raise StoreUnavailable(f"update of task {task_id} kept conflicting; gave up")
 
-    async def list(self, owner: str | None = None, all_owners: bool = False) -> builtins.list[TaskRecord]:
+    async def count(self, owner: str | None) -> int:
+        return int(await self._call(lambda: self._redis.zcard(self._owner(owner))))
+
+    async def list(
+        self, owner: str | None = None, all_owners: bool = False, *, offset: int = 0, limit: int | None = None
+    ) -> builtins.list[TaskRecord]:
+        if offset < 0 or (limit is not None and limit < 0):
+            raise ValueError("offset and limit must not be negative")
+        if limit == 0:
+            return []
+        index = self._all if all_owners else self._owner(owner)
+        stop = -1 if limit is None else offset + limit - 1
+        return await self._call(lambda: self._page(index, offset, stop, None if all_owners else owner))
+
+    async def _page(self, index: str, start: int, stop: int, owner: str | None) -> builtins.list[TaskRecord]:
+        # ZREVRANGE orders equal scores by member descending: the same tie-break as SqliteStore.
+        ids = [i.decode() for i in await self._redis.zrevrange(index, start, stop)]
         out: builtins.list[TaskRecord] = []
-        async with self._guard():
-            ids = await self._redis.zrevrange(self._index, 0, -1)
-            # zrevrange orders equal scores by member descending: the same tie-break as SqliteStore.
-            for start in range(0, len(ids), _MGET_CHUNK):
-                chunk = ids[start : start + _MGET_CHUNK]
-                raws = await self._redis.mget([self._task(i.decode()) for i in chunk])
-                for raw in raws:
-                    if raw is None:  # deleted between ZREVRANGE and MGET
-                        continue
-                    rec = TaskRecord.from_json(raw)
-                    if all_owners or rec.owner == owner:
-                        out.append(rec)
+        gone: builtins.list[str] = []
+        for first in range(0, len(ids), _CHUNK):
+            chunk = ids[first : first + _CHUNK]
+            for task_id, raw in zip(chunk, await self._redis.mget([self._task(i) for i in chunk]), strict=True):
+                if raw is None:
+                    gone.append(task_id)
+                    continue
+                rec = parse_record(raw, task_id)
+                if rec is not None and (index == self._all or rec.owner == owner):
+                    out.append(rec)
+        if gone:  # deleted meanwhile (then this is a no-op) or lost: drop what points at nothing
+            await self._prune(keys=[index, *(self._task(i) for i in gone)], args=gone)
         return out
 
+    async def unfinished(self) -> builtins.list[str]:
+        members = await self._call(lambda: self._redis.smembers(self._unfinished))
+        return sorted(m.decode() for m in members)
+
     async def delete(self, task_id: str) -> bool:
-        keys = [self._task(task_id), self._vec(task_id), self._lock(task_id), self._index]
-        async with self._guard():
-            n = await self._delete(keys=keys, args=[task_id])
-        return bool(n)
+        return await self._call(lambda: self._delete_swap(task_id))
+
+    async def _delete_swap(self, task_id: str) -> bool:
+        for attempt in range(_SWAP_ATTEMPTS):
+            raw = await self._redis.get(self._task(task_id))
+            owner_key = self._owner(None)
+            if raw is not None:
+                owner_key = self._owner_of_raw(raw, task_id)
+            keys = [
+                self._task(task_id),
+                self._vec(task_id),
+                self._lock(task_id),
+                self._all,
+                owner_key,
+                self._unfinished,
+            ]
+            n = await self._delete(keys=keys, args=[raw or b"", task_id])
+            if n >= 0:
+                return n == 1
+            await asyncio.sleep(min(0.001 * attempt, 0.02))
+        raise StoreUnavailable(f"delete of task {task_id} kept conflicting; gave up")
+
+    def _owner_of_raw(self, raw: bytes, task_id: str) -> str:
+        """The owner index of a stored record, read leniently: a corrupt record must still be deletable."""
+        rec = parse_record(raw, task_id)
+        if rec is not None:
+            return self._owner(rec.owner)
+        try:
+            owner = json.loads(raw).get("owner")
+        except (ValueError, AttributeError):
+            owner = None
+        return self._owner(owner if isinstance(owner, str) else None)
 
     # vectors
     async def put_vector(self, task_id: str, data: bytes) -> None:
         """Store the vector bytes; a no-op when the task record does not exist (deleted meanwhile)."""
-        async with self._guard():
-            await self._put_vector(keys=[self._task(task_id), self._vec(task_id)], args=[bytes(data)])
+        keys = [self._task(task_id), self._vec(task_id)]
+        await self._call(lambda: self._put_vector(keys=keys, args=[bytes(data)]))
 
     async def get_vector(self, task_id: str) -> bytes | None:
-        async with self._guard():
-            raw = await self._redis.get(self._vec(task_id))
+        raw = await self._call(lambda: self._redis.get(self._vec(task_id)))
         return None if raw is None else bytes(raw)
 
     # locks
     async def acquire_lock(self, task_id: str, holder: str, ttl_s: float) -> bool:
-        async with self._guard():
-            ok = await self._redis.set(self._lock(task_id), holder, nx=True, px=_ttl_ms(ttl_s))
-        return bool(ok)
+        return bool(await self._call(lambda: self._redis.set(self._lock(task_id), holder, nx=True, px=_ttl_ms(ttl_s))))
 
     async def refresh_lock(self, task_id: str, holder: str, ttl_s: float) -> bool:
-        async with self._guard():
-            n = await self._refresh(keys=[self._lock(task_id)], args=[holder, _ttl_ms(ttl_s)])
-        return bool(n)
+        return bool(await self._call(lambda: self._refresh(keys=[self._lock(task_id)], args=[holder, _ttl_ms(ttl_s)])))
 
     async def release_lock(self, task_id: str, holder: str) -> None:
-        async with self._guard():
-            await self._release(keys=[self._lock(task_id)], args=[holder])
+        await self._call(lambda: self._release(keys=[self._lock(task_id)], args=[holder]))
 
     # lifecycle
     async def ping(self) -> bool:
-        """True if Redis answers; False when it cannot be reached (never raises for that)."""
+        """True if Redis answers; False (never raises) otherwise. Always asks, even right after a fault."""
         try:
-            return bool(await self._redis.ping())
-        except _UNAVAILABLE:
+            ok = bool(await asyncio.wait_for(self._redis.ping(), self.deadline_s))
+        except (RedisError, *_UNREACHABLE):
+            self._down_since = time.monotonic()
             return False
+        self._down_since = None
+        return ok
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -6,21 +6,26 @@ process's calls on its single connection. Several processes may share the file (
 disk: WAL does not work over network file systems): put-if-absent is INSERT OR IGNORE,
 read-modify-write runs in BEGIN IMMEDIATE transactions, and locks are conditional upserts.
 Lock expiry compares wall-clock times (time.time()) of the processes sharing the file.
+Every sqlite3 error (locked past the busy timeout, disk full, I/O error, a corrupt file) comes out
+as StoreUnavailable; after one that is not mere locking the connection is reopened on next use.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
+import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .base import StoreUnavailable, TaskRecord, apply_update
+from .base import UNFINISHED, StoreUnavailable, TaskRecord, apply_update, parse_record
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -29,7 +34,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY,
     owner TEXT,
     created_at REAL NOT NULL,
-    data TEXT NOT NULL
+    data TEXT NOT NULL,
+    status TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_created ON tasks (created_at DESC, id DESC);
 CREATE INDEX IF NOT EXISTS tasks_owner_created ON tasks (owner, created_at DESC, id DESC);
@@ -43,6 +49,26 @@ CREATE TABLE IF NOT EXISTS locks (
     expires_at REAL NOT NULL
 );
 """
+# Created after the migration below has added the column to files written before it existed.
+_STATUS_INDEX = "CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status)"
+
+_UPSERT_VECTOR = "INSERT INTO vectors (id, data) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET data = excluded.data"
+_UNFINISHED_SQL = ", ".join(f"'{s}'" for s in sorted(UNFINISHED))
+
+# "database is locked" / "busy": another process holds the write lock; the connection itself is fine.
+_TRANSIENT = ("locked", "busy")
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Files written before the status column: add it and fill it from the records."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
+    if "status" not in columns:
+        conn.execute("ALTER TABLE tasks ADD COLUMN status TEXT")
+    rows = conn.execute("SELECT id, data FROM tasks WHERE status IS NULL").fetchall()
+    for task_id, data in rows:
+        rec = parse_record(data, task_id)
+        conn.execute("UPDATE tasks SET status = ? WHERE id = ?", (rec.status if rec else "unreadable", task_id))
+    conn.execute(_STATUS_INDEX)
 
 
 @contextmanager
@@ -60,7 +86,7 @@ def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
 class SqliteStore:
     """TaskStore in one SQLite file, safe for several processes on one machine."""
 
-    def __init__(self, path: Path, *, busy_timeout_s: float = 10.0) -> None:
+    def __init__(self, path: Path, *, busy_timeout_s: float = 2.0) -> None:
         self.path = Path(path)
         self._busy_timeout_s = busy_timeout_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
@@ -78,6 +104,7 @@ class SqliteStore:
                 for stmt in _SCHEMA.split(";"):
                     if stmt.strip():
                         conn.execute(stmt)
+                _migrate(conn)
         except BaseException:
             conn.close()
             raise
@@ -86,7 +113,25 @@ class SqliteStore:
     def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._conn is None:
             self._conn = self._open()
-        return fn(self._conn)
+        try:
+            return fn(self._conn)
+        except sqlite3.Error as exc:
+            conn = self._conn
+            if not any(word in str(exc).lower() for word in _TRANSIENT):
+                self._drop_connection()
+            elif conn is not None and conn.in_transaction:  # e.g. a COMMIT that found the file busy
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    self._drop_connection()
+            raise
+
+    def _drop_connection(self) -> None:
+        """Forget a connection that may be mid-transaction or broken; the next call opens a fresh one."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with suppress(sqlite3.Error):
+                conn.close()
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed:
@@ -94,8 +139,8 @@ class SqliteStore:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, self._call, fn)
-        except (sqlite3.OperationalError, OSError) as exc:
-            raise StoreUnavailable(f"sqlite store {self.path}: {exc}") from exc
+        except (sqlite3.Error, OSError) as exc:  # OperationalError, DatabaseError, ... (not ValueError: bad input)
+            raise StoreUnavailable(f"sqlite store {self.path}: {type(exc).__name__}: {exc}") from exc
 
     # records
     async def get(self, task_id: str) -> TaskRecord | None:
@@ -104,43 +149,86 @@ class SqliteStore:
             return None if row is None else row[0]
 
         raw = await self._run(op)
-        return None if raw is None else TaskRecord.from_json(raw)
+        return None if raw is None else parse_record(raw, task_id)
 
-    async def create(self, record: TaskRecord) -> bool:
-        args = (record.id, record.owner, record.created_at, record.to_json())
+    async def create(self, record: TaskRecord, vector: bytes | None = None) -> bool:
+        args = (record.id, record.owner, record.created_at, record.to_json(), record.status)
+        blob = None if vector is None else bytes(vector)
 
         def op(conn: sqlite3.Connection) -> bool:
-            cur = conn.execute("INSERT OR IGNORE INTO tasks (id, owner, created_at, data) VALUES (?, ?, ?, ?)", args)
-            return cur.rowcount == 1
+            with _immediate(conn):
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO tasks (id, owner, created_at, data, status) VALUES (?, ?, ?, ?, ?)", args
+                )
+                if cur.rowcount != 1:
+                    return False
+                if blob is None:  # a new task has no vector yet: drop any leftover
+                    conn.execute("DELETE FROM vectors WHERE id = ?", (record.id,))
+                else:
+                    conn.execute(_UPSERT_VECTOR, (record.id, blob))
+                return True
 
         return await self._run(op)
 
     async def update(self, task_id: str, **fields: Any) -> TaskRecord | None:
-        def op(conn: sqlite3.Connection) -> TaskRecord | None:
-            with _immediate(conn):
-                row = conn.execute("SELECT data FROM tasks WHERE id = ?", (task_id,)).fetchone()
-                if row is None:
-                    return None
-                new = apply_update(TaskRecord.from_json(row[0]), fields)
-                conn.execute(
-                    "UPDATE tasks SET owner = ?, created_at = ?, data = ? WHERE id = ?",
-                    (new.owner, new.created_at, new.to_json(), task_id),
-                )
-                return new
+        return await self._run(lambda conn: self._read_modify_write(conn, task_id, fields, None))
+
+    async def finish(self, task_id: str, vector: bytes, **fields: Any) -> TaskRecord | None:
+        blob = bytes(vector)
+        return await self._run(lambda conn: self._read_modify_write(conn, task_id, fields, blob))
+
+    @staticmethod
+    def _read_modify_write(
+        conn: sqlite3.Connection, task_id: str, fields: dict[str, Any], vector: bytes | None
+    ) -> TaskRecord | None:
+        with _immediate(conn):
+            row = conn.execute("SELECT data FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            old = None if row is None else parse_record(row[0], task_id)
+            if old is None:
+                return None
+            new = apply_update(old, fields)
+            conn.execute(
+                "UPDATE tasks SET owner = ?, created_at = ?, data = ?, status = ? WHERE id = ?",
+                (new.owner, new.created_at, new.to_json(), new.status, task_id),
+            )
+            if vector is not None:
+                conn.execute(_UPSERT_VECTOR, (task_id, vector))
+            return new
+
+    async def count(self, owner: str | None) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            return int(conn.execute("SELECT COUNT(*) FROM tasks WHERE owner IS ?", (owner,)).fetchone()[0])
 
         return await self._run(op)
 
-    async def list(self, owner: str | None = None, all_owners: bool = False) -> builtins.list[TaskRecord]:
-        def op(conn: sqlite3.Connection) -> builtins.list[str]:
+    async def list(
+        self, owner: str | None = None, all_owners: bool = False, *, offset: int = 0, limit: int | None = None
+    ) -> builtins.list[TaskRecord]:
+        if offset < 0 or (limit is not None and limit < 0):
+            raise ValueError("offset and limit must not be negative")
+        page = (-1 if limit is None else limit, offset)
+
+        def op(conn: sqlite3.Connection) -> builtins.list[tuple[str, str]]:
             if all_owners:
-                rows = conn.execute("SELECT data FROM tasks ORDER BY created_at DESC, id DESC")
+                rows = conn.execute(
+                    "SELECT id, data FROM tasks ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?", page
+                )
             else:
                 rows = conn.execute(
-                    "SELECT data FROM tasks WHERE owner IS ? ORDER BY created_at DESC, id DESC", (owner,)
+                    "SELECT id, data FROM tasks WHERE owner IS ? ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
+                    (owner, *page),
                 )
+            return rows.fetchall()
+
+        records = (parse_record(raw, task_id) for task_id, raw in await self._run(op))
+        return [r for r in records if r is not None]
+
+    async def unfinished(self) -> builtins.list[str]:
+        def op(conn: sqlite3.Connection) -> builtins.list[str]:
+            rows = conn.execute(f"SELECT id FROM tasks WHERE status IN ({_UNFINISHED_SQL}) ORDER BY id")
             return [r[0] for r in rows]
 
-        return [TaskRecord.from_json(raw) for raw in await self._run(op)]
+        return await self._run(op)
 
     async def delete(self, task_id: str) -> bool:
         def op(conn: sqlite3.Connection) -> bool:
