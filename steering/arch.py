@@ -29,6 +29,9 @@ FAMILIES: tuple[Family, ...] = (
             "qwen2",
             "qwen3",
             "qwen2_moe",
+            "qwen3_moe",
+            "olmoe",
+            "gpt_oss",
             "gemma",
             "gemma2",
             "gemma3_text",
@@ -45,7 +48,10 @@ FAMILIES: tuple[Family, ...] = (
         "model.layers",
         "self_attn.o_proj",
     ),
+    Family("phi", ("phi",), "model.layers", "self_attn.dense"),
     Family("gpt2", ("gpt2",), "transformer.h", "attn.c_proj"),
+    Family("gptj", ("gptj",), "transformer.h", "attn.out_proj"),
+    Family("falcon", ("falcon",), "transformer.h", "self_attention.dense"),
     Family("gpt_neox", ("gpt_neox",), "gpt_neox.layers", "attention.dense"),
 )
 

@@ -101,6 +101,24 @@ def next_token_logprobs(
     return torch.cat(outputs)
 
 
+def _snapshot(cache: DynamicCache) -> list[dict[str, object]]:
+    """Every cache layer's attributes: its key/value tensors and its bookkeeping.
+
+    Sliding-window layers count the tokens they have seen (`cumulative_length`) apart from the keys they
+    keep (at most window - 1); restoring only the tensors would leave that count one token further on
+    every pass, and the next pass would build its attention mask for a longer cache than it holds.
+    Dynamic layers replace their tensors and counters on update instead of writing into them, so a
+    shallow copy of the attributes is a snapshot.
+    """
+    return [dict(vars(layer)) for layer in cache.layers]
+
+
+def _restore(cache: DynamicCache, snapshot: list[dict[str, object]]) -> None:
+    for layer, state in zip(cache.layers, snapshot, strict=True):
+        vars(layer).clear()
+        vars(layer).update(state)
+
+
 class LastTokenRunner:
     """Runs the shared prefix of prompts once, then only their last token under many different edits.
 
@@ -129,7 +147,7 @@ class LastTokenRunner:
         if repeats > 1:
             self.cache.batch_repeat_interleave(repeats)  # rows i*repeats ... (i+1)*repeats-1 share prompt i
             mask = mask.repeat_interleave(repeats, dim=0)
-        self._prefix_kv = [(layer.keys, layer.values) for layer in self.cache.layers]
+        self._prefix_state = _snapshot(self.cache)
         last = torch.tensor([t[-1] for t in token_ids], device=lm.device).repeat_interleave(repeats)
         self.last_ids = last[:, None]
         self.mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
@@ -156,5 +174,4 @@ class LastTokenRunner:
                     .float()
                 )
         finally:
-            for layer, (keys, values) in zip(self.cache.layers, self._prefix_kv, strict=True):
-                layer.keys, layer.values = keys, values
+            _restore(self.cache, self._prefix_state)

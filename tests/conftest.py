@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from steering.model import LoadedModel, load_model
+from steering.tiny import TINY_MODEL_TYPES
 
 pytest_plugins = ["tests.store_fixtures"]
 
@@ -26,9 +27,9 @@ def tiny_llama() -> LoadedModel:
     return load_model("tiny:llama")
 
 
-@pytest.fixture(scope="session", params=["llama", "qwen2", "gpt2", "gpt_neox"])
+@pytest.fixture(scope="session", params=TINY_MODEL_TYPES)
 def tiny_lm(request: pytest.FixtureRequest) -> LoadedModel:
-    """One tiny random model per supported architecture family."""
+    """One tiny random model per supported model type (every row of docs/COMPATIBILITY.md)."""
     return load_model(f"tiny:{request.param}")
 
 

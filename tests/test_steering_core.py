@@ -1,4 +1,8 @@
-"""The library's invariants on tiny random models of every supported family, for every method."""
+"""The library's invariants on a tiny random model of every supported model type, for every method.
+
+`tiny_lm` (tests/conftest.py) runs each test below once per type in `steering.tiny.TINY_MODEL_TYPES`;
+scripts/compat_table.py lists these tests in docs/COMPATIBILITY.md as what holds each row.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import torch
 from torch import nn
 
 from steering.arch import UnsupportedArchitecture, resolve_architecture
-from steering.capture import next_token_logprobs
+from steering.capture import LastTokenRunner, next_token_logprobs
 from steering.engine import Engine, GenerationRequest
 from steering.inject import BatchSteering, SteeringError, SteeringTerm
 from steering.methods import compute_vector
@@ -30,14 +34,24 @@ PAIRS = [
     ("red", "blue"),
 ]
 DEMOS = [Demonstration(input=a, output=b) for a, b in PAIRS]
-PROMPTS = ["Q: hot\nA:", "Q: big dog\nA:", "France", "Q: the quick brown fox jumps\nA:"]
+# Lengths 7, 8, 3, 18 and 16 tokens: left padding of up to 15, and longer than the tiny sliding window.
+PROMPTS = [
+    "Q: hot\nA:",
+    "Q: big dog\nA:",
+    "France",
+    "Q: the quick brown fox jumps\nA:",
+    "Q: one two three four five\nA:",
+]
+FEW_SHOT = "Q: hot\nA: cold\n\nQ: big\nA: small\n\nQ: up\nA:"  # 30 tokens
 FAST = {"num_prompts": 6, "k_shot": 3}
 METHODS = {
     "task_vector": FAST,
     "function_vector": {**FAST, "num_corrupted": 3},
+    "soft_injection": {**FAST, "steps": 4, "eval_every": 2, "batch_size": 8},
     "icv": FAST,
     "contrastive": FAST,
 }
+ALL_VECTORS = [*METHODS, "fv_attribution"]
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +85,7 @@ def test_plain_engine_matches_transformers_generate(tiny_lm: LoadedModel) -> Non
         assert result.token_ids == reference[: len(result.token_ids)]
 
 
-@pytest.mark.parametrize("method", [*METHODS, "fv_attribution"])
+@pytest.mark.parametrize("method", ALL_VECTORS)
 def test_strength_zero_is_the_plain_model(tiny_lm: LoadedModel, vectors, method: str) -> None:
     engine = Engine(tiny_lm)
     plain = engine.generate(_requests(engine, [()] * len(PROMPTS)))
@@ -81,7 +95,7 @@ def test_strength_zero_is_the_plain_model(tiny_lm: LoadedModel, vectors, method:
     assert torch.equal(logprobs, next_token_logprobs(tiny_lm, PROMPTS))
 
 
-@pytest.mark.parametrize("method", [*METHODS, "fv_attribution"])
+@pytest.mark.parametrize("method", ALL_VECTORS)
 def test_steering_changes_the_output(tiny_lm: LoadedModel, vectors, method: str) -> None:
     vector = vectors[method]
     steered = next_token_logprobs(tiny_lm, PROMPTS, [[SteeringTerm(vector, 8.0, tuple(range(2)))]] * len(PROMPTS))
@@ -89,17 +103,81 @@ def test_steering_changes_the_output(tiny_lm: LoadedModel, vectors, method: str)
 
 
 def test_batched_rows_match_single_runs_and_padding_does_not_move_vectors(tiny_lm: LoadedModel, vectors) -> None:
-    """Prompts of different lengths are left-padded together; each row must equal its solo run."""
+    """Prompts of different lengths are left-padded together, each with its own plan (one plain); each row
+    must equal its solo run."""
     engine = Engine(tiny_lm)
     plans = [
         [SteeringTerm(vectors["task_vector"], 1.0)],
         [SteeringTerm(vectors["function_vector"], 4.0), SteeringTerm(vectors["icv"], -0.5)],
         [],
         [SteeringTerm(vectors["contrastive"], 3.0, (1,))],
+        [SteeringTerm(vectors["soft_injection"], 1.0)],
     ]
     batched = engine.generate(_requests(engine, plans))
     alone = [engine.generate([request])[0] for request in _requests(engine, plans)]
     assert _tokens(batched) == _tokens(alone)
+
+
+@pytest.mark.parametrize("method", ALL_VECTORS)
+def test_left_padding_does_not_move_a_vector(tiny_lm: LoadedModel, vectors, method: str) -> None:
+    """A short prompt steered beside a long one (padded by 27 tokens) scores as it does alone."""
+    plan = [SteeringTerm(vectors[method], 2.0)]
+    alone = next_token_logprobs(tiny_lm, [PROMPTS[0]], [plan])
+    padded = next_token_logprobs(tiny_lm, [FEW_SHOT, PROMPTS[0]], [[], plan])[1:]
+    assert torch.allclose(padded, alone, atol=1e-4), (padded - alone).abs().max()
+
+
+@pytest.mark.parametrize(
+    ("prompts", "repeats"),
+    [((PROMPTS[0], PROMPTS[2]), 1), ((PROMPTS[0], PROMPTS[2]), 3), ((FEW_SHOT, PROMPTS[0], PROMPTS[3]), 3)],
+    ids=["short", "short-repeated", "long-repeated"],
+)
+def test_cached_prefix_passes_equal_full_passes(
+    tiny_lm: LoadedModel, vectors, prompts: tuple[str, ...], repeats: int
+) -> None:
+    """LastTokenRunner (function vectors' head scan, soft-injection training) runs the prefix once into a KV
+    cache, then only the last token under many edits: every pass must equal a full forward pass, with
+    prefixes shorter and longer than a sliding window."""
+    rows = [p for p in prompts for _ in range(repeats)]
+    runner = LastTokenRunner(tiny_lm, prompts, repeats=repeats)
+    for plan in ([], [SteeringTerm(vectors["soft_injection"], 1.0)], [SteeringTerm(vectors["task_vector"], 1.0)], []):
+        steering = BatchSteering.build([plan] * len(rows), tiny_lm.arch, 0, tiny_lm.device, tiny_lm.dtype)
+        cached = torch.log_softmax(runner.logits(steering), dim=-1).cpu()
+        full = next_token_logprobs(tiny_lm, rows, [plan] * len(rows))
+        assert torch.allclose(cached, full, atol=1e-4), (cached - full).abs().max()
+
+
+def _key_value_heads(config) -> int:
+    if config.model_type == "falcon":
+        return config.num_kv_heads if config.new_decoder_architecture or not config.multi_query else 1
+    return getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+
+
+def test_heads_split_where_the_model_computes_them(tiny_lm: LoadedModel) -> None:
+    """The head-mix hook reads the output projection's input as [heads, head_dim] blocks. On a one-token
+    prompt every head's output is its key-value head's value (times the attention sink's share in
+    gpt_oss), so blocks of query heads that share a key-value head must be parallel, and no others."""
+    config = tiny_lm.model.config
+    heads, kv_heads = tiny_lm.arch.num_heads, _key_value_heads(config)
+    if kv_heads == heads:
+        pytest.skip("multi-head attention: no heads share values, nothing to compare")
+    captured = []
+    handles = [
+        m.register_forward_pre_hook(lambda _, args: captured.append(args[0][0, -1])) for m in tiny_lm.arch.attn_out
+    ]
+    try:
+        with torch.inference_mode():
+            tiny_lm.model(input_ids=torch.tensor([[5]], device=tiny_lm.device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    group = heads // kv_heads
+    for per_layer in captured:
+        blocks = torch.nn.functional.normalize(per_layer.float().view(heads, tiny_lm.arch.head_dim), dim=-1)
+        cosine = blocks @ blocks.T
+        same_group = torch.arange(heads)[:, None] // group == torch.arange(heads)[None, :] // group
+        assert torch.allclose(cosine[same_group], torch.ones(()), atol=1e-4)
+        assert (cosine[~same_group].abs() < 0.999).all()
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -111,7 +189,7 @@ def test_kv_cache_on_and_off_give_the_same_tokens(tiny_lm: LoadedModel, vectors,
     )
 
 
-@pytest.mark.parametrize("method", [*METHODS, "fv_attribution"])
+@pytest.mark.parametrize("method", ALL_VECTORS)
 def test_vector_round_trips_bit_identically(vectors, method: str) -> None:
     vector = vectors[method]
     back = TaskVector.from_bytes(vector.to_bytes())
