@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import os
 import socket
+import sqlite3
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -414,3 +418,304 @@ async def test_open_store_picks_backend(tmp_path: Path, redis_url: str) -> None:
     finally:
         await sq.close()
         await rs.close()
+
+
+# create with a vector, finish, count, pages, unfinished
+
+
+async def test_create_with_vector_is_one_step(store: TaskStore) -> None:
+    rec = make_record(status="ready", summary={"layer": 1})
+    data = os.urandom(50_000)
+    assert await store.create(rec, data) is True
+    assert await store.get(rec.id) == rec and await store.get_vector(rec.id) == data
+    assert await store.create(make_record(name="other"), b"other vector") is False  # nothing of the loser lands
+    assert await store.get(rec.id) == rec and await store.get_vector(rec.id) == data
+    assert await store.unfinished() == []  # created ready
+
+
+async def test_finish_writes_vector_and_fields_together(store: TaskStore) -> None:
+    rec = make_record(status="running", progress={"step": 3})
+    await store.create(rec)
+    assert await store.unfinished() == [rec.id]
+    data = os.urandom(20_000)
+    done = await store.finish(rec.id, data, status="ready", summary={"layer": 4}, progress=None)
+    assert done is not None and (done.status, done.summary, done.progress) == ("ready", {"layer": 4}, None)
+    assert await store.get(rec.id) == done and await store.get_vector(rec.id) == data
+    assert await store.unfinished() == []
+    with pytest.raises(ValueError):  # a bad field writes nothing, not even the vector
+        await store.finish(rec.id, b"bad", status="exploded")
+    assert await store.get(rec.id) == done and await store.get_vector(rec.id) == data
+
+
+async def test_finish_of_a_deleted_task_writes_nothing(store: TaskStore) -> None:
+    assert await store.finish("gone", b"late vector", status="ready") is None
+    assert await store.get("gone") is None and await store.get_vector("gone") is None
+    assert await store.list(all_owners=True) == [] and await store.count(None) == 0
+
+
+async def test_finish_racing_delete_never_leaves_half_a_task(store: TaskStore) -> None:
+    for i in range(15):
+        rec = make_record(f"race{i}", status="running")
+        await store.create(rec)
+        finished, _deleted = await asyncio.gather(
+            store.finish(rec.id, b"v" * 1000, status="ready"), store.delete(rec.id)
+        )
+        got, vec = await store.get(rec.id), await store.get_vector(rec.id)
+        # delete first: finish found nothing; finish first: delete removed both. Never a vector without its record.
+        assert got is None and vec is None, (finished, got, vec)
+    assert await store.unfinished() == [] and await store.count(None) == 0
+
+
+async def test_count_per_owner(store: TaskStore) -> None:
+    for i in range(3):
+        await store.create(make_record(f"a{i}", owner="alice"))
+    await store.create(make_record("b0", owner="bob"))
+    await store.create(make_record("n0"))
+    assert [await store.count(o) for o in ("alice", "bob", None, "carol")] == [3, 1, 1, 0]
+    await store.delete("a1")
+    await store.update("b0", owner="alice")  # an owner change moves the task between counts
+    assert [await store.count(o) for o in ("alice", "bob", None)] == [3, 0, 1]
+    assert {r.id for r in await store.list(owner="alice")} == {"a0", "a2", "b0"}
+    assert await store.list(owner="bob") == []
+
+
+async def test_list_pages(store: TaskStore) -> None:
+    for i in range(7):
+        await store.create(make_record(f"a{i}", owner="alice", created_at=100.0 + i))
+        await store.create(make_record(f"b{i}", owner="bob", created_at=100.5 + i))
+    newest_first = [f"a{i}" for i in reversed(range(7))]
+    pages = [[r.id for r in await store.list(owner="alice", offset=o, limit=3)] for o in (0, 3, 6, 9)]
+    assert pages == [newest_first[:3], newest_first[3:6], newest_first[6:], []]
+    assert [r.id for r in await store.list(owner="alice", offset=5)] == newest_first[5:]
+    assert await store.list(owner="alice", limit=0) == []
+    everyone = [r.id for r in await store.list(all_owners=True, offset=2, limit=4)]
+    assert everyone == ["b5", "a5", "b4", "a4"]
+    with pytest.raises(ValueError):
+        await store.list(offset=-1)
+
+
+async def test_unfinished_follows_status(store: TaskStore) -> None:
+    await store.create(make_record("p"))  # pending by default
+    await store.create(make_record("r", status="running"))
+    await store.create(make_record("f", status="failed"))
+    await store.create(make_record("d", status="ready"))
+    assert sorted(await store.unfinished()) == ["p", "r"]
+    await store.update("p", status="running")
+    await store.update("r", status="failed", error="boom")
+    await store.update("f", status="pending")  # a failed task posted again
+    assert sorted(await store.unfinished()) == ["f", "p"]
+    await store.delete("p")
+    await store.finish("f", b"vec", status="ready")
+    assert await store.unfinished() == []
+
+
+async def _corrupt(backend: StoreBackend, task_id: str, raw: str) -> None:
+    """Overwrite a stored record with `raw`, behind the store's back."""
+    if backend.kind == "redis":
+        client = redis.Redis.from_url(backend.config["url"])
+        try:
+            client.set(f"{backend.config['prefix']}task:{task_id}", raw)
+        finally:
+            client.close()
+    else:
+        conn = sqlite3.connect(backend.config["path"])
+        with conn:
+            conn.execute("UPDATE tasks SET data = ? WHERE id = ?", (raw, task_id))
+        conn.close()
+
+
+async def test_unreadable_records_are_skipped_not_fatal(
+    store_backend: StoreBackend, store: TaskStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    for i, task_id in enumerate(("good1", "junk", "wrongtype", "good2")):
+        await store.create(make_record(task_id, owner="alice", created_at=100.0 + i, status="running"))
+    await _corrupt(store_backend, "junk", "{not json")
+    await _corrupt(
+        store_backend, "wrongtype", json.dumps({**make_record("wrongtype", owner="alice").model_dump(), "status": 42})
+    )
+    with caplog.at_level(logging.WARNING, logger="app.store"):
+        assert [r.id for r in await store.list(owner="alice")] == ["good2", "good1"]
+        assert [r.id for r in await store.list(all_owners=True)] == ["good2", "good1"]
+        assert await store.get("junk") is None and await store.get("wrongtype") is None
+        assert await store.update("junk", status="ready") is None  # cannot read it: cannot update it
+    assert "junk" in caplog.text and "wrongtype" in caplog.text
+    assert await store.delete("junk") is True and await store.delete("wrongtype") is True  # still removable
+    # Redis cannot tell whose index held a record that is not even JSON: the next list drops the stray entry.
+    assert [r.id for r in await store.list(owner="alice")] == ["good2", "good1"]
+    assert await store.count("alice") == 2
+    assert sorted(await store.unfinished()) == ["good1", "good2"]
+
+
+# faults become StoreUnavailable, fast
+
+
+async def test_sqlite_locked_file_is_unavailable_quickly(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.sqlite3"
+    s = SqliteStore(path, busy_timeout_s=0.3)
+    await s.create(make_record("t"))
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")  # another process holds the file
+        t0 = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="locked"):
+            await s.create(make_record("u"))
+        with pytest.raises(StoreUnavailable):
+            await s.finish("t", b"v", status="ready")
+        assert time.monotonic() - t0 < 3
+        other.execute("ROLLBACK")
+        assert await s.finish("t", b"v", status="ready") is not None  # the same connection works again
+        assert await s.get_vector("t") == b"v"
+    finally:
+        other.close()
+        await s.close()
+
+
+async def test_sqlite_garbage_file_is_unavailable(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.sqlite3"
+    path.write_bytes(b"this is not a database" * 100)
+    s = SqliteStore(path)
+    try:
+        assert await s.ping() is False
+        with pytest.raises(StoreUnavailable):
+            await s.count(None)
+        path.unlink()  # repaired: the next call opens a fresh file
+        assert await s.create(make_record()) is True
+    finally:
+        await s.close()
+
+
+async def test_sqlite_file_from_before_the_status_column(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.sqlite3"
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute(
+            "CREATE TABLE tasks (id TEXT PRIMARY KEY, owner TEXT, created_at REAL NOT NULL, data TEXT NOT NULL)"
+        )
+        for task_id, status in (("p", "pending"), ("d", "ready")):
+            conn.execute(
+                "INSERT INTO tasks VALUES (?, NULL, 1.0, ?)", (task_id, make_record(task_id, status=status).to_json())
+            )
+    conn.close()
+    s = SqliteStore(path)
+    try:
+        assert await s.unfinished() == ["p"] and await s.count(None) == 2
+    finally:
+        await s.close()
+
+
+async def test_redis_store_from_before_the_indexes(redis_url: str) -> None:
+    prefix = f"old:{time.time_ns()}:"
+    client = redis.Redis.from_url(redis_url)
+    recs = [make_record("p", owner="alice", created_at=1.0), make_record("d", status="ready", created_at=2.0)]
+    for rec in recs:  # what the previous version wrote: records and one sorted set
+        client.set(f"{prefix}task:{rec.id}", rec.to_json())
+        client.zadd(f"{prefix}tasks", {rec.id: rec.created_at})
+    s = RedisStore(redis_url, prefix=prefix)
+    try:
+        assert [r.id for r in await s.list(owner="alice")] == ["p"]
+        assert await s.count(None) == 1 and await s.unfinished() == ["p"]
+    finally:
+        await s.close()
+        client.delete(*client.keys(f"{prefix}*"))
+        client.close()
+
+
+async def _assert_unavailable_within(seconds: float, *calls: Any) -> float:
+    t0 = time.monotonic()
+    for call in calls:
+        with pytest.raises(StoreUnavailable):
+            await call
+    elapsed = time.monotonic() - t0
+    assert elapsed < seconds, elapsed
+    return elapsed
+
+
+async def test_redis_killed_then_restarted(redis_server_factory: Any) -> None:
+    server = redis_server_factory()
+    s = RedisStore(server.url, prefix="k:")
+    try:
+        await s.create(make_record("t"))
+        server.kill()
+        # refused connections: each call fails at once
+        await _assert_unavailable_within(2.5, s.get("t"), s.create(make_record("u")), s.unfinished())
+        assert await s.ping() is False
+        server.restart(empty=True)  # no persistence: it comes back empty, without the scripts it had loaded
+        assert await s.ping() is True
+        assert await s.get("t") is None
+        assert await s.create(make_record("t")) is True  # scripts load again by themselves (NOSCRIPT)
+        assert await s.finish("t", b"v", status="ready") is not None
+    finally:
+        await s.close()
+
+
+async def test_redis_paused_answers_within_the_deadline(redis_server_factory: Any) -> None:
+    server = redis_server_factory()
+    s = RedisStore(server.url, prefix="p:")
+    try:
+        await s.create(make_record("t"))
+        server.pause()
+        t0 = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await s.get("t")
+        first = time.monotonic() - t0
+        assert first < 2.6, first  # the deadline: connect + socket timeouts and one retry, bounded
+        # right after, calls fail at once instead of each waiting for a timeout
+        await _assert_unavailable_within(0.5, s.update("t", status="running"), s.count(None))
+        assert await s.ping() is False
+        server.resume()
+        assert await s.ping() is True
+        assert (await s.update("t", status="running")) is not None
+        assert await s.unfinished() == ["t"]
+    finally:
+        if server.paused:
+            server.resume()
+        await s.close()
+
+
+async def test_redis_refusals_are_unavailable(redis_server_factory: Any, tmp_path: Path) -> None:
+    server = redis_server_factory("--busy-reply-threshold", "100", "--enable-protected-configs", "yes")
+    s = RedisStore(server.url, prefix="r:")
+    admin = server.client()
+    try:
+        await s.create(make_record("t"))
+        await s.put_vector("t", b"v")
+
+        admin.config_set("maxmemory", 1)  # full, with noeviction (the default policy)
+        await _assert_unavailable_within(2.5, s.create(make_record("u")), s.finish("t", b"w", status="ready"))
+        assert (await s.get("t")) is not None and await s.get_vector("t") == b"v"  # reads still work
+        assert await s.get("u") is None and await s.count(None) == 1  # nothing half-written
+        admin.config_set("maxmemory", 0)
+
+        admin.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))  # READONLY
+        await _assert_unavailable_within(2.5, s.update("t", status="running"), s.delete("t"))
+        admin.execute_command("REPLICAOF", "NO", "ONE")
+
+        gone = tmp_path / "gone"
+        gone.mkdir()
+        admin.config_set("dir", str(gone))
+        gone.rmdir()
+        admin.config_set("save", "3600 1")
+        with contextlib.suppress(redis.ResponseError):
+            admin.bgsave()
+        deadline = time.monotonic() + 10
+        while admin.info("persistence")["rdb_last_bgsave_status"] != "err" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        await _assert_unavailable_within(2.5, s.create(make_record("u")))  # MISCONF
+        admin.config_set("stop-writes-on-bgsave-error", "no")
+
+        admin.config_set("save", "")
+
+        def spin() -> None:  # a script that never returns: every other command answers BUSY
+            with server.client() as c, contextlib.suppress(redis.ResponseError):
+                c.eval("while true do end", 0)
+
+        busy = threading.Thread(target=spin)
+        busy.start()
+        time.sleep(0.3)
+        await _assert_unavailable_within(2.5, s.get("t"))
+        admin.script_kill()
+        busy.join(timeout=10)
+        assert await s.create(make_record("u")) is True and await s.count(None) == 2
+    finally:
+        admin.close()
+        await s.close()
