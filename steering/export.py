@@ -24,16 +24,18 @@ unless `drop_layer_zero=True`; repeng can, so importing `direction.0` is accepte
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
-from safetensors import SafetensorError
+from gguf import GGMLQuantizationType, GGUFWriter
 
+from steering.gguf_reader import parse_gguf
 from steering.protocol import Template
-from steering.vectors import TaskVector
+from steering.vector_errors import ModelMismatch, VectorImportError
+from steering.vectors import TaskVector, check_layers
 
 GGUF_ARCH = "controlvector"
 KEY_ARCH = "general.architecture"
@@ -45,14 +47,12 @@ TENSOR_PREFIX = "direction."
 GGUF_EXPORTABLE_MODES: tuple[str, ...] = ("add_all", "add_from_last", "add_all_norm", "add_last")
 
 PathLike = str | os.PathLike[str]
+GGUFSource = bytes | bytearray | memoryview | PathLike
+_DIRECTION = re.compile(r"direction\.(0|[1-9][0-9]{0,5})")
 
 
 class ExportError(ValueError):
     """A vector that cannot be written in the requested format."""
-
-
-class VectorImportError(ValueError):
-    """A file that is not a usable steering vector (wrong format, shape, layers or model family)."""
 
 
 # --------------------------------------------------------------------------------------------- GGUF
@@ -111,79 +111,82 @@ def export_gguf(vector: TaskVector, path: PathLike, model_hint: str, *, drop_lay
         writer.close()
 
 
-def _string_field(reader: GGUFReader, key: str) -> str | None:
-    field = reader.get_field(key)
-    if field is None:
-        return None
-    value = field.contents()
-    if not isinstance(value, str):
+def _string_field(fields: dict[str, Any], key: str) -> str | None:
+    value = fields.get(key)
+    if value is not None and not isinstance(value, str):
         raise VectorImportError(f"GGUF field {key} should be a string, got {type(value).__name__}")
     return value
 
 
 def _layer_index(name: str) -> int:
-    prefix, _, suffix = name.partition(".")
-    if prefix + "." != TENSOR_PREFIX or not suffix.isdigit():
+    match = _DIRECTION.fullmatch(name)
+    if match is None:
         raise VectorImportError(f"unexpected tensor {name!r} in a control vector (want direction.<layer>)")
-    return int(suffix)
+    return int(match.group(1))
 
 
-def read_gguf_directions(path: PathLike) -> tuple[str | None, dict[int, np.ndarray]]:
-    """The model hint and `{layer: float32 direction}` of a GGUF control vector, checked for format."""
+def _read_source(source: GGUFSource) -> tuple[bytes | bytearray | memoryview, str]:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return source, "the file"
     try:
-        reader = GGUFReader(Path(path))
-    except (OSError, ValueError) as exc:
-        raise VectorImportError(f"{path} is not a readable GGUF file: {exc}") from exc
-    arch = _string_field(reader, KEY_ARCH)
+        return Path(source).read_bytes(), str(source)
+    except OSError as exc:
+        raise VectorImportError(f"cannot read {source}: {exc}") from exc
+
+
+def read_gguf_directions(source: GGUFSource) -> tuple[str | None, dict[int, np.ndarray]]:
+    """The model hint and `{layer: float32 direction}` of a GGUF control vector (bytes or a path).
+
+    Read with the strict reader (`steering.gguf_reader`): a malformed or hostile file raises
+    `VectorImportError` quickly, whatever its header declares. Only what a control vector holds is
+    accepted: architecture `controlvector` and 1-D F32 tensors `direction.<layer>` of finite values.
+    Layer numbers are written plainly (`direction.01` is refused) and tensor names are unique, so each
+    layer appears once: llama.cpp would sum two spellings of one layer, we refuse the file instead.
+    """
+    data, name = _read_source(source)
+    try:
+        contents = parse_gguf(data)
+    except VectorImportError as exc:
+        raise VectorImportError(f"{name} is not a readable GGUF file: {exc}") from None
+    arch = _string_field(contents.fields, KEY_ARCH)
     if arch != GGUF_ARCH:
-        raise VectorImportError(f"{path} is not a control vector (architecture {arch!r}, want {GGUF_ARCH!r})")
+        raise VectorImportError(f"{name} is not a control vector (architecture {arch!r}, want {GGUF_ARCH!r})")
     directions: dict[int, np.ndarray] = {}
-    for tensor in reader.tensors:
+    for tensor in contents.tensors:
         layer = _layer_index(tensor.name)
-        if tensor.tensor_type != GGMLQuantizationType.F32:
-            raise VectorImportError(f"{tensor.name} is {tensor.tensor_type.name}, control vectors are F32")
-        data = np.array(tensor.data, dtype=np.float32, copy=True).reshape(-1)
-        if len(tensor.shape) != 1 or data.size != int(tensor.shape[0]):
+        if tensor.type != GGMLQuantizationType.F32:
+            raise VectorImportError(f"{tensor.name} is {tensor.type.name}, control vectors are F32")
+        if len(tensor.shape) != 1:
             raise VectorImportError(f"{tensor.name} has shape {list(tensor.shape)}, want a 1-D vector")
-        # Like llama.cpp, a layer named twice is summed.
-        directions[layer] = directions[layer] + data if layer in directions else data
+        data_f32 = np.frombuffer(contents.tensor_bytes(tensor), dtype="<f4").astype(np.float32)
+        if not np.isfinite(data_f32).all():
+            raise VectorImportError(f"{tensor.name} holds NaN or infinite values")
+        directions[layer] = data_f32
     if not directions:
-        raise VectorImportError(f"{path} holds no direction tensors")
-    return _string_field(reader, KEY_MODEL_HINT), directions
+        raise VectorImportError(f"{name} holds no direction tensors")
+    return _string_field(contents.fields, KEY_MODEL_HINT), directions
 
 
-def import_gguf(
-    path: PathLike,
+def directions_to_vector(
+    model_hint: str | None,
+    directions: dict[int, np.ndarray],
     fingerprint: str,
     num_layers: int,
     hidden_size: int,
     template: Template | None = None,
-    *,
-    expected_model_hint: str | None = None,
 ) -> TaskVector:
-    """Read a GGUF control vector (llama.cpp / repeng) as a `contrastive`, `add_all` TaskVector.
+    """Directions read from a GGUF as a `contrastive`, `add_all` TaskVector for a model of this size.
 
-    `direction.k` becomes `residual` row k (the output of decoder layer k, 0-based; see the module
-    docstring), absent layers are zero rows, `layers` are the present ones and the default strength is
-    1.0. A GGUF carries no model fingerprint: `fingerprint` is the one of the model the caller will use
-    it with, and is trusted. The only model check a GGUF allows is the family: pass
-    `expected_model_hint` (e.g. `model.config.model_type`) to refuse a file whose
-    `controlvector.model_hint` differs (or is missing). Shapes must equal `hidden_size` and layers must
-    lie in `[0, num_layers)`; anything else raises `VectorImportError`.
+    Layers and row sizes are checked against the model before anything is allocated (`ModelMismatch`).
     """
-    model_hint, directions = read_gguf_directions(path)
-    if expected_model_hint is not None and (model_hint or "").lower() != expected_model_hint.lower():
-        raise VectorImportError(
-            f"{path} is a control vector for model family {model_hint!r}, not {expected_model_hint!r}"
-        )
-    residual = torch.zeros(num_layers, hidden_size, dtype=torch.float32)
+    check_layers(sorted(directions), num_layers)
     for layer, data in sorted(directions.items()):
-        if not 0 <= layer < num_layers:
-            raise VectorImportError(f"direction.{layer} is out of range: the model has {num_layers} layers")
         if data.size != hidden_size:
-            raise VectorImportError(
+            raise ModelMismatch(
                 f"direction.{layer} has {data.size} values, but the model's hidden size is {hidden_size}"
             )
+    residual = torch.zeros(num_layers, hidden_size, dtype=torch.float32)
+    for layer, data in directions.items():
         residual[layer] = torch.from_numpy(data)
     options: dict[str, Any] = {"imported_from": "gguf", "model_hint": model_hint}
     return TaskVector(
@@ -196,6 +199,31 @@ def import_gguf(
         template=template if template is not None else Template(),
         options=options,
     )
+
+
+def import_gguf(
+    source: GGUFSource,
+    fingerprint: str,
+    num_layers: int,
+    hidden_size: int,
+    template: Template | None = None,
+    *,
+    expected_model_hint: str | None = None,
+) -> TaskVector:
+    """Read a GGUF control vector (llama.cpp / repeng; bytes or a path) as a `contrastive`, `add_all` TaskVector.
+
+    `direction.k` becomes `residual` row k (the output of decoder layer k, 0-based; see the module
+    docstring), absent layers are zero rows, `layers` are the present ones and the default strength is
+    1.0. A GGUF carries no model fingerprint: `fingerprint` is the one of the model the caller will use
+    it with, and is trusted. The only model check a GGUF allows is the family: pass
+    `expected_model_hint` (e.g. `model.config.model_type`) to refuse a file whose
+    `controlvector.model_hint` differs (or is missing). Shapes must equal `hidden_size` and layers must
+    lie in `[0, num_layers)` (else `ModelMismatch`); anything else malformed raises `VectorImportError`.
+    """
+    model_hint, directions = read_gguf_directions(source)
+    if expected_model_hint is not None and (model_hint or "").lower() != expected_model_hint.lower():
+        raise ModelMismatch(f"a control vector for model family {model_hint!r}, not {expected_model_hint!r}")
+    return directions_to_vector(model_hint, directions, fingerprint, num_layers, hidden_size, template)
 
 
 # --------------------------------------------------------------------------------------- safetensors
@@ -214,7 +242,5 @@ def import_safetensors(path: PathLike) -> TaskVector:
         raise VectorImportError(f"cannot read {path}: {exc}") from exc
     try:
         return TaskVector.from_bytes(data)
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, SafetensorError) as exc:
-        # Covers a missing/foreign header (ValueError, JSONDecodeError), a header of the wrong shape and
-        # a malformed tensor section (SafetensorError).
+    except VectorImportError as exc:
         raise VectorImportError(f"{path} is not a steering vector: {exc}") from exc

@@ -2,21 +2,31 @@
 
 A vector travels as one safetensors blob: the tensors, plus every piece of metadata as JSON in the
 safetensors header. Nothing is pickled, so reading a vector from a shared store cannot run code.
+Reading trusts nothing: the header is checked (`steering.safetensors_reader`), the metadata is validated
+(`SteeringMetadata`) and the tensors must be finite. Whether a vector fits a model is `check_for_model`.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 import torch
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from steering.protocol import Template
+from steering.safetensors_reader import loads_bounded, read_header
+from steering.vector_errors import ModelMismatch, VectorImportError
 
 FORMAT_VERSION = 1
+METADATA_KEY = "steering"
+METADATA_DEPTH = 32  # options and metrics nest a few levels (auto's per-candidate options and results)
+MAX_LAYERS = 4096
 
 InjectionMode = Literal["add_all", "add_all_norm", "add_from_last", "add_last", "replace_last", "head_mix_last"]
 INJECTION_MODES: tuple[str, ...] = (
@@ -27,6 +37,9 @@ INJECTION_MODES: tuple[str, ...] = (
     "replace_last",
     "head_mix_last",
 )
+VectorMethod = Literal["task_vector", "function_vector", "soft_injection", "icv", "contrastive"]
+# What each tensor of a vector is, per row of the model: [num_layers, ...].
+TENSOR_NAMES: tuple[str, ...] = ("residual", "head_means", "gate_logits", "head_scores")
 
 
 class FingerprintMismatch(ValueError):
@@ -94,21 +107,125 @@ class TaskVector:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> TaskVector:
-        header_len = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8 : 8 + header_len])
-        meta = json.loads(header.get("__metadata__", {}).get("steering", "null") or "null")
-        if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError("not a steering vector (missing or unsupported metadata)")
+        """Read a vector written by `to_bytes`, from any source: every part is checked, and anything that is
+        not a well-formed steering vector raises `VectorImportError`. Model fit is `check_for_model`'s job."""
+        header = read_header(data)
+        if METADATA_KEY not in header.metadata:
+            raise VectorImportError("not a steering vector (no 'steering' metadata)")
+        meta = parse_metadata(header.metadata[METADATA_KEY])
+        needed = set(REQUIRED_TENSORS[meta.mode])
+        names = set(header.tensors)
+        if not needed <= names <= set(TENSOR_NAMES):
+            raise VectorImportError(
+                f"a {meta.mode} vector holds tensors {sorted(needed)} (and optionally {sorted(set(TENSOR_NAMES))}); "
+                f"this one has {sorted(names)}"
+            )
+        try:
+            tensors = st_load(bytes(data))
+        except SafetensorError as exc:  # the header was checked; this is a backstop
+            raise VectorImportError(f"unreadable tensors: {exc}") from None
+        for name, tensor in tensors.items():
+            if not bool(torch.isfinite(tensor).all()):
+                raise VectorImportError(f"tensor {name} holds NaN or infinite values")
         return cls(
-            method=meta["method"],
-            mode=meta["mode"],
-            tensors=st_load(data),
-            layers=[int(x) for x in meta["layers"]],
-            default_strength=float(meta["default_strength"]),
-            fingerprint=meta["fingerprint"],
-            template=Template(**meta["template"]),
-            num_demonstrations=int(meta["num_demonstrations"]),
-            compute_seconds=float(meta["compute_seconds"]),
-            options=meta["options"],
-            metrics=meta["metrics"],
+            method=meta.method,
+            mode=meta.mode,
+            tensors=tensors,
+            layers=meta.layers,
+            default_strength=meta.default_strength,
+            fingerprint=meta.fingerprint,
+            template=meta.template,
+            num_demonstrations=meta.num_demonstrations,
+            compute_seconds=meta.compute_seconds,
+            options=meta.options,
+            metrics=meta.metrics,
         )
+
+
+REQUIRED_TENSORS: dict[str, tuple[str, ...]] = {
+    mode: ("head_means", "gate_logits") if mode == "head_mix_last" else ("residual",) for mode in INJECTION_MODES
+}
+
+
+def _unique(values: list[int]) -> list[int]:
+    return list(dict.fromkeys(values))
+
+
+class SteeringMetadata(BaseModel):
+    """The `steering` metadata of a vector file, as `TaskVector.metadata` writes it."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, frozen=True)
+
+    format_version: Literal[1]
+    method: VectorMethod
+    mode: InjectionMode
+    layers: Annotated[
+        list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=MAX_LAYERS), AfterValidator(_unique)
+    ]
+    default_strength: float
+    fingerprint: Annotated[str, Field(max_length=256)]
+    template: Template
+    num_demonstrations: Annotated[int, Field(ge=0)]
+    compute_seconds: Annotated[float, Field(ge=0.0)]
+    options: dict[str, Any]
+    metrics: dict[str, Any]
+
+
+def parse_metadata(text: str) -> SteeringMetadata:
+    raw = loads_bounded(text, METADATA_DEPTH, "the steering metadata")
+    if not isinstance(raw, dict) or raw.get("format_version") != FORMAT_VERSION:
+        raise VectorImportError("not a steering vector (missing or unsupported metadata)")
+    try:
+        return SteeringMetadata.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'metadata'}: {e['msg']}" for e in exc.errors()[:3]
+        )
+        raise VectorImportError(f"invalid steering metadata: {problems}") from None
+
+
+# ------------------------------------------------------------------------------------- model fit
+
+
+class ModelShape(Protocol):
+    """What a vector's shapes depend on (`steering.arch.Architecture` has it)."""
+
+    @property
+    def num_layers(self) -> int: ...
+
+    hidden_size: int
+    num_heads: int
+    head_dim: int
+
+
+def expected_shapes(model: ModelShape) -> dict[str, tuple[int, ...]]:
+    """The shape each tensor of a vector must have on `model`."""
+    heads = (model.num_layers, model.num_heads)
+    return {
+        "residual": (model.num_layers, model.hidden_size),
+        "head_means": (*heads, model.head_dim),
+        "gate_logits": heads,
+        "head_scores": heads,
+    }
+
+
+def check_layers(layers: Iterable[int], num_layers: int) -> None:
+    """Each layer once (else `VectorImportError`), each within `0..num_layers-1` (else `ModelMismatch`)."""
+    layers = list(layers)
+    if len(set(layers)) != len(layers):
+        raise VectorImportError(f"the vector's layers {layers} repeat a layer")
+    bad = [la for la in layers if not 0 <= la < num_layers]
+    if bad:
+        raise ModelMismatch(f"layer {bad[0]} is out of range: the model has {num_layers} layers (0..{num_layers - 1})")
+
+
+def check_for_model(vector: TaskVector, model: ModelShape) -> None:
+    """Refuse (`ModelMismatch`) a vector whose tensor shapes or layers do not fit `model`."""
+    shapes = expected_shapes(model)
+    for name, tensor in vector.tensors.items():
+        want = shapes.get(name)
+        if want is None:
+            raise VectorImportError(f"unknown tensor {name!r} (a vector holds {list(TENSOR_NAMES)})")
+        if tuple(tensor.shape) != want:
+            raise ModelMismatch(f"tensor {name} has shape {list(tensor.shape)}, this model needs {list(want)}")
+    check_layers(vector.layers, model.num_layers)
