@@ -719,3 +719,17 @@ async def test_redis_refusals_are_unavailable(redis_server_factory: Any, tmp_pat
     finally:
         admin.close()
         await s.close()
+
+
+async def test_redis_large_vector_round_trip(redis_url: str) -> None:
+    # redis-py bounds a whole command by its socket timeout: vectors travel on a pool with a long one.
+    s = RedisStore(redis_url, prefix=f"big:{time.time_ns()}:")
+    try:
+        data = os.urandom(48 << 20)
+        assert await s.create(make_record("big", status="ready"), data)
+        assert await s.get_vector("big") == data
+        assert await s.finish("big", data[::-1], status="ready") is not None
+        assert await s.get_vector("big") == data[::-1]
+    finally:
+        await s.delete("big")
+        await s.close()

@@ -17,8 +17,11 @@ a call cut off by its deadline leaves nothing behind. Under Redis Cluster all ke
 slot: use a hash-tagged prefix such as "{steer}:" there. Nothing read from Redis is unpickled.
 
 Every fault (unreachable, timed out, OOM under noeviction, READONLY replica, MISCONF, LOADING,
-BUSY, anything else redis-py raises) becomes StoreUnavailable within `deadline_s`. After a
-connection fault, calls fail at once for `fail_fast_s` instead of each waiting for a timeout.
+BUSY, anything else redis-py raises) becomes StoreUnavailable within `deadline_s` (calls that
+carry a vector get more time in proportion to its size). After a connection fault, calls fail at
+once for `fail_fast_s` instead of each waiting for a timeout. Vectors travel on a second
+connection pool whose socket timeout is long enough for large payloads: redis-py bounds a whole
+command's write, and a whole reply's read, by the socket timeout.
 """
 
 from __future__ import annotations
@@ -127,6 +130,7 @@ return 0
 """
 
 _SCHEMA_VERSION = b"2"
+_BULK_BYTES_PER_S = 20e6  # the slowest transfer rate a vector call is given time for
 _CHUNK = 500
 _SWAP_ATTEMPTS = 200
 _MIGRATION_DEADLINE_S = 60.0
@@ -153,22 +157,28 @@ class RedisStore:
         retries: int = 1,
         deadline_s: float = 2.0,
         fail_fast_s: float = 1.0,
+        bulk_socket_timeout_s: float = 10.0,
     ) -> None:
         self.prefix = prefix
         self.deadline_s = deadline_s
         self.fail_fast_s = fail_fast_s
         self._down_since: float | None = None  # monotonic time of the last connection fault
         self._schema_ok = False
+
         # One short retry: it reconnects a pooled connection that a Redis restart left dead. More
         # would only stretch an outage's answer: redis-py nests connect retries inside command ones.
-        self._redis: aioredis.Redis = aioredis.Redis.from_url(
-            url,
-            decode_responses=False,
-            socket_connect_timeout=connect_timeout_s,
-            socket_timeout=socket_timeout_s,
-            retry=Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.1), retries),
-            health_check_interval=30,
-        )
+        def client(socket_timeout: float) -> aioredis.Redis:
+            return aioredis.Redis.from_url(
+                url,
+                decode_responses=False,
+                socket_connect_timeout=connect_timeout_s,
+                socket_timeout=socket_timeout,
+                retry=Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.1), retries),
+                health_check_interval=30,
+            )
+
+        self._redis = client(socket_timeout_s)
+        self._bulk = client(bulk_socket_timeout_s)  # only for calls that carry a vector
         # redis-py's Script runs EVALSHA and, on NOSCRIPT (a restarted Redis), loads the script again.
         self._create = self._redis.register_script(_CREATE)
         self._swap = self._redis.register_script(_SWAP)
@@ -205,6 +215,11 @@ class RedisStore:
         return f"{self.prefix}schema"
 
     # plumbing
+    def _for(self, payload: bytes | int) -> float:
+        """The deadline of a call that moves `payload` (bytes, or their number)."""
+        size = payload if isinstance(payload, int) else len(payload)
+        return self.deadline_s + size / _BULK_BYTES_PER_S
+
     async def _call(self, op: Callable[[], Awaitable[T]], *, deadline_s: float | None = None) -> T:
         """Run `op` against Redis within the deadline; every fault comes out as StoreUnavailable."""
         if self._down_since is not None and time.monotonic() - self._down_since < self.fail_fast_s:
@@ -258,13 +273,20 @@ class RedisStore:
             _flag(vector is not None),
             b"" if vector is None else bytes(vector),
         ]
-        return bool(await self._call(lambda: self._create(keys=keys, args=args)))
+        if vector is None:
+            return bool(await self._call(lambda: self._create(keys=keys, args=args)))
+        return bool(
+            await self._call(
+                lambda: self._create(keys=keys, args=args, client=self._bulk), deadline_s=self._for(vector)
+            )
+        )
 
     async def update(self, task_id: str, **fields: Any) -> TaskRecord | None:
         return await self._call(lambda: self._read_modify_write(task_id, fields, None))
 
     async def finish(self, task_id: str, vector: bytes, **fields: Any) -> TaskRecord | None:
-        return await self._call(lambda: self._read_modify_write(task_id, fields, bytes(vector)))
+        data = bytes(vector)
+        return await self._call(lambda: self._read_modify_write(task_id, fields, data), deadline_s=self._for(data))
 
     async def _read_modify_write(self, task_id: str, fields: dict[str, Any], vector: bytes | None) -> TaskRecord | None:
         key = self._task(task_id)
@@ -287,7 +309,7 @@ class RedisStore:
                 _flag(vector is not None),
                 vector or b"",
             ]
-            n = await self._swap(keys=keys, args=args)
+            n = await self._swap(keys=keys, args=args, client=self._redis if vector is None else self._bulk)
             if n == 1:
                 return new
             if n == 0:
@@ -368,11 +390,17 @@ class RedisStore:
     # vectors
     async def put_vector(self, task_id: str, data: bytes) -> None:
         """Store the vector bytes; a no-op when the task record does not exist (deleted meanwhile)."""
-        keys = [self._task(task_id), self._vec(task_id)]
-        await self._call(lambda: self._put_vector(keys=keys, args=[bytes(data)]))
+        keys, blob = [self._task(task_id), self._vec(task_id)], bytes(data)
+        await self._call(
+            lambda: self._put_vector(keys=keys, args=[blob], client=self._bulk), deadline_s=self._for(blob)
+        )
 
     async def get_vector(self, task_id: str) -> bytes | None:
-        raw = await self._call(lambda: self._redis.get(self._vec(task_id)))
+        # Its size first (a quick call that fails fast when Redis is away), to give the transfer its time.
+        size = await self._call(lambda: self._redis.strlen(self._vec(task_id)))
+        if not size:
+            return None
+        raw = await self._call(lambda: self._bulk.get(self._vec(task_id)), deadline_s=self._for(int(size)))
         return None if raw is None else bytes(raw)
 
     # locks
@@ -398,3 +426,4 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._redis.aclose()
+        await self._bulk.aclose()
