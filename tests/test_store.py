@@ -21,6 +21,7 @@ import redis
 from app.store import (
     RedisStore,
     SqliteStore,
+    StoreFull,
     StoreUnavailable,
     TaskRecord,
     TaskStore,
@@ -570,6 +571,20 @@ async def test_sqlite_locked_file_is_unavailable_quickly(tmp_path: Path) -> None
         await s.close()
 
 
+async def test_sqlite_full_is_store_full(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path / "tasks.sqlite3")
+    try:
+        await s.create(make_record("t"))
+        pages = await s._run(lambda conn: conn.execute("PRAGMA page_count").fetchone()[0])
+        await s._run(lambda conn: conn.execute(f"PRAGMA max_page_count = {pages}"))  # as good as a full disk
+        with pytest.raises(StoreFull):
+            await s.finish("t", os.urandom(1 << 20), status="ready")
+        got = await s.get("t")  # nothing half-written
+        assert got is not None and got.status == "pending" and await s.get_vector("t") is None
+    finally:
+        await s.close()
+
+
 async def test_sqlite_garbage_file_is_unavailable(tmp_path: Path) -> None:
     path = tmp_path / "tasks.sqlite3"
     path.write_bytes(b"this is not a database" * 100)
@@ -682,6 +697,8 @@ async def test_redis_refusals_are_unavailable(redis_server_factory: Any, tmp_pat
 
         admin.config_set("maxmemory", 1)  # full, with noeviction (the default policy)
         await _assert_unavailable_within(2.5, s.create(make_record("u")), s.finish("t", b"w", status="ready"))
+        with pytest.raises(StoreFull):  # a StoreUnavailable that says why
+            await s.update("t", status="running")
         assert (await s.get("t")) is not None and await s.get_vector("t") == b"v"  # reads still work
         assert await s.get("u") is None and await s.count(None) == 1  # nothing half-written
         admin.config_set("maxmemory", 0)

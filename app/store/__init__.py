@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import StoreUnavailable, TaskRecord, TaskStatus, TaskStore
+from .base import StoreFull, StoreUnavailable, TaskRecord, TaskStatus, TaskStore
 from .redis_store import RedisStore
 from .sqlite_store import SqliteStore
 
@@ -30,6 +30,7 @@ __all__ = [
     "SQLITE_FILENAME",
     "RedisStore",
     "SqliteStore",
+    "StoreFull",
     "StoreUnavailable",
     "TaskRecord",
     "TaskStatus",

@@ -33,6 +33,7 @@ class TaskRecord(BaseModel):
     progress: dict[str, Any] | None = None
     summary: dict[str, Any] | None = None  # layers, default_strength, metrics once ready
     attempts: int = 0
+    orphaned: int = 0  # attempts that ended with no outcome (the computing replica died); capped by the worker
 
     def to_json(self) -> str:
         return self.model_dump_json()
@@ -44,6 +45,14 @@ class TaskRecord(BaseModel):
 
 class StoreUnavailable(Exception):
     """The backend cannot serve the call (down, timed out, full, read-only, locked, I/O error): answer 503."""
+
+
+class StoreFull(StoreUnavailable):
+    """The backend refuses writes for lack of space (Redis maxmemory with noeviction, a full disk).
+
+    Reads still work, and retrying soon will not help until space is freed; a caller that does not
+    tell it apart treats it as any StoreUnavailable.
+    """
 
 
 def apply_update(record: TaskRecord, fields: dict[str, Any]) -> TaskRecord:

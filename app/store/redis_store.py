@@ -38,10 +38,10 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .base import UNFINISHED, StoreUnavailable, TaskRecord, apply_update, parse_record
+from .base import UNFINISHED, StoreFull, StoreUnavailable, TaskRecord, apply_update, parse_record
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +231,9 @@ class RedisStore:
         except _UNREACHABLE as exc:
             self._down_since = time.monotonic()
             raise StoreUnavailable(f"redis unavailable: {type(exc).__name__}: {exc}") from exc
-        except RedisError as exc:  # OOM, READONLY, MISCONF, LOADING, BUSY, NOPERM, ...
+        except OutOfMemoryError as exc:
+            raise StoreFull(f"redis is full: {exc}") from exc
+        except RedisError as exc:  # READONLY, MISCONF, LOADING, BUSY, NOPERM, ...
             raise StoreUnavailable(f"redis refused: {type(exc).__name__}: {exc}") from exc
         self._down_since = None
         return result

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import errno
 import logging
 import sqlite3
 import time
@@ -23,7 +24,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .base import UNFINISHED, StoreUnavailable, TaskRecord, apply_update, parse_record
+from .base import UNFINISHED, StoreFull, StoreUnavailable, TaskRecord, apply_update, parse_record
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,10 @@ def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        conn.execute("ROLLBACK")
+        # SQLite may have rolled back already (a full disk does): the original error is the one to raise.
+        if conn.in_transaction:
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
 
@@ -140,6 +144,8 @@ class SqliteStore:
         try:
             return await loop.run_in_executor(self._executor, self._call, fn)
         except (sqlite3.Error, OSError) as exc:  # OperationalError, DatabaseError, ... (not ValueError: bad input)
+            if "full" in str(exc) or getattr(exc, "errno", None) == errno.ENOSPC:  # SQLITE_FULL: "... is full"
+                raise StoreFull(f"sqlite store {self.path}: {exc}") from exc
             raise StoreUnavailable(f"sqlite store {self.path}: {type(exc).__name__}: {exc}") from exc
 
     # records
