@@ -19,21 +19,21 @@ class Bounds:
     def __init__(self, settings: Settings, num_layers: int) -> None:
         self.settings, self.num_layers = settings, num_layers
 
-    def strength(self, value: float, where: str = "strength") -> float:
+    def strength(self, value: float, where: str = "strength", error: str = "strength_out_of_range") -> float:
         """A strength (requested, computed, imported or given as an option): finite, within ±max_strength."""
         limit = self.settings.max_strength
         if not (isinstance(value, (int, float)) and math.isfinite(value) and abs(value) <= limit):
-            raise ApiError(422, "strength_out_of_range", f"{where} must be a finite number within ±{limit}")
+            raise ApiError(422, error, f"{where} must be a finite number within ±{limit}")
         return float(value)
 
-    def layers(self, layers: Iterable[int], where: str = "layers") -> tuple[int, ...]:
+    def layers(self, layers: Iterable[int], where: str = "layers", error: str = "invalid_layers") -> tuple[int, ...]:
         """Layer indices of this model, each once, at least one."""
         unique = tuple(dict.fromkeys(layers))
         if not unique:
-            raise ApiError(422, "invalid_layers", f"{where}, when given, must name at least one layer")
+            raise ApiError(422, error, f"{where}, when given, must name at least one layer")
         bad = [la for la in unique if not 0 <= la < self.num_layers]
         if bad:
-            raise ApiError(422, "invalid_layers", f"{where}: layer {bad[0]} is out of range 0..{self.num_layers - 1}")
+            raise ApiError(422, error, f"{where}: layer {bad[0]} is out of range 0..{self.num_layers - 1}")
         return unique
 
     def new_tokens(self, value: int) -> int:

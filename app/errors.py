@@ -10,7 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.store import StoreUnavailable
+from app.store import StoreUnavailable, TaskRecord
+from steering.protocol import NAMED_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,14 @@ class ApiError(Exception):
 
 def not_found(what: str) -> ApiError:
     return ApiError(404, "not_found", f"{what} not found")
+
+
+def task_not_ready(record: TaskRecord) -> ApiError:
+    return ApiError(409, "task_not_ready", f"task {record.id!r} is {record.status}", status=record.status)
+
+
+def request_id(request: Request) -> str | None:
+    return getattr(request.state, "request_id", None)
 
 
 def error_response(status: int, type_: str, message: str, headers=None, /, **detail: Any) -> JSONResponse:
@@ -43,11 +52,10 @@ def install_error_handlers(app: FastAPI) -> None:
         errors = [
             {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()
         ]
-        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        first = errors[0] if errors else {"loc": [], "msg": "invalid request", "type": ""}
         where = ".".join(str(p) for p in first["loc"] if p != "body")
-        return error_response(
-            422, "invalid_request", f"{where}: {first['msg']}" if where else first["msg"], errors=errors
-        )
+        type_ = first["type"] if first["type"] in NAMED_ERRORS else "invalid_request"
+        return error_response(422, type_, f"{where}: {first['msg']}" if where else first["msg"], errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -55,6 +63,19 @@ def install_error_handlers(app: FastAPI) -> None:
             exc.status_code, "http_error"
         )
         return error_response(exc.status_code, kind, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        """A genuine bug: the client gets an id to quote, the log has the traceback under the same id."""
+        rid = request_id(request)
+        log.error("internal error in %s %s [request %s]", request.method, request.url.path, rid, exc_info=exc)
+        return error_response(
+            500,
+            "internal_error",
+            "the server failed to handle this request; quote the request id",
+            {"X-Request-ID": rid} if rid else None,
+            request_id=rid,
+        )
 
     @app.exception_handler(StoreUnavailable)
     async def _store_down(request: Request, exc: StoreUnavailable) -> JSONResponse:

@@ -7,10 +7,12 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from fastapi import Request
+from sse_starlette import EventSourceResponse
 
 from app.batcher import Batcher, Pending
-from app.errors import ApiError
+from app.errors import ApiError, request_id
 from app.settings import Settings
+from app.streaming import sse_response
 from app.tasks import TaskService
 from steering.engine import GenerationRequest, GenerationResult
 from steering.inject import SteeringTerm
@@ -50,14 +52,9 @@ class GenerationService:
         sampling: Sampling,
         owner: str | None,
     ) -> GenerationRequest:
-        if sampling.max_new_tokens > self.settings.max_new_tokens:
-            raise ApiError(
-                422, "max_new_tokens_too_large", f"max_new_tokens is limited to {self.settings.max_new_tokens}"
-            )
+        self.tasks.bounds.new_tokens(sampling.max_new_tokens)
         terms = await self.tasks.steering_terms(steering, owner)
         stop = [sampling.stop] if isinstance(sampling.stop, str) else list(sampling.stop or [])
-        if len(stop) > 8 or any(not s for s in stop):
-            raise ApiError(422, "invalid_stop", "give at most 8 non-empty stop strings")
         if messages is not None:
             text = self.render_chat(messages)
         elif input_text is not None:
@@ -122,6 +119,16 @@ class GenerationService:
                 yield piece
         finally:
             pending.request.cancel.set()
+
+    def sse(self, events: AsyncIterator[dict], http: Request, *, openai: bool = False) -> EventSourceResponse:
+        """The streaming response of every endpoint (OpenAI streams end with `[DONE]` and unnamed events)."""
+        return sse_response(
+            events,
+            send_timeout_s=self.settings.stream_send_timeout_s,
+            request_id=request_id(http),
+            error_event_name=None if openai else "error",
+            done="[DONE]" if openai else None,
+        )
 
 
 def context_window(lm: LoadedModel) -> int | None:

@@ -1,14 +1,18 @@
 """Vector computation off the request path, once per task across every replica sharing the store.
 
 A task is computed by whichever process holds its lock in the store. The lock expires unless its
-holder keeps refreshing it, so a replica that dies mid-computation leaves no task stuck: another
-replica waiting on the task (or the same one after a restart) takes the lock and computes it.
+holder keeps refreshing it, so a replica that dies mid-computation leaves no task stuck: every
+replica's reconciler looks for unfinished tasks every few seconds and adopts those whose lock is free.
+No task is stranded: a computation is bounded in time, a task is tried at most `max_attempts` times,
+the final write (vector and record together) is retried, and a replica that shuts down hands its
+running computation back as pending for another replica.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import os
 import socket
@@ -16,6 +20,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from enum import Enum
 from typing import Any
 
 from app.metrics import Metrics
@@ -29,6 +34,15 @@ from steering.vectors import TaskVector
 
 log = logging.getLogger(__name__)
 
+FINAL_WRITE_RETRIES = 6  # with backoff 0.25 s doubling to 4 s: about 15 s of store outage survived
+
+
+class StopReason(Enum):
+    DELETED = "deleted"
+    SHUTDOWN = "shutdown"
+    TIMEOUT = "timeout"
+    LOST_LOCK = "lost_lock"
+
 
 def vector_summary(vector: TaskVector) -> dict[str, Any]:
     return {
@@ -41,6 +55,19 @@ def vector_summary(vector: TaskVector) -> dict[str, Any]:
     }
 
 
+class _Run:
+    """One computation in flight: how to stop it, and why it was stopped."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.reason: StopReason | None = None
+
+    def halt(self, reason: StopReason) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self.stop.set()
+
+
 class VectorWorker:
     def __init__(
         self, lm: LoadedModel, store: TaskStore, vectors: VectorCache, settings: Settings, metrics: Metrics
@@ -50,74 +77,113 @@ class VectorWorker:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vector-worker")
         self._one_at_a_time = asyncio.Semaphore(1)
         self._tasks: dict[str, asyncio.Task] = {}
-        self._stops: dict[str, threading.Event] = {}
+        self._runs: dict[str, _Run] = {}
+        self._reconciler: asyncio.Task | None = None
+        self._closing = False
 
     def submit(self, task_id: str) -> None:
         """Make sure this process either computes the task or watches whoever does."""
-        if task_id in self._tasks:
+        if task_id in self._tasks or self._closing:
             return
         task = asyncio.get_running_loop().create_task(self._follow(task_id), name=f"vector:{task_id}")
         self._tasks[task_id] = task
         task.add_done_callback(lambda _: self._tasks.pop(task_id, None))
 
     def cancel(self, task_id: str) -> None:
-        stop = self._stops.get(task_id)
-        if stop is not None:
-            stop.set()
+        run = self._runs.get(task_id)
+        if run is not None:
+            run.halt(StopReason.DELETED)
 
     @property
     def busy(self) -> int:
         return len(self._tasks)
 
-    async def resume_unfinished(self) -> None:
-        """At start-up: pick up tasks left pending or running (by a crash, or on another replica)."""
-        for record in await self.store.list(all_owners=True):
-            if record.status in ("pending", "running") and record.fingerprint == self.lm.fingerprint:
-                self.submit(record.id)
+    def start(self) -> None:
+        self._reconciler = asyncio.get_running_loop().create_task(self._reconcile(), name="reconciler")
+
+    async def reconcile_once(self) -> None:
+        """Follow every unfinished task of this model: those whose lock is free get computed here."""
+        for task_id in await self.store.unfinished():
+            self.submit(task_id)
+
+    async def _reconcile(self) -> None:
+        while True:
+            try:
+                await self.reconcile_once()
+            except StoreUnavailable:
+                log.warning("store unavailable: reconciling again in %.0f s", self.settings.reconcile_interval_s)
+            except Exception:
+                log.exception("reconciling unfinished tasks failed")
+            await asyncio.sleep(self.settings.reconcile_interval_s)
 
     async def close(self) -> None:
-        for stop in self._stops.values():
-            stop.set()
-        for task in list(self._tasks.values()):
-            task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        """Stop computing: running computations go back to pending for another replica (or the next start)."""
+        self._closing = True
+        if self._reconciler is not None:
+            self._reconciler.cancel()
+        for run in self._runs.values():
+            run.halt(StopReason.SHUTDOWN)
+        tasks = list(self._tasks.values())
+        if tasks:
+            _, unfinished = await asyncio.wait(tasks, timeout=self.settings.drain_timeout_s)
+            for task in unfinished:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _follow(self, task_id: str) -> None:
         ttl = self.settings.lock_ttl_s
         try:
-            while True:
+            while not self._closing:
                 record = await self.store.get(task_id)
-                if record is None or record.status in ("ready", "failed"):
+                if record is None or record.status in ("ready", "failed") or record.fingerprint != self.lm.fingerprint:
                     return
                 async with self._one_at_a_time:
-                    if await self.store.acquire_lock(task_id, self.holder, ttl):
+                    if not self._closing and await self.store.acquire_lock(task_id, self.holder, ttl):
                         try:
-                            await self._compute(task_id)
+                            await self._attempt(task_id)
                         finally:
-                            await self.store.release_lock(task_id, self.holder)
+                            with contextlib.suppress(StoreUnavailable):
+                                await self.store.release_lock(task_id, self.holder)
                         # Look again: a failed task posted anew while this follower was finishing is pending.
                         continue
                 # Someone else holds the lock: check again later, take over if it expires.
                 await asyncio.sleep(min(ttl / 4, 5.0))
         except StoreUnavailable:
-            log.warning("store unavailable while following %s; will retry on the next request", task_id)
+            log.warning("store unavailable while following %s; the reconciler will adopt it again", task_id)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("following task %s failed", task_id)
 
-    async def _compute(self, task_id: str) -> None:
+    async def _attempt(self, task_id: str) -> None:
         record = await self.store.get(task_id)
         if record is None or record.status in ("ready", "failed"):
             return
-        record = await self.store.update(task_id, status="running", attempts=record.attempts + 1, error=None)
-        if record is None:
+        orphaned = record.orphaned + (record.status == "running")  # its last computer died without a word
+        if orphaned >= self.settings.max_attempts:
+            await self._fail(
+                record,
+                f"gave up after {orphaned} attempts that ended without a result "
+                "(the computing replica stopped, or lost the store, each time)",
+            )
             return
-        stop = self._stops.setdefault(task_id, threading.Event())
+        record = await self.store.update(
+            task_id, status="running", attempts=record.attempts + 1, orphaned=orphaned, error=None
+        )
+        if record is not None:
+            await self._compute(record)
+
+    async def _fail(self, record: TaskRecord, error: str) -> None:
+        self.metrics.computations.labels(record.method, "failed").inc()
+        await self.store.update(record.id, status="failed", error=error, progress=None)
+
+    async def _compute(self, record: TaskRecord) -> None:
+        task_id = record.id
+        run = self._runs.setdefault(task_id, _Run())
         loop = asyncio.get_running_loop()
-        last_report = [0.0]
         reports: list[concurrent.futures.Future] = []
+        last_report = [0.0]
 
         def progress(info: dict[str, Any]) -> None:  # called from the worker thread
             now = time.monotonic()
@@ -125,32 +191,61 @@ class VectorWorker:
                 last_report[0] = now
                 reports.append(asyncio.run_coroutine_threadsafe(self._report(task_id, info), loop))
 
-        heartbeat = loop.create_task(self._heartbeat(task_id, stop))
+        heartbeat = loop.create_task(self._heartbeat(task_id, run))
         started = time.perf_counter()
+        computing = loop.run_in_executor(self._executor, self._run_method, record, progress, run.stop)
         try:
             try:
-                vector = await loop.run_in_executor(self._executor, self._run_method, record, progress, stop)
+                vector = await asyncio.wait_for(asyncio.shield(computing), self.settings.compute_timeout_s)
+            except TimeoutError:
+                run.halt(StopReason.TIMEOUT)
+                vector = await computing  # methods check the stop flag between steps: Cancelled comes soon
             finally:  # a progress write landing after the outcome would leave a finished task with stale progress
                 await asyncio.gather(*(asyncio.wrap_future(f) for f in reports), return_exceptions=True)
         except Cancelled:
-            log.info("task %s cancelled", task_id)
-            self.metrics.computations.labels(record.method, "cancelled").inc()
+            await self._stopped(record, run.reason)
             return
         except Exception as exc:
             log.exception("computing task %s failed", task_id)
-            self.metrics.computations.labels(record.method, "failed").inc()
-            await self.store.update(task_id, status="failed", error=f"{type(exc).__name__}: {exc}", progress=None)
+            await self._fail(record, f"{type(exc).__name__}: {exc}")
             return
         finally:
             heartbeat.cancel()
-            self._stops.pop(task_id, None)
+            self._runs.pop(task_id, None)
+        if run.reason is not None:  # stopped after the method's last check: the result is not wanted
+            await self._stopped(record, run.reason)
+            return
         self.metrics.computations.labels(record.method, "ready").inc()
         self.metrics.compute_seconds.labels(record.method).observe(time.perf_counter() - started)
-        if stop.is_set():
+        await self._finish(record, vector)
+
+    async def _stopped(self, record: TaskRecord, reason: StopReason | None) -> None:
+        log.info("computation of %s stopped (%s)", record.id, reason.value if reason else "cancelled")
+        self.metrics.computations.labels(record.method, "cancelled").inc()
+        if reason is StopReason.TIMEOUT:
+            await self._fail(record, f"the computation took longer than {self.settings.compute_timeout_s:g} s")
+        elif reason is StopReason.SHUTDOWN:  # hand it back, without counting this attempt against it
+            await self.store.update(record.id, status="pending", progress=None, attempts=max(record.attempts - 1, 0))
+
+    async def _finish(self, record: TaskRecord, vector: TaskVector) -> None:
+        """Vector and ready record in one atomic write, retried through a short store outage."""
+        data = vector.to_bytes()
+        delay = 0.25
+        for attempt in range(FINAL_WRITE_RETRIES):
+            try:
+                done = await self.store.finish(
+                    record.id, data, status="ready", summary=vector_summary(vector), progress=None, error=None
+                )
+            except StoreUnavailable:
+                if attempt == FINAL_WRITE_RETRIES - 1:
+                    raise
+                log.warning("final write of %s failed; retrying in %.2f s", record.id, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 4.0)
+                continue
+            if done is not None:  # None: deleted meanwhile, nothing was written
+                self.vectors.put(done, vector)
             return
-        await self.store.put_vector(task_id, vector.to_bytes())
-        self.vectors.put(task_id, vector)
-        await self.store.update(task_id, status="ready", summary=vector_summary(vector), progress=None)
 
     def _run_method(self, record: TaskRecord, progress, stop: threading.Event) -> TaskVector:
         spec = record.spec
@@ -170,15 +265,20 @@ class VectorWorker:
         except Exception:  # progress is best effort
             log.debug("progress update for %s failed", task_id, exc_info=True)
 
-    async def _heartbeat(self, task_id: str, stop: threading.Event) -> None:
-        """Keep the lock while computing; stop when the task is deleted (here or on another replica)."""
+    async def _heartbeat(self, task_id: str, run: _Run) -> None:
+        """Keep the lock while computing; stop when the task is deleted (here or elsewhere) or taken over."""
         ttl = self.settings.lock_ttl_s
-        while not stop.is_set():
+        while not run.stop.is_set():
             await asyncio.sleep(min(ttl / 3, 2.0))
             try:
                 if await self.store.get(task_id) is None:
-                    stop.set()
+                    run.halt(StopReason.DELETED)
                     return
-                await self.store.refresh_lock(task_id, self.holder, ttl)
+                if not await self.store.refresh_lock(task_id, self.holder, ttl) and not await self.store.acquire_lock(
+                    task_id, self.holder, ttl
+                ):
+                    log.warning("another replica took the lock of %s: stopping here", task_id)
+                    run.halt(StopReason.LOST_LOCK)
+                    return
             except StoreUnavailable:
                 log.warning("store unavailable during heartbeat of %s", task_id)

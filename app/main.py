@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 from contextlib import asynccontextmanager
@@ -20,10 +21,11 @@ from app.errors import install_error_handlers
 from app.generation import GenerationService
 from app.jobs import VectorWorker
 from app.metrics import Metrics
-from app.middleware import BodyLimit, RequestMetrics
+from app.middleware import BodyLimit, RequestId, RequestMetrics
 from app.routes import generate, health, openai, tasks, vectors
 from app.services import Services
 from app.settings import Settings
+from app.shutdown import DrainingServer
 from app.store import open_store
 from app.tasks import TaskService
 from app.vector_cache import VectorCache
@@ -52,9 +54,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning(
                 "no STEER_API_KEYS set: the API is open to anyone who can reach %s:%s", settings.host, settings.port
             )
-        vectors = VectorCache(settings.vector_cache_size)
+        bounds = Bounds(settings, lm.arch.num_layers)
+        vectors = VectorCache(settings.vector_cache_bytes)
         worker = VectorWorker(lm, store, vectors, settings, metrics)
-        task_service = TaskService(lm, store, worker, vectors, settings, metrics)
+        task_service = TaskService(lm, store, worker, vectors, settings, metrics, bounds)
         batcher = Batcher(
             Engine(lm), settings.max_batch_size, settings.batch_window_ms / 1000, settings.max_queue, metrics
         )
@@ -69,15 +72,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             generation=GenerationService(lm, task_service, batcher, settings),
             keys=keys,
             metrics=metrics,
-            bounds=Bounds(settings, lm.arch.num_layers),
+            bounds=bounds,
         )
-        try:
-            await worker.resume_unfinished()
-        except Exception:
-            log.exception("could not resume unfinished tasks (store unreachable?)")
+        worker.start()  # adopts unfinished tasks now and every reconcile_interval_s
         try:
             yield
         finally:
+            app.state.services.draining = True
             await batcher.close()
             await worker.close()
             await store.close()
@@ -105,7 +106,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_bytes=settings.max_body_bytes,
         per_path={"/v1/tasks/import": settings.max_vector_bytes},
     )
+    app.add_middleware(RequestId)
     return app
+
+
+def refuse_open_public_server(settings: Settings) -> None:
+    """No keys and a non-loopback address would publish an open API by accident: refuse, say how to fix it."""
+    if settings.keys() or settings.allow_open or is_loopback(settings.host):
+        return
+    raise SystemExit(
+        f"refusing to serve without API keys on {settings.host}: set STEER_API_KEYS=key1,key2 (clients send "
+        "'Authorization: Bearer key1'), or listen on 127.0.0.1, or set STEER_ALLOW_OPEN=true on a trusted network"
+    )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def run() -> None:
@@ -115,7 +136,16 @@ def run() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    refuse_open_public_server(settings)
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        timeout_graceful_shutdown=max(1, round(settings.drain_timeout_s)),
+    )
+    DrainingServer(config, app).run()
 
 
 app = create_app()

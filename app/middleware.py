@@ -1,14 +1,40 @@
-"""ASGI middleware: a body-size limit (413) and per-route request metrics."""
+"""ASGI middleware: request ids, a body-size limit (413) and per-route request metrics."""
 
 from __future__ import annotations
 
+import re
 import time
+import uuid
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import error_response
 from app.metrics import Metrics
+
+_CLIENT_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+class RequestId:
+    """Every request gets an id (the client's `X-Request-ID` if it is sane), echoed in the response header."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        rid = given if _CLIENT_ID.fullmatch(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+
+        async def tagged(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        await self.app(scope, receive, tagged)
 
 
 class BodyLimit:

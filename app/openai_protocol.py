@@ -1,28 +1,29 @@
 """The OpenAI wire format for completions, chat completions and models, plus our `steering` field.
 
 Unknown OpenAI fields are accepted and ignored (clients send many), except those whose meaning we
-cannot honour (n > 1, logprobs), which are refused with 422 rather than silently wrong.
+cannot honour (n > 1, logprobs, non-text content), which are refused with 422 rather than silently
+wrong. Sampler bounds are the ones of the native API (`steering.protocol`), defined there once.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from steering.protocol import ChatMessage, SteeringEntry
+from steering.protocol import ChatMessage, Seed, SteeringEntry, Stop, Temperature, TopP
 
 
 class _Common(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int | None = None
-    stop: str | list[str] | None = None
+    temperature: Annotated[Temperature, Field(le=2.0)] = 1.0
+    top_p: TopP = 1.0
+    seed: Seed | None = None
+    stop: Stop | None = None
     stream: bool = False
     n: int = Field(1, ge=1, le=1, description="Only one choice per request is supported.")
     steering: list[SteeringEntry] = Field(default_factory=list)
@@ -32,32 +33,34 @@ class _Common(BaseModel):
 
 
 class CompletionRequest(_Common):
-    prompt: str | list[str]
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)] = Field(
+        ..., description="One prompt (a list of one is accepted, as the OpenAI client may send it)."
+    )
     logprobs: None = None
     echo: bool = False
-
-    @field_validator("prompt")
-    @classmethod
-    def _one_prompt(cls, value: str | list[str]) -> str | list[str]:
-        if isinstance(value, list) and len(value) != 1:
-            raise ValueError("send one prompt per request")
-        return value
 
     def text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
 
+class TextPart(BaseModel):
+    """The only content part this server understands; images and audio are refused, not dropped."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text"]
+    text: str
+
+
 class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str | list[dict[str, Any]] | None = None
+    role: Literal["system", "user", "assistant", "developer"]
+    content: str | list[TextPart] | None = None
 
     def plain(self) -> ChatMessage:
-        if isinstance(self.content, list):
-            text = "".join(p.get("text", "") for p in self.content if p.get("type") == "text")
-        else:
-            text = self.content or ""
+        parts = self.content if isinstance(self.content, list) else [TextPart(type="text", text=self.content or "")]
+        text = "".join(part.text for part in parts)
         return ChatMessage(role="system" if self.role == "developer" else self.role, content=text)
 
 

@@ -30,6 +30,7 @@ class Services:
     keys: KeyChecker
     metrics: Metrics
     bounds: Bounds
+    draining: bool = False  # set on SIGTERM: /readyz answers 503 so load balancers stop sending
 
 
 def services(request: Request) -> Services:

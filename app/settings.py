@@ -28,18 +28,25 @@ class Settings(BaseSettings):
     redis_prefix: str = "steer:"
     data_dir: Path = Field(default_factory=lambda: default_cache_dir() / "data")
 
-    # Auth: comma-separated keys; empty = open server (local use)
+    # Auth: comma-separated keys; empty = open server, which only listens on loopback unless allow_open
     api_keys: str = ""
+    allow_open: bool = Field(False, description="Serve without API keys on a non-loopback host (trusted networks).")
 
     # Limits
     max_body_bytes: int = 1_000_000
     max_vector_bytes: int = Field(256_000_000, description="Body limit of vector imports.")
+    max_concurrent_imports: int = Field(2, ge=1, description="Vector imports read at once; more answer 429.")
     max_demonstrations: int = 512
     max_demonstration_chars: int = 2_000
     max_prompt_tokens: int = 2_048
     max_new_tokens: int = 512
     max_steering_entries: int = 8
     max_strength: float = 50.0
+    max_tasks_per_key: int = Field(1_000, description="Stored tasks per API key (or for the open server).")
+    max_computations_per_key: int = Field(4, description="Tasks of one key pending or running at once.")
+    stream_send_timeout_s: float = Field(
+        30.0, description="A streaming client that reads nothing for this long is cut."
+    )
 
     # Batching
     max_batch_size: int = 8
@@ -47,9 +54,14 @@ class Settings(BaseSettings):
     max_queue: int = 64
 
     # Vector computation
-    vector_cache_size: int = 128
+    vector_cache_bytes: int = Field(1 << 30, description="Process memory for vectors already read or computed.")
     lock_ttl_s: float = 60.0
     compute_timeout_s: float = 1_800.0
+    max_attempts: int = Field(3, description="Computations of a task that may end with no outcome before it fails.")
+    reconcile_interval_s: float = Field(10.0, description="How often each replica adopts tasks whose lock expired.")
+
+    # Shutdown: in-flight generations get this long to finish after SIGTERM; queued ones get 503
+    drain_timeout_s: float = 20.0
 
     def keys(self) -> list[str]:
         return [k.strip() for k in self.api_keys.split(",") if k.strip()]

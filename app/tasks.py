@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from app.errors import ApiError, not_found
+from app.bounds import Bounds
+from app.errors import ApiError, not_found, task_not_ready
 from app.jobs import VectorWorker
 from app.metrics import Metrics
 from app.settings import Settings
-from app.store import TaskRecord, TaskStore
+from app.store import StoreUnavailable, TaskRecord, TaskStore
 from app.vector_cache import VectorCache
 from steering.inject import SteeringTerm
 from steering.methods import options_model
@@ -21,6 +24,15 @@ from steering.model import LoadedModel
 from steering.protocol import SteeringEntry, TaskCreate, TaskInfo
 from steering.templates import DEFAULT_TEMPLATE
 from steering.vectors import TaskVector
+
+log = logging.getLogger(__name__)
+
+
+def _options_message(exc: Exception) -> str:
+    if isinstance(exc, ValidationError) and exc.errors():
+        first = exc.errors()[0]
+        return f"options.{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+    return f"options: {exc}"
 
 
 def task_id_for(owner: str | None, fingerprint: str, body: TaskCreate, options: dict) -> str:
@@ -37,7 +49,7 @@ def task_id_for(owner: str | None, fingerprint: str, body: TaskCreate, options: 
     return "task-" + digest[:24]
 
 
-def task_info(record: TaskRecord) -> TaskInfo:
+def task_info(record: TaskRecord, include_demonstrations: bool = True) -> TaskInfo:
     summary = record.summary or {}
     return TaskInfo(
         id=record.id,
@@ -45,7 +57,7 @@ def task_info(record: TaskRecord) -> TaskInfo:
         method=summary.get("method", record.method),
         name=record.name,
         num_demonstrations=len(record.spec.get("demonstrations", [])) or summary.get("num_demonstrations", 0),
-        demonstrations=record.spec.get("demonstrations"),
+        demonstrations=record.spec.get("demonstrations") if include_demonstrations else None,
         layers=summary.get("layers"),
         default_strength=summary.get("default_strength"),
         template=record.spec.get("template"),
@@ -67,9 +79,10 @@ class TaskService:
         vectors: VectorCache,
         settings: Settings,
         metrics: Metrics,
+        bounds: Bounds,
     ) -> None:
         self.lm, self.store, self.worker, self.vectors = lm, store, worker, vectors
-        self.settings, self.metrics = settings, metrics
+        self.settings, self.metrics, self.bounds = settings, metrics, bounds
 
     def _check_limits(self, body: TaskCreate) -> dict:
         limit = self.settings.max_demonstrations
@@ -89,31 +102,73 @@ class TaskService:
             raise ApiError(422, "unknown_method", f"method {body.method!r} is not available on this server") from None
         try:
             options = model(**body.options).model_dump()
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise ApiError(422, "invalid_options", f"options.{where}: {first['msg']}") from None
-        self._check_option_layers(options)
+        except (ValidationError, TypeError) as exc:
+            raise ApiError(422, "invalid_options", _options_message(exc)) from None
+        self._check_options(options)
         return options
 
-    def _check_option_layers(self, options: dict) -> None:
-        """A layer the model does not have would only fail later, in the computation: refuse it now."""
-        num_layers = self.lm.arch.num_layers
+    def _check_options(self, options: dict) -> None:
+        """Layers and strengths fixed in the options obey the same bounds as a request's."""
         for key in ("layer", "layers"):
             value = options.get(key)
-            layers = value if isinstance(value, list) else [value]
-            bad = [la for la in layers if isinstance(la, int) and not 0 <= la < num_layers]
-            if bad:
-                raise ApiError(
-                    422, "invalid_options", f"options.{key}: layer {bad[0]} is out of range 0..{num_layers - 1}"
-                )
+            if value is not None:
+                self.bounds.layers(value if isinstance(value, list) else [value], f"options.{key}", "invalid_options")
+        for key in ("strength", "strengths"):
+            value = options.get(key)
+            for strength in value if isinstance(value, list) else [value] if value is not None else []:
+                self.bounds.strength(strength, f"options.{key}", "invalid_options")
+
+    async def check_task_quota(self, owner: str | None) -> None:
+        """How many tasks one key may keep (registered or imported)."""
+        if await self.store.count(owner) >= self.settings.max_tasks_per_key:
+            raise ApiError(
+                429,
+                "task_quota_exceeded",
+                f"this key already has {self.settings.max_tasks_per_key} tasks: delete some first",
+                headers={"Retry-After": "60"},
+            )
+
+    async def _check_quotas(self, owner: str | None) -> None:
+        """Per key: how many tasks it may keep, and how many may compute at once (across replicas)."""
+        await self.check_task_quota(owner)
+        records = await asyncio.gather(*(self.store.get(i) for i in await self.store.unfinished()))
+        computing = sum(1 for r in records if r is not None and r.owner == owner)
+        if computing >= self.settings.max_computations_per_key:
+            raise ApiError(
+                429,
+                "computation_quota_exceeded",
+                f"this key already has {computing} tasks computing; the limit is "
+                f"{self.settings.max_computations_per_key}: retry when one is ready",
+                headers={"Retry-After": "10"},
+            )
 
     async def register(self, body: TaskCreate, owner: str | None) -> tuple[TaskRecord, bool]:
         """Create the task (or find it) and make sure its vectors are being computed. Returns (record, created)."""
         options = self._check_limits(body)
         task_id = task_id_for(owner, self.lm.fingerprint, body, options)
+        for _ in range(3):  # a concurrent delete between create and get: try again, a bounded number of times
+            existing = await self.store.get(task_id)
+            if existing is None:
+                await self._check_quotas(owner)
+                record = self._new_record(task_id, body, options, owner)
+                if await self.store.create(record):
+                    self.worker.submit(task_id)
+                    return record, True
+                existing = await self.store.get(task_id)
+            if existing is not None:
+                if existing.status == "failed":  # posting a failed task again retries it
+                    existing = (
+                        await self.store.update(task_id, status="pending", error=None, progress=None, orphaned=0)
+                        or existing
+                    )
+                if existing.status != "ready":
+                    self.worker.submit(task_id)
+                return existing, False
+        raise ApiError(409, "conflict", f"task {task_id!r} is being deleted and created concurrently; retry")
+
+    def _new_record(self, task_id: str, body: TaskCreate, options: dict, owner: str | None) -> TaskRecord:
         now = time.time()
-        record = TaskRecord(
+        return TaskRecord(
             id=task_id,
             owner=owner,
             name=body.name,
@@ -127,17 +182,6 @@ class TaskService:
             created_at=now,
             updated_at=now,
         )
-        created = await self.store.create(record)
-        if not created:
-            existing = await self.store.get(task_id)
-            if existing is None:  # deleted in between: register afresh
-                return await self.register(body, owner)
-            if existing.status == "failed":  # posting a failed task again retries it
-                existing = await self.store.update(task_id, status="pending", error=None, progress=None) or existing
-            record = existing
-        if record.status != "ready":
-            self.worker.submit(task_id)
-        return record, created
 
     async def get(self, task_id: str, owner: str | None) -> TaskRecord:
         record = await self.store.get(task_id)
@@ -145,8 +189,9 @@ class TaskService:
             raise not_found(f"task {task_id!r}")
         return record
 
-    async def list(self, owner: str | None) -> list[TaskRecord]:
-        return await self.store.list(owner=owner)
+    async def list(self, owner: str | None, offset: int, limit: int) -> tuple[list[TaskRecord], int]:
+        """One page of the owner's tasks, newest first, and how many the owner has in all."""
+        return await self.store.list(owner=owner, offset=offset, limit=limit), await self.store.count(owner)
 
     async def delete(self, task_id: str, owner: str | None) -> None:
         await self.get(task_id, owner)
@@ -154,47 +199,69 @@ class TaskService:
         self.vectors.drop(task_id)
         await self.store.delete(task_id)
 
-    async def vector(self, record: TaskRecord) -> TaskVector:
-        vector = self.vectors.get(record.id)
-        self.metrics.vector_cache.labels("hit" if vector is not None else "miss").inc()
-        if vector is None:
-            data = await self.store.get_vector(record.id)
-            if data is None:
-                raise ApiError(409, "task_not_ready", f"task {record.id!r} has no vector stored yet")
-            vector = TaskVector.from_bytes(data)
-            self.vectors.put(record.id, vector)
-        return vector
+    async def ready_vector(self, task_id: str, owner: str | None) -> tuple[TaskRecord, TaskVector]:
+        """A ready task's record and vector. While the store is unreachable, what this replica holds serves."""
+        cached = self.vectors.get(task_id)
+        try:
+            record = await self.store.get(task_id)
+        except StoreUnavailable:
+            if cached is None:
+                raise
+            record = cached.record
+        if record is None or record.owner != owner:
+            raise not_found(f"task {task_id!r}")
+        if record.fingerprint != self.lm.fingerprint:
+            raise ApiError(
+                409,
+                "model_mismatch",
+                f"task {record.id!r} was computed on model {record.fingerprint}, "
+                f"this server runs {self.lm.fingerprint}",
+            )
+        if record.status != "ready":
+            raise task_not_ready(record)
+        self.metrics.vector_cache.labels("hit" if cached is not None else "miss").inc()
+        if cached is not None:
+            return record, cached.vector
+        data = await self.store.get_vector(task_id)
+        try:
+            vector = None if data is None else await asyncio.to_thread(TaskVector.from_bytes, data)
+        except ValueError:
+            log.exception("the stored vector of %s is unreadable", task_id)
+            vector = None
+        if vector is None or vector.fingerprint != self.lm.fingerprint:
+            raise await self._heal(record)
+        self.vectors.put(record, vector)
+        return record, vector
+
+    async def _heal(self, record: TaskRecord) -> ApiError:
+        """A ready record whose vector is missing or unreadable: compute it again, or fail an import."""
+        if record.spec.get("demonstrations"):
+            log.warning("task %s is ready but its vector is missing: computing it again", record.id)
+            await self.store.update(record.id, status="pending", summary=None, error=None, orphaned=0)
+            self.worker.submit(record.id)
+            return ApiError(409, "task_not_ready", f"task {record.id!r} lost its vector and is being recomputed")
+        await self.store.update(record.id, status="failed", error="the stored vector was lost: import the file again")
+        return ApiError(409, "task_not_ready", f"task {record.id!r} lost its imported vector: import it again")
 
     async def steering_terms(self, entries: Sequence[SteeringEntry], owner: str | None) -> list[SteeringTerm]:
+        """Resolve entries into terms; every strength that will be applied (given or default) is bounded here."""
         if len(entries) > self.settings.max_steering_entries:
             raise ApiError(
                 422,
                 "too_many_steering_entries",
                 f"at most {self.settings.max_steering_entries} steering entries per request",
             )
+        bounds = self.bounds
+        for i, entry in enumerate(entries):
+            if entry.strength is not None:
+                bounds.strength(entry.strength, f"steering.{i}.strength")
+            if entry.layers is not None:
+                bounds.layers(entry.layers, f"steering.{i}.layers")
         terms = []
-        for entry in entries:
-            if entry.strength is not None and not abs(entry.strength) <= self.settings.max_strength:  # NaN too
-                raise ApiError(422, "strength_out_of_range", f"strength must be within ±{self.settings.max_strength}")
-            layers = self.lm.arch.num_layers
-            if entry.layers is not None and not all(0 <= la < layers for la in entry.layers):
-                raise ApiError(422, "invalid_layers", f"layers must be within 0..{layers - 1}")
-            if entry.layers is not None and not entry.layers:
-                raise ApiError(422, "invalid_layers", "layers, when given, must name at least one layer")
-        for entry in entries:
-            record = await self.get(entry.task, owner)
-            if record.fingerprint != self.lm.fingerprint:
-                raise ApiError(
-                    409,
-                    "model_mismatch",
-                    f"task {record.id!r} was computed on model {record.fingerprint}, "
-                    f"this server runs {self.lm.fingerprint}",
-                )
-            if record.status != "ready":
-                raise ApiError(409, "task_not_ready", f"task {record.id!r} is {record.status}", status=record.status)
-            vector = await self.vector(record)
-            vector.check_fingerprint(self.lm.fingerprint)
+        for i, entry in enumerate(entries):
+            record, vector = await self.ready_vector(entry.task, owner)
             strength = entry.strength if entry.strength is not None else vector.default_strength
-            layers_override = tuple(entry.layers) if entry.layers is not None else None
-            terms.append(SteeringTerm(vector, strength, layers_override))
+            bounds.strength(strength, f"steering.{i}: the default strength of task {record.id!r}")
+            layers = bounds.layers(entry.layers if entry.layers is not None else vector.layers, f"steering.{i}.layers")
+            terms.append(SteeringTerm(vector, strength, layers))
         return terms

@@ -187,6 +187,10 @@ def demonstrations(demos: str | Path | Iterable[DemoLike]) -> list[Demonstration
     return out
 
 
+def _page(offset: int) -> dict[str, int]:
+    return {"offset": offset, "limit": 200}
+
+
 def steering_entries(steering: Iterable[SteeringLike] | SteeringLike | None) -> list[SteeringEntry]:
     """Steering entries from ids (`"task-..."`), `(id, strength)` pairs, dicts or `SteeringEntry` models."""
     if steering is None:
@@ -399,7 +403,13 @@ class Client:
         return TaskInfo.model_validate_json(self._request("GET", f"/v1/tasks/{task_id}").content)
 
     def list(self) -> list[TaskInfo]:
-        return TaskList.model_validate_json(self._request("GET", "/v1/tasks").content).tasks
+        """Every task of this key, newest first (the server answers in pages; this follows them all)."""
+        tasks, offset = [], 0
+        while offset is not None:
+            page = TaskList.model_validate_json(self._request("GET", "/v1/tasks", params=_page(offset)).content)
+            tasks += page.tasks
+            offset = page.next_offset
+        return tasks
 
     def delete(self, task_id: str) -> None:
         self._request("DELETE", f"/v1/tasks/{task_id}")
@@ -571,7 +581,14 @@ class AsyncClient:
         return TaskInfo.model_validate_json((await self._request("GET", f"/v1/tasks/{task_id}")).content)
 
     async def list(self) -> list[TaskInfo]:
-        return TaskList.model_validate_json((await self._request("GET", "/v1/tasks")).content).tasks
+        """Every task of this key, newest first (the server answers in pages; this follows them all)."""
+        tasks, offset = [], 0
+        while offset is not None:
+            response = await self._request("GET", "/v1/tasks", params=_page(offset))
+            page = TaskList.model_validate_json(response.content)
+            tasks += page.tasks
+            offset = page.next_offset
+        return tasks
 
     async def delete(self, task_id: str) -> None:
         await self._request("DELETE", f"/v1/tasks/{task_id}")

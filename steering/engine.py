@@ -22,7 +22,7 @@ from transformers import DynamicCache
 from steering.inject import BatchSteering, SteeringTerm, maybe_attached
 from steering.model import LoadedModel
 
-FinishReason = Literal["stop", "length", "cancelled"]
+FinishReason = Literal["stop", "length", "cancelled", "error"]
 
 
 @dataclass
@@ -44,6 +44,11 @@ class GenerationResult:
     finish_reason: FinishReason
     prompt_tokens: int
     timing: dict[str, float] = field(default_factory=dict)
+    error: str | None = None  # why the row failed (finish_reason "error"); the other rows are unaffected
+
+
+class GenerationFailed(RuntimeError):
+    """One request's generation could not go on (see `GenerationResult.error`)."""
 
 
 @dataclass
@@ -81,6 +86,7 @@ class _RowState:
         self.emitted = 0
         self.finish: FinishReason | None = None
         self.first_token_at: float | None = None
+        self.error: str | None = None
         seed = request.seed if request.seed is not None else random.getrandbits(63)
         self.generator = torch.Generator().manual_seed(seed)
         self.hold = max((len(s) for s in request.stop), default=1) - 1
@@ -102,6 +108,10 @@ class _RowState:
                 self.finish = "length"
         return self._delta()
 
+    def fail(self, error: str) -> RowDelta:
+        self.error, self.finish = error, "error"
+        return RowDelta(0, "", "error")
+
     def _stop_index(self) -> int | None:
         found = [i for i in (self.text.find(s, max(self.emitted - len(s), 0)) for s in self.request.stop) if i >= 0]
         return min(found) if found else None
@@ -120,21 +130,35 @@ class _RowState:
         return delta
 
 
-def _next_tokens(logits: Tensor, rows: Sequence[_RowState]) -> list[int]:
+def _sample(logits: Tensor, row: _RowState) -> int:
+    req = row.request
+    probs = torch.softmax(logits.float().cpu() / req.temperature, dim=-1)
+    if req.top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs > req.top_p
+        sorted_probs[outside] = 0.0
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+    return int(torch.multinomial(probs / probs.sum(), 1, generator=row.generator))
+
+
+def _next_tokens(logits: Tensor, rows: Sequence[_RowState]) -> list[int | str]:
+    """Each row's next token, or why that row cannot go on (its logits are not finite, its sampler failed).
+
+    A failure is the row's own: the other rows of the batch get their tokens as if it were not there.
+    """
     greedy = logits.argmax(dim=-1).tolist()
-    chosen = []
+    finite = torch.isfinite(logits).all(dim=-1).tolist()
+    chosen: list[int | str] = []
     for i, row in enumerate(rows):
-        req = row.request
-        if req.temperature <= 0.0:
+        if not finite[i]:
+            chosen.append("the model produced non-finite logits for this request (is the steering strength too high?)")
+        elif row.request.temperature <= 0.0:
             chosen.append(int(greedy[i]))
-            continue
-        probs = torch.softmax(logits[i].float().cpu() / req.temperature, dim=-1)
-        if req.top_p < 1.0:
-            sorted_probs, order = probs.sort(descending=True)
-            outside = sorted_probs.cumsum(-1) - sorted_probs > req.top_p
-            sorted_probs[outside] = 0.0
-            probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-        chosen.append(int(torch.multinomial(probs / probs.sum(), 1, generator=row.generator)))
+        else:
+            try:
+                chosen.append(_sample(logits[i], row))
+            except RuntimeError as exc:
+                chosen.append(f"sampling failed: {exc}")
     return chosen
 
 
@@ -196,13 +220,17 @@ class Engine:
                     use_cache=use_cache,
                     logits_to_keep=1,
                 )
-                tokens = _next_tokens(out.logits[:, -1], rows)
+                choices = _next_tokens(out.logits[:, -1], rows)
+                tokens = [self.pad_id] * len(rows)
                 deltas = []
-                for i, (row, token) in enumerate(zip(rows, tokens, strict=True)):
+                for i, (row, choice) in enumerate(zip(rows, choices, strict=True)):
                     if row.finish is not None:
-                        tokens[i] = self.pad_id
                         continue
-                    delta = row.push(token)
+                    if isinstance(choice, str):
+                        delta = row.fail(choice)
+                    else:
+                        tokens[i] = choice
+                        delta = row.push(choice)
                     if delta is not None:
                         delta.row = i
                         deltas.append(delta)
@@ -220,6 +248,7 @@ class Engine:
                 token_ids=row.ids,
                 finish_reason=row.finish or "length",
                 prompt_tokens=len(row.request.prompt_ids),
+                error=row.error,
                 timing={
                     "first_token_s": (row.first_token_at or finished) - started,
                     "total_s": finished - started,
@@ -239,8 +268,8 @@ class Engine:
 
         def run() -> None:
             try:
-                self.generate([request], on_step=lambda deltas: [pieces.put(d.text) for d in deltas])
-                pieces.put(None)
+                (result,) = self.generate([request], on_step=lambda deltas: [pieces.put(d.text) for d in deltas])
+                pieces.put(GenerationFailed(result.error) if result.error else None)
             except BaseException as exc:  # handed to the consuming thread
                 pieces.put(exc)
 

@@ -6,17 +6,61 @@ them and the client builds and parses them, so both sides always agree.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 Method = Literal["icv", "task_vector", "function_vector", "soft_injection", "contrastive", "auto"]
 TaskStatus = Literal["pending", "running", "ready", "failed"]
 
+# Bounds every server shares, defined once and checked when a request is parsed. Bounds that depend on
+# the server (its model's layer count, `max_strength`, token limits) are checked in `app/bounds.py`.
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed accepts
+MIN_TEMPERATURE = 1e-3  # below it, logits / temperature overflow; 0 means greedy
+MAX_STOP_STRINGS, MAX_STOP_CHARS = 8, 256
+MAX_LAYERS_PER_ENTRY = 1024
 
-class Demonstration(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
+def _temperature_floor(value: float) -> float:
+    if 0.0 < value < MIN_TEMPERATURE:
+        raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}")
+    return value
+
+
+def _unique(values: list[int]) -> list[int]:
+    """Each layer once, in the order given: a repeated layer would add its vector again."""
+    return list(dict.fromkeys(values))
+
+
+Seed = Annotated[int, Field(ge=SEED_MIN, le=SEED_MAX, description="Makes sampling reproducible.")]
+Temperature = Annotated[float, Field(ge=0.0), AfterValidator(_temperature_floor)]
+TopP = Annotated[float, Field(gt=0.0, le=1.0)]
+
+
+def _stop_strings(value: str | list[str]) -> str | list[str]:
+    strings = [value] if isinstance(value, str) else value
+    if len(strings) > MAX_STOP_STRINGS or not all(0 < len(s) <= MAX_STOP_CHARS for s in strings):
+        raise PydanticCustomError(
+            "invalid_stop",
+            f"give at most {MAX_STOP_STRINGS} non-empty stop strings of at most {MAX_STOP_CHARS} characters",
+        )
+    return value
+
+
+Stop = Annotated[str | list[str], AfterValidator(_stop_strings)]
+# Validation errors of these types keep their type in the error body (others are "invalid_request").
+NAMED_ERRORS = frozenset({"invalid_stop"})
+Layers = Annotated[list[int], AfterValidator(_unique)]  # within the model's range: app/bounds.py
+
+
+class WireModel(BaseModel):
+    """Requests: unknown fields refused, NaN and infinity refused wherever a number is expected."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class Demonstration(WireModel):
     input: str = Field(..., description="The demonstration's input, e.g. 'hot'.")
     output: str = Field(..., description="What the task maps the input to, e.g. 'cold'.")
 
@@ -39,9 +83,7 @@ class Template(BaseModel):
         return self
 
 
-class TaskCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class TaskCreate(WireModel):
     demonstrations: list[Demonstration] = Field(..., min_length=1)
     method: Method = "auto"
     name: str | None = Field(None, max_length=200)
@@ -60,7 +102,9 @@ class TaskInfo(BaseModel):
     method: str
     name: str | None = None
     num_demonstrations: int = 0
-    demonstrations: list[Demonstration] | None = Field(None, description="As posted; empty for imported vectors.")
+    demonstrations: list[Demonstration] | None = Field(
+        None, description="As posted; empty for imported vectors; left out of lists unless asked for."
+    )
     layers: list[int] | None = None
     default_strength: float | None = None
     template: Template | None = None
@@ -74,33 +118,36 @@ class TaskInfo(BaseModel):
 
 class TaskList(BaseModel):
     tasks: list[TaskInfo]
+    total: int = Field(0, description="How many tasks the caller has in all.")
+    next_offset: int | None = Field(None, description="Where the next page starts; null on the last page.")
 
 
-class SteeringEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    task: str = Field(..., description="A registered task's id.")
+class SteeringEntry(WireModel):
+    task: str = Field(..., max_length=200, description="A registered task's id.")
     strength: float | None = Field(None, description="Scale of the vector; the task's chosen default if unset.")
-    layers: list[int] | None = Field(None, description="Restrict (or move) the injection to these layers.")
+    layers: Annotated[Layers, Field(max_length=MAX_LAYERS_PER_ENTRY)] | None = Field(
+        None, description="Restrict (or move) the injection to these layers; each layer counts once."
+    )
 
 
-class ChatMessage(BaseModel):
-    role: str
+ChatRole = Literal["system", "user", "assistant"]
+
+
+class ChatMessage(WireModel):
+    role: ChatRole
     content: str
 
 
-class GenerateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class GenerateRequest(WireModel):
     prompt: str | None = None
     input: str | None = Field(None, description="Rendered with the first task's query template.")
-    messages: list[ChatMessage] | None = None
+    messages: list[ChatMessage] | None = Field(None, min_length=1)
     steering: list[SteeringEntry] = Field(default_factory=list)
     max_new_tokens: int = Field(32, ge=1)
-    temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 means greedy.")
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int | None = None
-    stop: list[str] | str | None = Field(
+    temperature: Annotated[Temperature, Field(le=5.0)] = Field(0.0, description="0 means greedy.")
+    top_p: TopP = 1.0
+    seed: Seed | None = None
+    stop: Stop | None = Field(
         None, description="Stop strings. Unset with `input`: the template's stop rule (a newline)."
     )
     stream: bool = False

@@ -61,6 +61,10 @@ FAILING_TASK: dict[str, Any] = {
 
 # Many long few-shot prompts: seconds of computation on the tiny model, enough to watch it run.
 SLOW_TASK: dict[str, Any] = task_body(ANTONYMS + CAPITALS, options={"num_prompts": 160, "k_shot": 8})
+# Thousands of gate-training steps that never stop early: tens of seconds, for what must happen while one runs.
+LONG_TASK: dict[str, Any] = task_body(
+    ANTONYMS + CAPITALS, method="soft_injection", options={"steps": 5000, "patience": 1000, "seed": 5}
+)
 
 
 def metric(text: str, name: str, **labels: str) -> float:

@@ -92,7 +92,7 @@ async def test_post_then_ready_and_same_id_again(api: Api) -> None:
     assert info["template"] == {"example": "Q: {input}\nA: {output}", "query": "Q: {input}\nA:", "separator": "\n\n"}
 
     # The vector kept in memory and the one read back from the store are bit-identical.
-    computed = services_of(api.app).tasks.vectors.get(task_id)
+    computed = services_of(api.app).tasks.vectors.get(task_id).vector
     data = await services_of(api.app).store.get_vector(task_id)
     assert computed is not None and data is not None
     stored = TaskVector.from_bytes(data)

@@ -6,7 +6,6 @@ import json
 import time
 
 from fastapi import APIRouter, Depends, Request
-from sse_starlette import EventSourceResponse
 
 from app.generation import Sampling, applied
 from app.services import Services, owner, services
@@ -39,7 +38,7 @@ async def generate(
             result = await pending.future
             yield {"event": "done", "data": _response(result, resolved, started).model_dump_json()}
 
-        return EventSourceResponse(events(), ping=15)
+        return svc.generation.sse(events(), http)
     result = await svc.generation.complete(request, http)
     return _response(result, resolved, started)
 

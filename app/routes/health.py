@@ -19,8 +19,14 @@ async def healthz() -> dict:
 @router.get("/readyz")
 async def readyz(svc: Services = Depends(services)) -> JSONResponse:
     store_ok = await svc.store.ping()
-    body = {"model": svc.lm.name, "fingerprint": svc.lm.fingerprint, "store": "ok" if store_ok else "unreachable"}
-    if not store_ok:
+    checks = {
+        "store": "ok" if store_ok else "unreachable",
+        "batcher": "ok" if svc.batcher.alive else "stopped",
+        "draining": svc.draining,
+        "batcher_restarts": svc.batcher.restarts,
+    }
+    body = {"model": svc.lm.name, "fingerprint": svc.lm.fingerprint, **checks}
+    if not store_ok or not svc.batcher.alive or svc.draining:
         return JSONResponse({"status": "unready", **body}, status_code=503, headers={"Retry-After": "2"})
     return JSONResponse({"status": "ready", **body})
 

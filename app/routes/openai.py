@@ -36,13 +36,12 @@ def _sampling(body, svc: Services) -> Sampling:
     return Sampling(body.new_tokens(default), body.temperature, body.top_p, body.seed, body.stop)
 
 
-def _sse(chunks: AsyncIterator[dict]) -> EventSourceResponse:
+def _sse(chunks: AsyncIterator[dict], http: Request, svc: Services) -> EventSourceResponse:
     async def events():
         async for chunk in chunks:
             yield {"data": json.dumps(chunk)}
-        yield {"data": "[DONE]"}
 
-    return EventSourceResponse(events(), ping=15)
+    return svc.generation.sse(events(), http, openai=True)
 
 
 @router.get("/models")
@@ -84,7 +83,7 @@ async def completions(
                 "usage": _usage(result),
             }
 
-        return _sse(chunks())
+        return _sse(chunks(), http, svc)
     result = await svc.generation.complete(request, http)
     text = (body.text() + result.text) if body.echo else result.text
     return {
@@ -125,7 +124,7 @@ async def chat_completions(
                 "usage": _usage(result),
             }
 
-        return _sse(chunks())
+        return _sse(chunks(), http, svc)
     result = await svc.generation.complete(request, http)
     return {
         **base,

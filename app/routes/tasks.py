@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Query, Response
 
 from app.services import Services, owner, services
 from app.tasks import task_info
 from steering.protocol import TaskCreate, TaskCreated, TaskInfo, TaskList
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
+MAX_PAGE = 200
 
 
 @router.post("", response_model=TaskCreated, status_code=202, responses={200: {"model": TaskCreated}})
@@ -23,8 +24,21 @@ async def create_task(
 
 
 @router.get("", response_model=TaskList)
-async def list_tasks(svc: Services = Depends(services), who: str | None = Depends(owner)) -> TaskList:
-    return TaskList(tasks=[task_info(r) for r in await svc.tasks.list(who)])
+async def list_tasks(
+    offset: int = Query(0, ge=0, le=1_000_000),
+    limit: int = Query(50, ge=1, le=MAX_PAGE),
+    include_demonstrations: bool = Query(False, description="Include each task's demonstrations (large)."),
+    svc: Services = Depends(services),
+    who: str | None = Depends(owner),
+) -> TaskList:
+    """The caller's tasks, newest first, one page at a time (`next_offset` is null on the last page)."""
+    records, total = await svc.tasks.list(who, offset, limit)
+    more = offset + len(records) < total
+    return TaskList(
+        tasks=[task_info(r, include_demonstrations) for r in records],
+        total=total,
+        next_offset=offset + len(records) if more and records else None,
+    )
 
 
 @router.get("/{task_id}", response_model=TaskInfo)

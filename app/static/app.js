@@ -199,7 +199,7 @@ $("register-form").addEventListener("submit", async (ev) => {
 async function loadTasks() {
   let list;
   try {
-    list = (await api("GET", "/v1/tasks")).tasks;
+    list = (await api("GET", "/v1/tasks?limit=200")).tasks;
   } catch (exc) {
     if (exc.status !== 401) setServer(false, exc.message);
     return;
