@@ -69,7 +69,7 @@ def _decoder(exercises: str = "", **extra: Any) -> TinySpec:
 
 TINY_SPECS: dict[str, TinySpec] = {
     "llama": _decoder("grouped-query attention"),
-    "mistral": _decoder(f"sliding window {SHORT_WINDOW} on every layer", sliding_window=SHORT_WINDOW),
+    "mistral": _decoder(f"sliding window {LONG_WINDOW} on every layer", sliding_window=LONG_WINDOW),
     "mixtral": _decoder(
         "mixture of experts (4 experts, top 2)", num_local_experts=4, num_experts_per_tok=2, intermediate_size=32
     ),
@@ -91,15 +91,15 @@ TINY_SPECS: dict[str, TinySpec] = {
     ),
     "gemma": _decoder("scaled embeddings, (1 + w) norms", head_dim=HEAD_DIM),
     "gemma2": _decoder(
-        f"sliding window {LONG_WINDOW} on alternate layers (hybrid cache), post-norms, logit soft-capping",
+        f"sliding window {SHORT_WINDOW} on alternate layers (hybrid cache), post-norms, logit soft-capping",
         head_dim=HEAD_DIM,
-        sliding_window=LONG_WINDOW,
+        sliding_window=SHORT_WINDOW,
         **_ALTERNATE_LAYERS,
     ),
     "gemma3_text": _decoder(
-        f"sliding window {SHORT_WINDOW} on alternate layers (hybrid cache), post-norms, q/k norms",
+        f"sliding window {LONG_WINDOW} on alternate layers (hybrid cache), post-norms, q/k norms",
         head_dim=HEAD_DIM,
-        sliding_window=SHORT_WINDOW,
+        sliding_window=LONG_WINDOW,
         **_ALTERNATE_LAYERS,
     ),
     "smollm3": _decoder("layers without rotary embeddings"),
@@ -115,7 +115,7 @@ TINY_SPECS: dict[str, TinySpec] = {
         logits_scaling=2.0,
     ),
     "cohere": _decoder("parallel attention and MLP, logit scale"),
-    "starcoder2": _decoder(f"sliding window {LONG_WINDOW} on every layer, biases", sliding_window=LONG_WINDOW),
+    "starcoder2": _decoder(f"sliding window {SHORT_WINDOW} on every layer, biases", sliding_window=SHORT_WINDOW),
     "helium": _decoder("grouped-query attention", head_dim=HEAD_DIM),
     "glm": _decoder("partial rotary, fused gate/up projection", head_dim=HEAD_DIM),
     "gpt2": TinySpec(_GPT_STYLE, "fused qkv (Conv1D), learned positions"),
