@@ -73,7 +73,7 @@ def _entry(name: str, raw: Any) -> TensorEntry:
     if not isinstance(raw, dict) or set(raw) != {"dtype", "shape", "data_offsets"}:
         raise VectorImportError(f"tensor {name!r}: want exactly dtype, shape and data_offsets")
     dtype, shape, offsets = raw["dtype"], raw["shape"], raw["data_offsets"]
-    if dtype not in DTYPE_SIZES:
+    if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
         raise VectorImportError(f"tensor {name!r} has dtype {dtype!r}; a steering vector holds {sorted(DTYPE_SIZES)}")
     if not isinstance(shape, list) or len(shape) > MAX_RANK or not all(_is_int(n) and n >= 0 for n in shape):
         raise VectorImportError(f"tensor {name!r}: shape must be a list of at most {MAX_RANK} non-negative ints")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Protocol
 
 import torch
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
@@ -167,8 +167,9 @@ class SteeringMetadata(BaseModel):
     template: Template
     num_demonstrations: Annotated[int, Field(ge=0)]
     compute_seconds: Annotated[float, Field(ge=0.0)]
-    options: dict[str, Any]
-    metrics: dict[str, Any]
+    # JSON values with finite numbers only: they are stored and served as JSON, which has no NaN.
+    options: dict[str, JsonValue]
+    metrics: dict[str, JsonValue]
 
 
 def parse_metadata(text: str) -> SteeringMetadata:
