@@ -332,7 +332,7 @@ def tasks_list(ctx: typer.Context, json_out: JsonFlag = False) -> None:
     with state.client() as client:
         tasks = client.list()
     if state.json:
-        _emit_json(TaskList(tasks=tasks).model_dump(mode="json"))
+        _emit_json(TaskList(tasks=tasks, total=len(tasks)).model_dump(mode="json"))
     elif not tasks:
         err.print("no tasks yet: register one with `steer tasks register FILE`")
     else:

@@ -171,7 +171,7 @@ def test_auth(server_factory) -> None:
     assert denied.exit_code == EXIT_AUTH and "API key" in denied.stderr
     assert runner.invoke(app, ["--api-key", "wrong", "tasks", "list"], env=env).exit_code == EXIT_AUTH
     allowed = runner.invoke(app, ["--api-key", "sesame", "--json", "tasks", "list"], env=env)
-    assert allowed.exit_code == 0 and json.loads(allowed.stdout) == {"tasks": []}
+    assert allowed.exit_code == 0 and json.loads(allowed.stdout) == {"tasks": [], "total": 0, "next_offset": None}
     from_env = runner.invoke(app, ["tasks", "list"], env={**env, "STEER_API_KEY": "sesame"})
     assert from_env.exit_code == 0
 
