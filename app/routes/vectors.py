@@ -259,7 +259,7 @@ def import_id(owner_id: str | None, data: bytes) -> str:
 async def _save(
     svc: Services, vector: TaskVector, data: bytes, fmt: str, name: str | None, who: str | None
 ) -> tuple[TaskRecord, bool]:
-    task_id = import_id(who, data)
+    task_id = await asyncio.to_thread(import_id, who, data)  # hashing up to max_vector_bytes: off the event loop
     if await svc.store.get(task_id) is None:
         await svc.tasks.check_task_quota(who)
     now = time.time()
