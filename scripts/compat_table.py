@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from steering.arch import FAMILIES, supported_model_types
-from steering.tiny import TINY_SPECS
+from steering.tiny import TINY_MODELS, TINY_SPECS, tiny_model_type
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC_PATH = ROOT / "docs" / "COMPATIBILITY.md"
@@ -38,6 +38,7 @@ class Coverage:
     """What the collected tests run for one model type."""
 
     suite_tests: int = 0
+    tiny_models: set[str] = field(default_factory=set)
     methods: set[str] = field(default_factory=set)
     folder: bool = False
     http: bool = False
@@ -46,7 +47,8 @@ class Coverage:
 def collect_test_ids() -> list[str]:
     """Test ids as pytest collects them (no test runs), parametrisation included."""
     command = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *TEST_FILES]
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    # PYTEST_ADDOPTS (a -k or -m of the calling run) must not deselect rows.
+    env = {key: value for key, value in os.environ.items() if key != "PYTEST_ADDOPTS"} | {"OMP_WAIT_POLICY": "PASSIVE"}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"pytest could not collect {TEST_FILES}:\n{done.stdout}\n{done.stderr}")
@@ -56,7 +58,7 @@ def collect_test_ids() -> list[str]:
 def coverage(test_ids: list[str]) -> tuple[dict[str, Coverage], dict[str, set[str]]]:
     """Per model type, what its collected tests cover; and the suite's tests (in collection order), each with
     the parameters it runs under besides the model type."""
-    types = set(supported_model_types())
+    names = set(TINY_MODELS)
     rows: dict[str, Coverage] = defaultdict(Coverage)
     suite: dict[str, set[str]] = {}
     for test_id in test_ids:
@@ -64,12 +66,13 @@ def coverage(test_ids: list[str]) -> tuple[dict[str, Coverage], dict[str, set[st
         if match is None or not match["params"]:
             continue
         params = set(match["params"].split("-"))
-        for model_type in params & types:
-            row = rows[model_type]
+        for name in params & names:
+            row = rows[tiny_model_type(name)]
             if match["file"] == SUITE_FILE:
                 row.suite_tests += 1
+                row.tiny_models.add(name)
                 row.methods |= params & set(METHOD_COLUMNS)
-                suite.setdefault(match["name"], set()).update(params - types)
+                suite.setdefault(match["name"], set()).update(params - names)
             row.folder |= match["name"] == FOLDER_TEST
             row.http |= match["name"] == HTTP_TEST
     return rows, suite
@@ -84,6 +87,14 @@ def _suite_line(test_name: str, params: set[str]) -> str:
     if params:
         line += ", " + ", ".join(PARAM_WORDS.get(p, f"`{p}`") for p in sorted(params))
     return line + "."
+
+
+def _exercises(model_type: str, tiny_models: set[str]) -> str:
+    """What the type's own tiny model exercises, then each variant suite-tested beside it."""
+    if model_type not in tiny_models:
+        return "no tiny model runs the suite"
+    variants = [name for name in TINY_MODELS if name in tiny_models and name != model_type]
+    return "; ".join([TINY_SPECS[model_type].exercises, *(f"`{n}`: {TINY_SPECS[n].exercises}" for n in variants)])
 
 
 def _mark(flag: bool) -> str:
@@ -114,7 +125,8 @@ def render(test_ids: list[str] | None = None) -> str:
         "picks among them), and requests steer its residual stream and its attention heads (mixtures of experts",
         "included: the router sees the steered residual). Each row is held by tests that run",
         "in `make test` on a tiny random model of that type, built in code (`steering/tiny.py`: 2 layers, hidden",
-        "64, 4 heads, 2 key-value heads where the type has them, plus what the last column names). The columns",
+        "64, 4 heads, 2 key-value heads where the type has them, plus what the last column names; variants of a",
+        "type, `tiny:<type>_<variant>`, run the suite too). The columns",
         "after the paths are read from the test ids pytest collects:",
         "",
         f"- a method is ticked when invariant tests of `{SUITE_FILE}` run with a vector of that method on the type;",
@@ -138,7 +150,7 @@ def render(test_ids: list[str] | None = None) -> str:
             str(row.suite_tests),
             _mark(row.folder),
             _mark(row.http),
-            TINY_SPECS[model_type].exercises if model_type in TINY_SPECS else "no tiny model",
+            _exercises(model_type, row.tiny_models),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [

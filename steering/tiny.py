@@ -48,16 +48,18 @@ _DECODER: dict[str, Any] = {
 }
 _GPT_STYLE: dict[str, Any] = {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 512}
 _MOE: dict[str, Any] = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32}
+_FALCON: dict[str, Any] = {key: _DECODER[key] for key in ("hidden_size", "num_hidden_layers", "num_attention_heads")}
 _ALTERNATE_LAYERS = {"layer_types": ["sliding_attention", "full_attention"]}
 
 
 @dataclass(frozen=True)
 class TinySpec:
-    """How to build the tiny model of one model type, and what about the type it exercises."""
+    """How to build one tiny model, and what about its model type it exercises."""
 
     config: dict[str, Any]
     exercises: str = ""
     extra: dict[str, Any] = field(default_factory=dict)  # merged last (overrides the shared sizes)
+    model_type: str | None = None  # for a variant of a type (its name is then `<type>_<variant>`)
 
     def kwargs(self) -> dict[str, Any]:
         return {**self.config, **self.extra}
@@ -126,12 +128,27 @@ TINY_SPECS: dict[str, TinySpec] = {
     "gptj": TinySpec(
         _GPT_STYLE, "parallel attention and MLP, partial rotary (interleaved), `out_proj`", {"rotary_dim": 8}
     ),
-    "falcon": TinySpec(
-        {key: _DECODER[key] for key in ("hidden_size", "num_hidden_layers", "num_attention_heads")},
-        "multi-query attention, fused qkv, parallel attention and MLP, `dense` output projection",
+    "falcon": TinySpec(_FALCON, "multi-query attention, fused qkv, parallel attention and MLP (Falcon-7B)"),
+    "falcon_new_decoder": TinySpec(
+        _FALCON,
+        "grouped-query fused qkv, two layer norms (Falcon-40B/180B, Falcon2)",
+        {"new_decoder_architecture": True, "num_kv_heads": 2},
+        model_type="falcon",
+    ),
+    "falcon_alibi": TinySpec(
+        _FALCON,
+        "ALiBi positions, multi-head attention, attention then MLP (Falcon-RW)",
+        {"alibi": True, "multi_query": False, "parallel_attn": False, "bias": True},
+        model_type="falcon",
     ),
 }
-TINY_MODEL_TYPES: tuple[str, ...] = tuple(TINY_SPECS)
+# Names for `tiny:<name>`: one per supported model type, plus variants of a type whose checkpoints differ.
+TINY_MODELS: tuple[str, ...] = tuple(TINY_SPECS)
+
+
+def tiny_model_type(name: str) -> str:
+    """The `config.model_type` of the tiny model `name` (a variant's name differs from its type)."""
+    return TINY_SPECS[name].model_type or name
 
 
 def build_tiny_tokenizer(vocab_size: int = 384) -> PreTrainedTokenizerFast:
@@ -152,17 +169,17 @@ def build_tiny_tokenizer(vocab_size: int = 384) -> PreTrainedTokenizerFast:
     return wrapped
 
 
-def tiny_config(model_type: str, vocab_size: int) -> PretrainedConfig:
-    spec = TINY_SPECS.get(model_type)
+def tiny_config(name: str, vocab_size: int) -> PretrainedConfig:
+    spec = TINY_SPECS.get(name)
     if spec is None:
-        raise ValueError(f"tiny model type must be one of {', '.join(TINY_MODEL_TYPES)}, not {model_type!r}")
+        raise ValueError(f"tiny model must be one of {', '.join(TINY_MODELS)}, not {name!r}")
     common = {"vocab_size": vocab_size, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
-    return AutoConfig.for_model(model_type, **common, initializer_range=0.2, **spec.kwargs())
+    return AutoConfig.for_model(tiny_model_type(name), **common, initializer_range=0.2, **spec.kwargs())
 
 
-def build_tiny_model(model_type: str = "llama", seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+def build_tiny_model(name: str = "llama", seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
     tokenizer = build_tiny_tokenizer()
-    config = tiny_config(model_type, len(tokenizer))
+    config = tiny_config(name, len(tokenizer))
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)

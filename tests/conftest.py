@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from steering.model import LoadedModel, load_model
-from steering.tiny import TINY_MODEL_TYPES
+from steering.tiny import TINY_MODELS
 
 pytest_plugins = ["tests.store_fixtures"]
 
@@ -27,9 +27,9 @@ def tiny_llama() -> LoadedModel:
     return load_model("tiny:llama")
 
 
-@pytest.fixture(scope="session", params=TINY_MODEL_TYPES)
+@pytest.fixture(scope="session", params=TINY_MODELS)
 def tiny_lm(request: pytest.FixtureRequest) -> LoadedModel:
-    """One tiny random model per supported model type (every row of docs/COMPATIBILITY.md)."""
+    """One tiny random model per supported model type (every row of docs/COMPATIBILITY.md), and variants."""
     return load_model(f"tiny:{request.param}")
 
 

@@ -13,7 +13,7 @@ from transformers import DynamicCache
 from scripts.compat_table import DOC_PATH, render
 from steering.arch import UnsupportedArchitecture, resolve_architecture, supported_model_types
 from steering.model import LoadedModel, load_model
-from steering.tiny import TINY_MODEL_TYPES, TINY_SPECS, build_tiny_model
+from steering.tiny import TINY_MODELS, TINY_SPECS, build_tiny_model, tiny_model_type
 from tests.api_helpers import ANTONYMS, running_app, settings, task_body, wait_task
 
 # Served from a saved folder by the app and steered over HTTP: a sliding-window type, and a mixture of experts
@@ -27,7 +27,8 @@ PROMPT = "Q: big dog\nA:"
 
 
 def test_every_supported_type_has_a_tiny_model() -> None:
-    assert sorted(TINY_MODEL_TYPES) == supported_model_types()
+    assert sorted({tiny_model_type(name) for name in TINY_MODELS}) == supported_model_types()
+    assert set(supported_model_types()) <= set(TINY_MODELS)  # each type's own name builds its plain tiny model
 
 
 def test_an_unsupported_type_lists_every_supported_one() -> None:
@@ -44,7 +45,9 @@ def test_the_checked_in_table_is_the_generated_one() -> None:
 
 def test_tiny_models_have_what_the_table_says_they_exercise(tiny_lm: LoadedModel) -> None:
     config = tiny_lm.model.config
-    exercises = TINY_SPECS[config.model_type].exercises
+    name = tiny_lm.name.removeprefix("tiny:")
+    assert config.model_type == tiny_model_type(name)
+    exercises = TINY_SPECS[name].exercises
     sliding = [layer.is_sliding for layer in DynamicCache(config=config).layers]
     assert any(sliding) == ("sliding window" in exercises)
     if "alternate layers" in exercises:

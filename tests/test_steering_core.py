@@ -1,10 +1,13 @@
 """The library's invariants on a tiny random model of every supported model type, for every method.
 
-`tiny_lm` (tests/conftest.py) runs each test below once per type in `steering.tiny.TINY_MODEL_TYPES`;
-scripts/compat_table.py lists these tests in docs/COMPATIBILITY.md as what holds each row.
+`tiny_lm` (tests/conftest.py) runs each test below once per tiny model in `steering.tiny.TINY_MODELS` (every
+type, and variants of some); scripts/compat_table.py lists these tests in docs/COMPATIBILITY.md as what holds
+each row.
 """
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -151,7 +154,8 @@ def test_cached_prefix_passes_equal_full_passes(
 def _eager_copy(lm: LoadedModel) -> nn.Module:
     """The same weights under eager attention, which returns its attention weights; learned position embeddings
     (gpt2) zeroed so that layer 0's values depend on the token alone."""
-    model = AutoModelForCausalLM.from_config(lm.model.config, attn_implementation="eager", dtype=torch.float32)
+    config = copy.deepcopy(lm.model.config)  # from_config writes the attention implementation into the config
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32)
     model.load_state_dict(lm.model.state_dict())
     positions = getattr(getattr(model, "transformer", None), "wpe", None)
     if positions is not None:
