@@ -676,6 +676,11 @@ async def test_redis_paused_answers_within_the_deadline(redis_server_factory: An
         assert first < 2.6, first  # the deadline: connect + socket timeouts and one retry, bounded
         # right after, calls fail at once instead of each waiting for a timeout
         await _assert_unavailable_within(0.5, s.update("t", status="running"), s.count(None))
+        fresh = RedisStore(server.url, prefix="p:")  # no pooled connection yet: it connects, then nothing answers
+        try:
+            await _assert_unavailable_within(2.6, fresh.list())
+        finally:
+            await fresh.close()
         assert await s.ping() is False
         server.resume()
         assert await s.ping() is True

@@ -226,11 +226,14 @@ class RedisStore:
             raise StoreUnavailable("redis unavailable (it failed moments ago)")
         try:
             if not self._schema_ok:
-                await asyncio.wait_for(self._migrate(), _MIGRATION_DEADLINE_S)
+                if await asyncio.wait_for(self._redis.get(self._schema), self.deadline_s) != _SCHEMA_VERSION:
+                    await asyncio.wait_for(self._migrate(), _MIGRATION_DEADLINE_S)
+                self._schema_ok = True
             result = await asyncio.wait_for(op(), deadline_s or self.deadline_s)
         except _UNREACHABLE as exc:
             self._down_since = time.monotonic()
-            raise StoreUnavailable(f"redis unavailable: {type(exc).__name__}: {exc}") from exc
+            detail = str(exc) or "no answer within the deadline"
+            raise StoreUnavailable(f"redis unavailable: {type(exc).__name__}: {detail}") from exc
         except OutOfMemoryError as exc:
             raise StoreFull(f"redis is full: {exc}") from exc
         except RedisError as exc:  # READONLY, MISCONF, LOADING, BUSY, NOPERM, ...
@@ -239,10 +242,7 @@ class RedisStore:
         return result
 
     async def _migrate(self) -> None:
-        """Build the per-owner and unfinished indexes of a store written before they existed (once)."""
-        if await self._redis.get(self._schema) == _SCHEMA_VERSION:
-            self._schema_ok = True
-            return
+        """Build the per-owner and unfinished indexes of a store written before they existed (idempotent)."""
         ids = [i.decode() for i in await self._redis.zrange(self._all, 0, -1)]
         for start in range(0, len(ids), _CHUNK):
             chunk = ids[start : start + _CHUNK]
@@ -258,7 +258,6 @@ class RedisStore:
         await self._redis.set(self._schema, _SCHEMA_VERSION)
         if ids:
             log.info("redis store %s: indexed %d existing tasks by owner and status", self.prefix, len(ids))
-        self._schema_ok = True
 
     # records
     async def get(self, task_id: str) -> TaskRecord | None:
@@ -348,7 +347,10 @@ class RedisStore:
                 if rec is not None and (index == self._all or rec.owner == owner):
                     out.append(rec)
         if gone:  # deleted meanwhile (then this is a no-op) or lost: drop what points at nothing
-            await self._prune(keys=[index, *(self._task(i) for i in gone)], args=gone)
+            try:
+                await self._prune(keys=[index, *(self._task(i) for i in gone)], args=gone)
+            except RedisError as exc:  # a read-only replica, say: the page is right all the same
+                log.debug("could not prune %d stale index entries: %s", len(gone), exc)
         return out
 
     async def unfinished(self) -> builtins.list[str]:
