@@ -104,7 +104,7 @@ TINY_SPECS: dict[str, TinySpec] = {
         sliding_window=LONG_WINDOW,
         **_ALTERNATE_LAYERS,
     ),
-    "smollm3": _decoder("layers without rotary embeddings"),
+    "smollm3": _decoder("a layer without rotary embeddings (NoPE)", no_rope_layers=[1, 0]),
     "phi": _decoder("parallel attention and MLP, partial rotary, `dense` output projection", num_key_value_heads=4),
     "phi3": _decoder("fused qkv projection"),
     "olmo": _decoder("non-parametric layer norm"),
