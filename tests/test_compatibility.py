@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from app.settings import Settings
 from scripts.compat_table import DOC_PATH, render
 from steering.arch import UnsupportedArchitecture, resolve_architecture, supported_model_types
 from steering.model import LoadedModel, load_model
@@ -72,14 +73,17 @@ def test_a_saved_folder_loads_to_the_same_model(tiny_lm: LoadedModel, tmp_path: 
 
 
 @pytest.mark.parametrize("model_type", SERVED_TYPES)
-async def test_served_from_a_local_folder(model_type: str, tmp_path: Path) -> None:
+async def test_served_from_a_local_folder(model_type: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """STEER_MODEL=<folder> of a non-llama type: head-level tasks compute (their head scans and gate training
     re-run the last token on a cached prefix) and steer generations: strength 0 is the plain model, 8 is not."""
     model, tokenizer = build_tiny_model(model_type)
     folder = tmp_path / f"tiny-{model_type}"
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    async with running_app(settings(tmp_path, model=str(folder), dtype="float32", device="cpu")) as (_, client):
+    monkeypatch.setenv("STEER_MODEL", str(folder))
+    others = settings(tmp_path, dtype="float32", device="cpu").model_dump(exclude={"model"})
+    async with running_app(Settings(**others)) as (_, client):
+        assert (await client.get("/v1/models")).json()["data"][0]["id"] == str(folder)
         plain = await client.post("/v1/generate", json={"prompt": PROMPT, "max_new_tokens": 6})
         assert plain.status_code == 200, plain.text
         for method, options in SERVED_METHODS.items():
