@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.store import StoreUnavailable, TaskRecord
+from app.store import StoreFull, StoreUnavailable, TaskRecord
 from steering.protocol import NAMED_ERRORS
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,16 @@ def install_error_handlers(app: FastAPI) -> None:
             "the server failed to handle this request; quote the request id",
             {"X-Request-ID": rid} if rid else None,
             request_id=rid,
+        )
+
+    @app.exception_handler(StoreFull)
+    async def _store_full(request: Request, exc: StoreFull) -> JSONResponse:
+        log.error("store full: %s", exc)
+        return error_response(
+            503,
+            "store_full",
+            "the task store is full and refuses writes; reads still work. Retry later or delete tasks",
+            {"Retry-After": "30"},
         )
 
     @app.exception_handler(StoreUnavailable)
