@@ -78,6 +78,13 @@ def good_requests(task: str) -> list[dict[str, Any]]:
     ]
 
 
+def report(case: str, responses: list[httpx.Response], lost: str = "nothing") -> None:
+    """One row of docs/RELIABILITY.md (`pytest -s` prints them)."""
+    statuses = [r.status_code for r in responses]
+    server_errors = sum(s >= 500 for s in statuses)
+    print(f"\nRELIABILITY | {case} | {len(statuses)} requests | 5xx: {server_errors} | lost: {lost}")
+
+
 async def solo_answers(api: Api, bodies: list[dict[str, Any]]) -> list[str]:
     answers = []
     for body in bodies:
@@ -111,6 +118,7 @@ async def test_hostile_sampler_values_are_refused_and_spare_their_batch(api: Api
     for body, response in zip(HOSTILE_GENERATE, responses, strict=False):
         assert_error(response, 422), body
     assert [r.json()["text"] for r in responses[len(HOSTILE_GENERATE) :]] == alone
+    report("hostile sampler values sent in one batch with good requests", responses)
 
 
 async def test_hostile_openai_bodies_get_422(api: Api) -> None:
@@ -160,6 +168,7 @@ async def test_a_row_whose_logits_overflow_fails_alone(api: Api) -> None:
     responses = await together(api, [overflow, *good])
     assert_error(responses[0], 422, "generation_failed")
     assert [r.json()["text"] for r in responses[1:]] == alone
+    report("a vector that overflows the logits, in one batch with good requests", responses)
     batches = metric((await api.client.get("/metrics")).text, "steer_batch_size_count") - before
     assert batches < len(good) + 1  # they did share a batch
 
@@ -206,6 +215,7 @@ async def test_a_batch_that_raises_is_retried_row_by_row(api: Api) -> None:
     assert [r.json()["text"] for r in responses[1:]] == alone
     # The streamed row was retried alone after the batch failed: its client saw each character once.
     assert text == done["text"] == alone[0]
+    report("a batch that raises (injected), good rows retried alone", responses[1:])
 
 
 async def read_stream(client: httpx.AsyncClient, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
