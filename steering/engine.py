@@ -1,63 +1,44 @@
-"""Batched generation where every row carries its own steering plan.
+"""Static batched generation where every row carries its own steering plan.
 
-One left-padded prefill, then one token per step with the KV cache (or, for checking, without it).
-Each row has its own sampling settings and random generator, so a row's tokens do not depend on
-which other rows share its batch. A per-step callback streams text deltas.
+One left-padded prefill, then one token per step with the KV cache (or, for checking, without it),
+until the batch's longest row ends. Each row has its own sampling settings and random generator
+(`steering.rows`), so a row's tokens do not depend on which other rows share its batch. A per-step
+callback streams text deltas. `steering.scheduler` runs rows that come and go instead.
 """
 
 from __future__ import annotations
 
 import queue
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from torch import Tensor
 from transformers import DynamicCache
 
-from steering.inject import BatchSteering, SteeringTerm, maybe_attached
+from steering.inject import BatchSteering, maybe_attached
 from steering.model import LoadedModel
+from steering.rows import (
+    FinishReason,
+    GenerationFailed,
+    GenerationRequest,
+    GenerationResult,
+    RowDelta,
+    RowState,
+    next_tokens,
+)
 
-FinishReason = Literal["stop", "length", "cancelled", "error"]
-
-
-@dataclass
-class GenerationRequest:
-    prompt_ids: list[int]
-    steering: Sequence[SteeringTerm] = ()
-    max_new_tokens: int = 32
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: Sequence[str] = ()
-    cancel: threading.Event | None = None
-
-
-@dataclass
-class GenerationResult:
-    text: str
-    token_ids: list[int]
-    finish_reason: FinishReason
-    prompt_tokens: int
-    timing: dict[str, float] = field(default_factory=dict)
-    error: str | None = None  # why the row failed (finish_reason "error"); the other rows are unaffected
-
-
-class GenerationFailed(RuntimeError):
-    """One request's generation could not go on (see `GenerationResult.error`)."""
-
-
-@dataclass
-class RowDelta:
-    """New text of one row after a step; `finish_reason` is set on the row's last delta."""
-
-    row: int
-    text: str
-    finish_reason: FinishReason | None = None
+__all__ = [
+    "Engine",
+    "FinishReason",
+    "GenerationFailed",
+    "GenerationRequest",
+    "GenerationResult",
+    "RowDelta",
+    "left_pad",
+    "positions_from_mask",
+]
 
 
 def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -76,97 +57,11 @@ def positions_from_mask(mask: Tensor) -> Tensor:
     return (mask.cumsum(-1) - 1).clamp_min(0)
 
 
-class _RowState:
-    def __init__(self, request: GenerationRequest, tokenizer, eos_ids: set[int]) -> None:
-        self.request = request
-        self.tokenizer = tokenizer
-        self.eos_ids = eos_ids
-        self.ids: list[int] = []
-        self.text = ""
-        self.emitted = 0
-        self.finish: FinishReason | None = None
-        self.first_token_at: float | None = None
-        self.error: str | None = None
-        seed = request.seed if request.seed is not None else random.getrandbits(63)
-        self.generator = torch.Generator().manual_seed(seed)
-        self.hold = max((len(s) for s in request.stop), default=1) - 1
-
-    def push(self, token: int) -> RowDelta | None:
-        if self.first_token_at is None:
-            self.first_token_at = time.perf_counter()
-        if self.request.cancel is not None and self.request.cancel.is_set():
-            self.finish = "cancelled"
-        elif token in self.eos_ids:
-            self.finish = "stop"
-        else:
-            self.ids.append(token)
-            self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-            cut = self._stop_index()
-            if cut is not None:
-                self.text, self.finish = self.text[:cut], "stop"
-            elif len(self.ids) >= self.request.max_new_tokens:
-                self.finish = "length"
-        return self._delta()
-
-    def fail(self, error: str) -> RowDelta:
-        self.error, self.finish = error, "error"
-        return RowDelta(0, "", "error")
-
-    def _stop_index(self) -> int | None:
-        found = [i for i in (self.text.find(s, max(self.emitted - len(s), 0)) for s in self.request.stop) if i >= 0]
-        return min(found) if found else None
-
-    def _delta(self) -> RowDelta | None:
-        if self.finish is not None:
-            end = len(self.text)
-        else:
-            end = len(self.text) - self.hold  # a stop string may still be forming
-            while end > self.emitted and self.text[end - 1] == "\ufffd":  # an incomplete UTF-8 sequence
-                end -= 1
-        if end <= self.emitted and self.finish is None:
-            return None
-        delta = RowDelta(0, self.text[self.emitted : max(end, self.emitted)], self.finish)
-        self.emitted = max(end, self.emitted)
-        return delta
-
-
-def _sample(logits: Tensor, row: _RowState) -> int:
-    req = row.request
-    probs = torch.softmax(logits.float().cpu() / req.temperature, dim=-1)
-    if req.top_p < 1.0:
-        sorted_probs, order = probs.sort(descending=True)
-        outside = sorted_probs.cumsum(-1) - sorted_probs > req.top_p
-        sorted_probs[outside] = 0.0
-        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-    return int(torch.multinomial(probs / probs.sum(), 1, generator=row.generator))
-
-
-def _next_tokens(logits: Tensor, rows: Sequence[_RowState]) -> list[int | str]:
-    """Each row's next token, or why that row cannot go on (its logits are not finite, its sampler failed).
-
-    A failure is the row's own: the other rows of the batch get their tokens as if it were not there.
-    """
-    greedy = logits.argmax(dim=-1).tolist()
-    finite = torch.isfinite(logits).all(dim=-1).tolist()
-    chosen: list[int | str] = []
-    for i, row in enumerate(rows):
-        if not finite[i]:
-            chosen.append("the model produced non-finite logits for this request (is the steering strength too high?)")
-        elif row.request.temperature <= 0.0:
-            chosen.append(int(greedy[i]))
-        else:
-            try:
-                chosen.append(_sample(logits[i], row))
-            except RuntimeError as exc:
-                chosen.append(f"sampling failed: {exc}")
-    return chosen
-
-
 class Engine:
     """Generates for many requests at once on one loaded model.
 
-    The model's `lock` is held for a whole batch: hooks are module-global, so nothing else may run a
-    forward pass on the model while a steered batch is in flight.
+    The model's `lock` is held for a whole batch, ahead of waiting vector computations: hooks are
+    module-global, so nothing else may run a forward pass on the model while a steered batch is in flight.
     """
 
     def __init__(self, lm: LoadedModel) -> None:
@@ -193,13 +88,13 @@ class Engine:
             return []
         if any(not r.prompt_ids for r in requests):
             raise ValueError("every request needs at least one prompt token")
-        with self.lm.lock:
+        with self.lm.lock.first():
             return self._generate(requests, use_cache, on_step)
 
     def _generate(self, requests, use_cache, on_step) -> list[GenerationResult]:
         lm, device = self.lm, self.lm.device
         started = time.perf_counter()
-        rows = [_RowState(r, lm.tokenizer, self.eos_ids) for r in requests]
+        rows = [RowState(r, lm.tokenizer, self.eos_ids) for r in requests]
         ids, mask = left_pad([r.prompt_ids for r in requests], self.pad_id, device)
         prompt_len = ids.shape[1]
         positions = positions_from_mask(mask)
@@ -220,7 +115,7 @@ class Engine:
                     use_cache=use_cache,
                     logits_to_keep=1,
                 )
-                choices = _next_tokens(out.logits[:, -1], rows)
+                choices = next_tokens(out.logits[:, -1], rows)
                 tokens = [self.pad_id] * len(rows)
                 deltas = []
                 for i, (row, choice) in enumerate(zip(rows, choices, strict=True)):
@@ -242,20 +137,7 @@ class Engine:
                 mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
                 positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
         finished = time.perf_counter()
-        return [
-            GenerationResult(
-                text=row.text,
-                token_ids=row.ids,
-                finish_reason=row.finish or "length",
-                prompt_tokens=len(row.request.prompt_ids),
-                error=row.error,
-                timing={
-                    "first_token_s": (row.first_token_at or finished) - started,
-                    "total_s": finished - started,
-                },
-            )
-            for row in rows
-        ]
+        return [row.result(started, finished) for row in rows]
 
     def stream(self, request: GenerationRequest) -> Iterator[str]:
         """Text deltas of one request as they are produced (generation runs in a worker thread).

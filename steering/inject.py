@@ -2,7 +2,9 @@
 
 All tensors a hook needs are prepared once per batch (`BatchSteering.build`), so a hook call is a
 handful of tensor operations. Positions are counted in the left-padded prompt: the last prompt token
-sits at index `prompt_len - 1` for every row, which is what keeps padding from moving a vector.
+sits at index `prompt_len - 1` for every row, which is what keeps padding from moving a vector. Rows
+that join a running batch late (`steering.scheduler`) are prefilled in their own left-padded group, so
+this holds for each group; once every row of a batch is past its prompt, only the `DECODE_MODES` act.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from torch import Tensor
 from steering.arch import Architecture
 from steering.vectors import TaskVector
 
+# Modes that also act on generated tokens; the others act at the last prompt token only.
+DECODE_MODES = frozenset({"add_from_last", "add_all", "add_all_norm"})
+
 
 @dataclass(frozen=True)
 class SteeringTerm:
@@ -28,6 +33,11 @@ class SteeringTerm:
 
     def resolved_layers(self) -> tuple[int, ...]:
         return tuple(self.layers) if self.layers is not None else tuple(self.vector.layers)
+
+
+def decode_terms(terms: Sequence[SteeringTerm]) -> tuple[SteeringTerm, ...]:
+    """The terms of a plan that still change anything once a row is past its last prompt token."""
+    return tuple(t for t in terms if t.strength != 0.0 and t.vector.mode in DECODE_MODES)
 
 
 @dataclass
