@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import shutil
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from steering.arch import Architecture, resolve_architecture
+from steering.modellock import ModelLock
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,8 @@ class LoadedModel:
     arch: Architecture
     name: str
     fingerprint: str
-    # Steering hooks are module-global: whoever runs a forward pass holds this lock.
-    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    # Steering hooks are module-global: whoever runs a forward pass holds this lock (generation goes first).
+    lock: ModelLock = field(default_factory=ModelLock, repr=False)
 
     @property
     def device(self) -> torch.device:
