@@ -63,7 +63,7 @@ FUZZ_EXAMPLES = int(os.environ.get("STEER_FUZZ_EXAMPLES", "25"))  # per operatio
 BUSY_FACTOR = 8  # generation, registration and import get this many times more
 BUSY_PATHS = "^/v1/(generate|completions|chat/completions|tasks|tasks/import)$"
 FUZZ_STEPS = int(os.environ.get("STEER_FUZZ_STEPS", "10"))  # per stateful scenario
-FUZZ_SCENARIOS = int(os.environ.get("STEER_FUZZ_SCENARIOS", str(max(5, FUZZ_EXAMPLES // 2))))
+FUZZ_SCENARIOS = int(os.environ.get("STEER_FUZZ_SCENARIOS", str(FUZZ_EXAMPLES)))  # stateful scenarios
 SHRINK = os.environ.get("STEER_FUZZ_SHRINK", "") not in ("", "0")
 # Report mode: record every distinct failure and go on, print them all at the end (the test still fails).
 REPORT = os.environ.get("STEER_FUZZ_REPORT", "") not in ("", "0")
@@ -667,6 +667,13 @@ def _set_task_id(task: str) -> Edit:
     return edit
 
 
+def _registers_in_a_scenario(case: Case) -> bool:
+    """A valid task registration in a stateful scenario (sent only cheapened: it is computed before going on)."""
+    stateful = case.meta is not None and case.meta.phase.name == TestPhase.STATEFUL
+    registers = case.operation.label == "POST /v1/tasks" and isinstance(case.body, dict)
+    return stateful and registers and _positive(case, ParameterLocation.BODY)
+
+
 def _edits(server: Server, case: Case) -> list[st.SearchStrategy[Edit]]:
     """Ways to aim this case at what exists on the server; the case is also sent as generated."""
     path, method = case.operation.path, case.operation.method.lower()
@@ -682,6 +689,10 @@ def _edits(server: Server, case: Case) -> list[st.SearchStrategy[Edit]]:
     if body_ok and path == IMPORT_PATH and server.vector:
         edits.append(_import_bodies(server).map(_set_body))
     if stateful:
+        if _registers_in_a_scenario(case):
+            # Each registered task is computed before the next step: keep to the methods that take a second.
+            cheap = st.sampled_from(["task_vector", "contrastive", "icv"])
+            edits.append(cheap.map(lambda m, body=case.body: {**body, "method": m, "options": {}}).map(_set_body))
         return edits
     if body_ok and path in GENERATION_PATHS and isinstance(case.body, dict):
         ids = st.sampled_from(server.task_ids())
@@ -718,7 +729,8 @@ def flatmap_case(context: HookContext, case: Case) -> st.SearchStrategy[Case]:
                 getattr(case, "_record_starting_state", lambda: None)()
         return case
 
-    return st.one_of(st.none(), *edits).map(applied)
+    as_generated = [] if _registers_in_a_scenario(case) else [st.none()]
+    return st.one_of(*as_generated, *edits).map(applied)
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -922,8 +934,16 @@ def validate(case: Case, response: Response, checks: list[Any], server: Server, 
 FINDINGS: dict[tuple[str, ...], str] = {}
 
 
+def _culprit(frames: str) -> str:
+    """Where a failure comes from, for telling failures apart: the innermost frame of ours, the exception type."""
+    lines = frames.splitlines()
+    frame = next((ln for ln in reversed(lines) if ln.startswith("File ")), "")
+    exception = next((ln for ln in lines if ln and not ln.startswith(("File ", " "))), "")
+    return f"{frame} {exception.split(':', 1)[0]}"
+
+
 def record_finding(case: Case, response: Response | None, failures: list[str], server: Server) -> None:
-    culprit = app_frames(server.errors[-1]).splitlines()[-1] if server.errors else ""
+    culprit = _culprit(app_frames(server.errors[-1])) if server.errors else ""
     titles = tuple(sorted(f.split(":", 1)[0] for f in failures))
     key = (case.operation.label, *titles, culprit)
     if key in FINDINGS:
@@ -948,11 +968,17 @@ def restore_known_tasks(server: Server) -> None:
             _wait_for(client, task, "ready")
 
 
-def _wait_for(client: Any, task: str, wanted: str, timeout_s: float = 120.0) -> None:
+def settle(client: Any, task: str, timeout_s: float = 120.0) -> str:
+    """Wait until the task is ready or failed; its status then."""
     deadline = time.monotonic() + timeout_s
     while (status := client.get(f"/v1/tasks/{task}").json()["status"]) not in ("ready", "failed"):
         assert time.monotonic() < deadline, f"task {task} still {status} after {timeout_s} s"
         time.sleep(0.05)
+    return status
+
+
+def _wait_for(client: Any, task: str, wanted: str) -> None:
+    status = settle(client, task)
     assert status == wanted, (task, status)
 
 
@@ -1081,6 +1107,14 @@ def test_stateful_task_lifecycle() -> None:
 
         def before_call(self, case: Case) -> None:
             OPEN.errors.clear()
+
+        def after_call(self, response: Response, case: Case) -> None:
+            super().after_call(response, case)
+            if case.operation.label == "POST /v1/tasks" and response.status_code == 202:
+                # Let the computation finish before the next step, so that posting the same task again
+                # answers the same whatever the timing (Hypothesis checks that replays generate the same).
+                with schemathesis_asgi.get_client(OPEN) as client:
+                    settle(client, json.loads(response.content)["id"])
 
         def teardown(self) -> None:
             # Every scenario starts from the same store: Hypothesis replays choices and needs the same answers.
