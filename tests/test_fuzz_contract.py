@@ -1,22 +1,32 @@
 """Property-based fuzzing of the whole OpenAPI contract with schemathesis, on the real app and a tiny model.
 
-What holds for every generated request (valid and invalid ones, each operation, two servers):
-- no 5xx, no exception escaping the app, no request taking longer than `REQUEST_TIMEOUT_S`;
-- every 4xx/5xx body is the service's error shape `{"error": {"type": str, "message": str, ...}}`;
-- the status code, content type, headers and body of every answer are those the contract documents.
+What holds for every generated request (valid and invalid ones, every operation; a server without keys,
+one with keys called with a key, and the same called without one):
+- no 5xx, no exception escaping the app, no request unanswered after `REQUEST_TIMEOUT_S` (a hang);
+- every error answer is the service's error shape `{"error": {"type": str, "message": str, ...}}`, and a
+  stream ends with its last event or with an error event in that shape (never an internal error);
+- the status code, content type, headers and body are those the contract documents;
+- a plain generation sent at the same time (so batched with the fuzzed one) is answered normally;
+- with keys: nothing of another key's task is served, and /v1 answers no 2xx without a key.
 
-The contract is the app's own `/openapi.json`, completed in `documented()` where the app leaves things out
-(error responses, server-sent events, the import body, links between operations); each completion is a
-no-op once the app documents the same thing itself.
+The contract is the app's own `/openapi.json`, completed in `documented()` where the app leaves out what
+it does (error responses, server-sent events, Prometheus text, `Location`, the OpenAI bodies, links); each
+completion is a no-op once the app documents the same thing itself.
 
-Requests reach the model and the store, not only validation: hooks aim a share of generated steering
-entries and task ids at a task computed beforehand (and at one that failed), and a share of import bodies
-at a real exported vector, whole or damaged. A stateful run follows OpenAPI links from registering or
-importing a task to reading, exporting, generating with and deleting it.
+Requests reach the model and the store, not only validation: hooks aim a share of valid cases at tasks
+computed beforehand (and at one that failed), repair generation bodies so they pass validation while
+keeping edge sampling values, put odd strings in (lone surrogates, which schemathesis never generates),
+draw method options by name, and send real exported vectors, whole or damaged, to the import. A stateful
+run follows OpenAPI links from registering or importing a task to reading, exporting, generating with
+and deleting it. Two sweeps complete the fuzzing: non-finite JSON numbers (which its client cannot send)
+and method options the computation would refuse.
 
-Bounded for CI (a few minutes on 2 slow cores) and reproducible (derandomized, no example database).
-Run longer locally: `STEER_FUZZ_EXAMPLES=500 STEER_FUZZ_STEPS=40 pytest tests/test_fuzz_contract.py`.
-`STEER_FUZZ_SHRINK=1` shrinks a failure to a minimal request (slower).
+Bounded for CI (under a minute here, a few on 2 slow cores) and reproducible (derandomized, fixed seed,
+no example database). Knobs (environment):
+- `STEER_FUZZ_EXAMPLES=500` (default 25): examples per operation, 8x that for the busy ones; scenarios too;
+- `STEER_FUZZ_STEPS`, `STEER_FUZZ_SCENARIOS`, `STEER_FUZZ_SEED`: the stateful run, another exploration;
+- `STEER_FUZZ_REPORT=1`: record every distinct failure, go on, print them all at the end (with `-s`);
+- `STEER_FUZZ_SHRINK=1`: shrink a failure to a smaller request (slower); `STEER_FUZZ_STATS=1`: status counts.
 
 The ASGI apps are created at import (no model is loaded then) because `schemathesis.pytest.from_fixture`
 does not work with pytest 9 (it sets `Node._nodeid`, which pytest 9 no longer has). Their lifespan (model,
