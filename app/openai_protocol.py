@@ -7,15 +7,20 @@ wrong. Sampler bounds are the ones of the native API (`steering.protocol`), defi
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from steering.protocol import ChatMessage, Seed, SteeringEntry, Stop, Temperature, TopP
+from steering.protocol import ChatMessage, Seed, SteeringEntry, Stop, Temperature, TopP, valid_text
 
 
 class _Common(BaseModel):
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_text(cls, data: Any) -> Any:
+        return valid_text(data)
 
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1)

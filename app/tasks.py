@@ -107,16 +107,19 @@ class TaskService:
         self._check_options(options)
         return options
 
-    def _check_options(self, options: dict) -> None:
-        """Layers and strengths fixed in the options obey the same bounds as a request's."""
-        for key in ("layer", "layers"):
-            value = options.get(key)
-            if value is not None:
-                self.bounds.layers(value if isinstance(value, list) else [value], f"options.{key}", "invalid_options")
-        for key in ("strength", "strengths"):
-            value = options.get(key)
-            for strength in value if isinstance(value, list) else [value] if value is not None else []:
-                self.bounds.strength(strength, f"options.{key}", "invalid_options")
+    def _check_options(self, options: dict, where: str = "options") -> None:
+        """Layers and strengths fixed in the options (at any depth, e.g. auto's per-method options) obey the
+        same bounds as a request's."""
+        for key, value in options.items():
+            if isinstance(value, dict):
+                self._check_options(value, f"{where}.{key}")
+            elif value is None:
+                continue
+            elif key in ("layer", "layers"):
+                self.bounds.layers(value if isinstance(value, list) else [value], f"{where}.{key}", "invalid_options")
+            elif key in ("strength", "strengths"):
+                for strength in value if isinstance(value, list) else [value]:
+                    self.bounds.strength(strength, f"{where}.{key}", "invalid_options")
 
     async def check_task_quota(self, owner: str | None) -> None:
         """How many tasks one key may keep (registered or imported)."""

@@ -6,6 +6,7 @@ them and the client builds and parses them, so both sides always agree.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -50,14 +51,38 @@ def _stop_strings(value: str | list[str]) -> str | list[str]:
 
 Stop = Annotated[str | list[str], AfterValidator(_stop_strings)]
 # Validation errors of these types keep their type in the error body (others are "invalid_request").
-NAMED_ERRORS = frozenset({"invalid_stop"})
+NAMED_ERRORS = frozenset({"invalid_stop", "invalid_text"})
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 Layers = Annotated[list[int], AfterValidator(_unique)]  # within the model's range: app/bounds.py
 
 
+def valid_text(data: Any) -> Any:
+    """Refuse lone surrogates anywhere in a request: JSON's "\\ud800" escapes decode to strings that no
+    tokenizer takes and no store can encode as UTF-8."""
+    pending = [data]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if _LONE_SURROGATE.search(item):
+                raise PydanticCustomError("invalid_text", "text must be valid Unicode, without lone surrogates")
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            pending.extend(item)
+    return data
+
+
 class WireModel(BaseModel):
-    """Requests: unknown fields refused, NaN and infinity refused wherever a number is expected."""
+    """Requests: unknown fields refused, NaN and infinity refused wherever a number is expected, text
+    that is valid Unicode."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_text(cls, data: Any) -> Any:
+        return valid_text(data)
 
 
 class Demonstration(WireModel):

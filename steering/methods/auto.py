@@ -12,7 +12,7 @@ import time
 from importlib import import_module
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from steering.methods.common import Job, MethodOptions
 from steering.vectors import TaskVector
@@ -21,16 +21,29 @@ from steering.vectors import TaskVector
 _RELATIVE_COST = {"task_vector": 1.0, "function_vector": 2.0, "contrastive": 1.0, "icv": 0.5, "soft_injection": 6.0}
 
 
+CandidateMethod = Literal["task_vector", "function_vector", "icv", "contrastive", "soft_injection"]
+
+
 class AutoOptions(MethodOptions):
-    candidates: list[Literal["task_vector", "function_vector", "icv", "contrastive", "soft_injection"]] = Field(
+    candidates: list[CandidateMethod] = Field(
         default_factory=lambda: ["task_vector", "function_vector", "soft_injection"],
         min_length=1,
         description="Methods to try, in order. ICV and contrastive are for style tasks and are not tried by default.",
     )
     time_budget_s: float = Field(240.0, gt=0, description="Stop trying further candidates past this budget.")
-    method_options: dict[str, dict[str, Any]] = Field(
+    method_options: dict[CandidateMethod, dict[str, Any]] = Field(
         default_factory=dict, description="Extra options per candidate method, e.g. {'soft_injection': {'steps': 60}}."
     )
+
+    @model_validator(mode="after")
+    def _candidate_options(self) -> AutoOptions:
+        """Each candidate's options are checked now, by that method's own model, not when it runs."""
+        from steering.methods import options_model  # the registry imports this module lazily
+
+        shared = self.model_dump(exclude={"candidates", "time_budget_s", "method_options"})
+        for method, extra in self.method_options.items():
+            options_model(method)(**{**shared, **extra})  # as `compute` will combine them
+        return self
 
 
 OPTIONS = AutoOptions

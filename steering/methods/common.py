@@ -28,7 +28,7 @@ class Cancelled(Exception):
 class MethodOptions(BaseModel):
     """Options every method takes; each method extends them. Unknown keys are an error."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     k_shot: int = Field(5, ge=1, le=64, description="Demonstrations in each few-shot prompt.")
     num_prompts: int = Field(24, ge=1, le=512, description="Few-shot prompts averaged into the vector.")
