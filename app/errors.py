@@ -11,9 +11,26 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.store import StoreFull, StoreUnavailable, TaskRecord
-from steering.protocol import NAMED_ERRORS
+from steering.protocol import NAMED_ERRORS, ErrorResponse
 
 log = logging.getLogger(__name__)
+
+
+# Documented on every /v1 operation: the one error shape, with the statuses the service answers with.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        400: "The body is not valid JSON or not UTF-8.",
+        401: "A valid API key is needed (Authorization: Bearer <key>).",
+        404: "No such task for this key.",
+        409: "The task is not ready, or was made for another model.",
+        413: "The body is too large.",
+        422: "The request is invalid (the message says where).",
+        429: "A quota is reached; retry after Retry-After seconds.",
+        500: "A bug: the body carries a request id that is in the server's log.",
+        503: "Overloaded, shutting down, or the task store is unreachable; retry after Retry-After seconds.",
+    }.items()
+}
 
 
 class ApiError(Exception):

@@ -17,7 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from app.auth import KeyChecker
 from app.batcher import Batcher
 from app.bounds import Bounds
-from app.errors import install_error_handlers
+from app.errors import ERROR_RESPONSES, install_error_handlers
 from app.generation import GenerationService
 from app.jobs import VectorWorker
 from app.metrics import Metrics
@@ -90,8 +90,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for router in (health.router, vectors.router, tasks.router, generate.router, openai.router):
-        app.include_router(router)
+    for router in (vectors.router, tasks.router, generate.router, openai.router):
+        app.include_router(router, responses=ERROR_RESPONSES)
+    app.include_router(health.router)
     if (STATIC / "index.html").exists():
 
         @app.get("/", include_in_schema=False)
