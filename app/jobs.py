@@ -123,6 +123,9 @@ class VectorWorker:
             self._reconciler.cancel()
         for run in self._runs.values():
             run.halt(StopReason.SHUTDOWN)
+        for task_id, task in self._tasks.items():
+            if task_id not in self._runs:  # only watching another replica, or waiting its turn: nothing to hand back
+                task.cancel()
         tasks = list(self._tasks.values())
         if tasks:
             _, unfinished = await asyncio.wait(tasks, timeout=self.settings.drain_timeout_s)
