@@ -1,15 +1,19 @@
-"""Gathers concurrent generation requests into batches; each row keeps its own steering plan.
+"""The generation queue shared by both schedulers: bounds, supervision, SIGTERM behaviour, retries alone.
 
-Requests wait at most `window` for company, then run together on the generation thread. The queue
-is bounded: a full queue answers 503 at once rather than letting work pile up.
+How rows share the model is the subclass's business: `ContinuousBatcher` (app/continuous_batcher.py, the
+default) runs rows that join and leave a running batch step by step; `StaticBatcher`
+(app/static_batcher.py, `STEER_SCHEDULER=static`) gathers requests for a window and runs each batch
+until its longest row ends. Both keep these promises:
+
+The queue is bounded: a full queue answers 503 at once rather than letting work pile up.
 
 Isolation: one row cannot fail another. A row whose logits go non-finite or whose sampler fails ends
-alone (the engine reports it per row); if a whole batch raises, its rows are run again one by one, so
-only the row that raises alone fails. Every request has a seed before it runs, so a retried row
+alone (the engine reports it per row); if a step raises as a whole, its rows are run again one by one,
+so only the row that raises alone fails. Every request has a seed before it runs, so a retried row
 reproduces what it had already streamed, and streamed text is never sent twice.
 
-A bug while handling a batch fails that batch's requests (500 with a request id), not the loop; the
-loop itself is supervised too: if it dies it is restarted, and `/readyz` reports the restarts.
+A bug while handling rows fails those rows' requests (500 with a request id), not the loop; the loop
+itself is supervised too: if it dies it is restarted, and `/readyz` reports the restarts.
 """
 
 from __future__ import annotations
@@ -35,6 +39,12 @@ def shutting_down() -> ApiError:
     return ApiError(503, "shutting_down", "this replica is shutting down; retry", headers={"Retry-After": "1"})
 
 
+def not_serving() -> ApiError:
+    return ApiError(
+        503, "not_serving", "this replica computes vectors only (STEER_ROLE=worker)", headers={"Retry-After": "1"}
+    )
+
+
 @dataclass
 class Pending:
     request: GenerationRequest
@@ -54,8 +64,10 @@ class Pending:
 
 
 class Batcher:
-    def __init__(self, engine: Engine, max_batch: int, window_s: float, max_queue: int, metrics: Metrics) -> None:
-        self.engine, self.max_batch, self.window_s, self.metrics = engine, max_batch, window_s, metrics
+    def __init__(
+        self, engine: Engine, max_batch: int, max_queue: int, metrics: Metrics, *, serving: bool = True
+    ) -> None:
+        self.engine, self.max_batch, self.metrics, self.serving = engine, max_batch, metrics, serving
         self._queue: asyncio.Queue[Pending] = asyncio.Queue(maxsize=max_queue)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generation")
         self._runner: asyncio.Task | None = None
@@ -63,7 +75,8 @@ class Batcher:
         self.restarts = 0
 
     def start(self) -> None:
-        self._runner = asyncio.get_running_loop().create_task(self._supervise(), name="batcher")
+        if self.serving:
+            self._runner = asyncio.get_running_loop().create_task(self._supervise(), name="batcher")
 
     @property
     def alive(self) -> bool:
@@ -89,6 +102,8 @@ class Batcher:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     def submit(self, request: GenerationRequest, stream: bool = False) -> Pending:
+        if not self.serving:
+            raise not_serving()
         if not self.accepting:
             raise shutting_down()
         if request.cancel is None:
@@ -113,28 +128,6 @@ class Batcher:
             pending.request.cancel.set()
             raise
 
-    async def _collect(self) -> list[Pending]:
-        batch = [await self._queue.get()]
-        deadline = time.perf_counter() + self.window_s
-        while len(batch) < self.max_batch:
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                break
-            try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-            except TimeoutError:
-                break
-        while len(batch) < self.max_batch and not self._queue.empty():
-            batch.append(self._queue.get_nowait())
-        self.metrics.queue_depth.set(self._queue.qsize())
-        live = []
-        for pending in batch:
-            if not pending.request.cancel.is_set():
-                live.append(pending)
-            elif not pending.future.done():  # its client left while it waited
-                pending.future.cancel()
-        return live
-
     async def _supervise(self) -> None:
         while True:
             try:
@@ -147,50 +140,36 @@ class Batcher:
                 await asyncio.sleep(0.05)
 
     async def _run(self) -> None:
-        while True:
-            batch = await self._collect()
-            if not batch:
-                continue
-            try:
-                await self._process(batch)
-            except Exception as exc:  # a bug here must not leave the batch's clients waiting forever
-                log.exception("the batcher failed on a batch of %d", len(batch))
-                for pending in batch:
-                    self._settle(pending, exc)
+        raise NotImplementedError
 
-    async def _process(self, batch: list[Pending]) -> None:
-        self.metrics.batch_size.observe(len(batch))
-        outcomes = await self._generate(batch)
-        for pending, outcome in zip(batch, outcomes, strict=True):
-            if isinstance(outcome, GenerationResult):
-                self.metrics.generated_tokens.inc(len(outcome.token_ids))
-                outcome.timing["queue_s"] = (
-                    time.perf_counter() - pending.enqueued_at - outcome.timing.get("total_s", 0.0)
-                )
-                if outcome.error is not None:
-                    outcome = ApiError(422, "generation_failed", outcome.error)
-            self._settle(pending, outcome)
+    @staticmethod
+    def _live(pending: Pending) -> bool:
+        """False (and the waiter released) for a request whose client left while it waited."""
+        if not pending.request.cancel.is_set():
+            return True
+        if not pending.future.done():
+            pending.future.cancel()
+        return False
 
-    async def _generate(self, batch: list[Pending]) -> list[GenerationResult | BaseException]:
-        """The batch's results; if the batch raises, each row again alone, so only a failing row fails."""
+    def _finish(self, pending: Pending, outcome: GenerationResult | BaseException) -> None:
+        """Count, time and settle one row's outcome (a row that failed alone answers 422)."""
+        if isinstance(outcome, GenerationResult):
+            self.metrics.generated_tokens.inc(len(outcome.token_ids))
+            outcome.timing["queue_s"] = time.perf_counter() - pending.enqueued_at - outcome.timing.get("total_s", 0.0)
+            if outcome.error is not None:
+                outcome = ApiError(422, "generation_failed", outcome.error)
+        self._settle(pending, outcome)
+
+    async def _alone(self, pending: Pending) -> GenerationResult | BaseException:
+        """One row run by itself from its start (a retry: what it streamed already is not sent again)."""
         try:
-            return list(await self._run_rows(batch))
+            (result,) = await self._run_rows([pending])
+            return result
         except Exception as exc:
-            if len(batch) == 1:
-                return [_as_client_error(exc)]
-            log.warning(
-                "a batch of %d failed (%s: %s): running its rows one by one", len(batch), type(exc).__name__, exc
-            )
-        outcomes: list[GenerationResult | BaseException] = []
-        for pending in batch:
-            try:
-                (result,) = await self._run_rows([pending])
-                outcomes.append(result)
-            except Exception as exc:
-                outcomes.append(_as_client_error(exc))
-        return outcomes
+            return as_client_error(exc)
 
     async def _run_rows(self, batch: list[Pending]) -> list[GenerationResult]:
+        """`Engine.generate` on these rows as one static batch, streaming their text."""
         loop = asyncio.get_running_loop()
         for pending in batch:
             pending.produced = 0
@@ -199,7 +178,7 @@ class Batcher:
             for delta in deltas:
                 pending = batch[delta.row]
                 if pending.deltas is not None and delta.text:
-                    loop.call_soon_threadsafe(_put_fresh, pending, delta.text)
+                    loop.call_soon_threadsafe(put_fresh, pending, delta.text)
 
         return await loop.run_in_executor(
             self._executor, lambda: self.engine.generate([p.request for p in batch], on_step=on_step)
@@ -216,13 +195,13 @@ class Batcher:
             pending.deltas.put_nowait(None)
 
 
-def _put_fresh(pending: Pending, text: str) -> None:
+def put_fresh(pending: Pending, text: str) -> None:
     fresh = pending.stream(text)
     if fresh and pending.deltas is not None:
         pending.deltas.put_nowait(fresh)
 
 
-def _as_client_error(exc: BaseException) -> BaseException:
+def as_client_error(exc: BaseException) -> BaseException:
     """A steering plan the model cannot take is the request's fault (422); anything else stays a bug (500)."""
     if isinstance(exc, SteeringError):
         return ApiError(422, "invalid_steering", str(exc))

@@ -74,6 +74,7 @@ class VectorWorker:
     ) -> None:
         self.lm, self.store, self.vectors, self.settings, self.metrics = lm, store, vectors, settings, metrics
         self.holder = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.computes = settings.role != "api"  # an `api` replica leaves every computation to the workers
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vector-worker")
         self._one_at_a_time = asyncio.Semaphore(1)
         self._tasks: dict[str, asyncio.Task] = {}
@@ -83,7 +84,7 @@ class VectorWorker:
 
     def submit(self, task_id: str) -> None:
         """Make sure this process either computes the task or watches whoever does."""
-        if task_id in self._tasks or self._closing:
+        if task_id in self._tasks or self._closing or not self.computes:
             return
         task = asyncio.get_running_loop().create_task(self._follow(task_id), name=f"vector:{task_id}")
         self._tasks[task_id] = task
@@ -99,6 +100,8 @@ class VectorWorker:
         return len(self._tasks)
 
     def start(self) -> None:
+        if not self.computes:
+            return
         self._reconciler = asyncio.get_running_loop().create_task(self._reconcile(), name="reconciler")
 
     async def reconcile_once(self) -> None:

@@ -17,6 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from app.auth import KeyChecker
 from app.batcher import Batcher
 from app.bounds import Bounds
+from app.continuous_batcher import ContinuousBatcher
 from app.errors import ERROR_RESPONSES, install_error_handlers
 from app.generation import GenerationService
 from app.jobs import VectorWorker
@@ -26,6 +27,7 @@ from app.routes import generate, health, openai, tasks, vectors
 from app.services import Services
 from app.settings import Settings
 from app.shutdown import DrainingServer
+from app.static_batcher import StaticBatcher
 from app.store import open_store
 from app.tasks import TaskService
 from app.vector_cache import VectorCache
@@ -58,9 +60,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         vectors = VectorCache(settings.vector_cache_bytes)
         worker = VectorWorker(lm, store, vectors, settings, metrics)
         task_service = TaskService(lm, store, worker, vectors, settings, metrics, bounds)
-        batcher = Batcher(
-            Engine(lm), settings.max_batch_size, settings.batch_window_ms / 1000, settings.max_queue, metrics
-        )
+        lm.lock.patience_s = settings.compute_patience_s
+        batcher = build_batcher(Engine(lm), settings, metrics)
         batcher.start()
         app.state.services = Services(
             settings=settings,
@@ -74,7 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics=metrics,
             bounds=bounds,
         )
-        worker.start()  # adopts unfinished tasks now and every reconcile_interval_s
+        worker.start()  # adopts unfinished tasks now and every reconcile_interval_s (not on an `api` replica)
         try:
             yield
         finally:
@@ -109,6 +110,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(RequestId)
     return app
+
+
+def build_batcher(engine: Engine, settings: Settings, metrics: Metrics) -> Batcher:
+    """The scheduler `STEER_SCHEDULER` names; a `worker` replica builds one that answers 503 (it does not serve)."""
+    serving = settings.role != "worker"
+    if settings.scheduler == "static":
+        window_s = settings.batch_window_ms / 1000
+        return StaticBatcher(engine, settings.max_batch_size, window_s, settings.max_queue, metrics, serving=serving)
+    return ContinuousBatcher(
+        engine,
+        settings.max_batch_size,
+        settings.max_queue,
+        metrics,
+        prefill_chunk_tokens=settings.prefill_chunk_tokens,
+        serving=serving,
+    )
 
 
 def refuse_open_public_server(settings: Settings) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -48,14 +49,26 @@ class Settings(BaseSettings):
         30.0, description="A streaming client that reads nothing for this long is cut."
     )
 
+    # Role: `api` serves and never computes vectors; `worker` computes and does not serve generation; `both`
+    role: Literal["api", "worker", "both"] = "both"
+
     # Batching
-    max_batch_size: int = 8
-    batch_window_ms: float = 15.0
+    scheduler: Literal["continuous", "static"] = Field(
+        "continuous", description="continuous: rows join and leave the running batch at each step; static: windows."
+    )
+    max_batch_size: int = Field(8, description="Rows generating at once (continuous) or per batch (static).")
+    batch_window_ms: float = Field(15.0, description="static only: how long a request waits for company.")
+    prefill_chunk_tokens: int = Field(
+        256, ge=1, description="continuous: prompt tokens per prefill pass; longer prompts are prefilled in chunks."
+    )
     max_queue: int = 64
 
     # Vector computation
     vector_cache_bytes: int = Field(1 << 30, description="Process memory for vectors already read or computed.")
     lock_ttl_s: float = 60.0
+    compute_patience_s: float = Field(
+        2.0, description="A computation waiting this long for the model gets one slice even while generation is busy."
+    )
     compute_timeout_s: float = 1_800.0
     max_attempts: int = Field(3, description="Computations of a task that may end with no outcome before it fails.")
     reconcile_interval_s: float = Field(10.0, description="How often each replica adopts tasks whose lock expired.")

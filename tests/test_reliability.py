@@ -173,43 +173,46 @@ async def test_a_row_whose_logits_overflow_fails_alone(api: Api) -> None:
     assert batches < len(good) + 1  # they did share a batch
 
 
-class PoisonedEngine:
-    """The real engine, except that a batch holding the poisoned prompt raises after a few steps."""
+class PoisonedModel:
+    """The real model, except that once the poisoned prompt is in flight, the third forward pass that holds more
+    than one row raises, and so does any later pass that prefills the poisoned prompt (its retry alone fails too).
+    A fault of the model, so it reaches whichever scheduler runs the rows."""
 
-    def __init__(self, engine, poison: list[int]) -> None:
-        self.engine, self.poison, self.batches = engine, poison, []
+    def __init__(self, lm, poison: list[int]) -> None:
+        self.lm, self.poison = lm, torch.tensor(poison)
+        self.armed, self.shared, self.failed_rows = False, 0, 0
 
-    def generate(self, requests, **kwargs):
-        self.batches.append(len(requests))
-        if not any(r.prompt_ids == self.poison for r in requests):
-            return self.engine.generate(requests, **kwargs)
-        on_step, steps = kwargs.pop("on_step", None), [0]
+    def __enter__(self) -> PoisonedModel:
+        self.handle = self.lm.model.register_forward_pre_hook(self.check, with_kwargs=True)
+        return self
 
-        def failing_step(deltas):
-            if on_step is not None:
-                on_step(deltas)
-            steps[0] += 1
-            if steps[0] == 3:
+    def __exit__(self, *exc: object) -> None:
+        self.handle.remove()
+
+    def check(self, module, args, kwargs) -> None:
+        ids, n = kwargs["input_ids"].cpu(), len(self.poison)
+        if ids.shape[1] >= n and any(torch.equal(row[-n:], self.poison) for row in ids):
+            if self.failed_rows:
                 raise RuntimeError("injected fault")
-
-        return self.engine.generate(requests, on_step=failing_step, **kwargs)
+            self.armed = True
+        if self.armed and ids.shape[0] > 1:
+            self.shared += 1
+            if self.shared == 3:
+                self.failed_rows = ids.shape[0]
+                raise RuntimeError("injected fault")
 
 
 async def test_a_batch_that_raises_is_retried_row_by_row(api: Api) -> None:
     svc = services_of(api.app)
     poison_prompt = "Q: poison\nA:"
-    poisoned = PoisonedEngine(svc.batcher.engine, svc.batcher.engine.encode(poison_prompt))
     good = good_requests(api.task)
     alone = await solo_answers(api, good)
-    svc.batcher.engine = poisoned
-    try:
+    with PoisonedModel(svc.lm, svc.batcher.engine.encode(poison_prompt)) as poisoned:
         stream_body = {**good[0], "stream": True}
         streamed = asyncio.ensure_future(read_stream(api.client, stream_body))
         responses = await together(api, [{"prompt": poison_prompt, "max_new_tokens": 8}, *good])
         text, done = await streamed
-    finally:
-        svc.batcher.engine = poisoned.engine
-    assert max(poisoned.batches) > 1  # the poisoned row shared a batch, which then failed
+    assert poisoned.failed_rows > 1  # the poisoned row shared a step, which then failed
     error = assert_error(responses[0], 500, "internal_error")
     assert error["request_id"] == responses[0].headers["x-request-id"]
     assert [r.json()["text"] for r in responses[1:]] == alone

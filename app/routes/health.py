@@ -19,14 +19,16 @@ async def healthz() -> dict:
 @router.get("/readyz")
 async def readyz(svc: Services = Depends(services)) -> JSONResponse:
     store_ok = await svc.store.ping()
+    batcher_ok = svc.batcher.alive or not svc.batcher.serving  # a `worker` replica does not serve generation
     checks = {
+        "role": svc.settings.role,
         "store": "ok" if store_ok else "unreachable",
-        "batcher": "ok" if svc.batcher.alive else "stopped",
+        "batcher": ("ok" if svc.batcher.alive else "stopped") if svc.batcher.serving else "off",
         "draining": svc.draining,
         "batcher_restarts": svc.batcher.restarts,
     }
     body = {"model": svc.lm.name, "fingerprint": svc.lm.fingerprint, **checks}
-    if not store_ok or not svc.batcher.alive or svc.draining:
+    if not store_ok or not batcher_ok or svc.draining:
         return JSONResponse({"status": "unready", **body}, status_code=503, headers={"Retry-After": "2"})
     return JSONResponse({"status": "ready", **body})
 

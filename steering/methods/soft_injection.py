@@ -142,10 +142,11 @@ def train_gates(
     stale, recent = 0, 0.0
     for step in range(1, opts.steps + 1):
         job.check()
-        loss = _loss(lm, train[(step - 1) % len(train)], torch.sigmoid(logits), means, layers, grad=True)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
+        with lm.lock:  # forward and backward in one slice: a backward beside a generation step slows both
+            loss = _loss(lm, train[(step - 1) % len(train)], torch.sigmoid(logits), means, layers, grad=True)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
         value = loss.item()
         best.steps_run = step
         if step == 1:
