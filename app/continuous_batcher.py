@@ -19,7 +19,7 @@ import logging
 from app.batcher import Batcher, Pending, as_client_error, put_fresh, shutting_down
 from app.metrics import Metrics
 from steering.engine import Engine
-from steering.scheduler import DEFAULT_PREFILL_CHUNK_TOKENS, RowUpdate, Scheduler
+from steering.scheduler import DEFAULT_PREFILL_CHUNK_TOKENS, DEFAULT_PRIORITY_NEW_TOKENS, RowUpdate, Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +33,13 @@ class ContinuousBatcher(Batcher):
         metrics: Metrics,
         *,
         prefill_chunk_tokens: int = DEFAULT_PREFILL_CHUNK_TOKENS,
+        priority_new_tokens: int = DEFAULT_PRIORITY_NEW_TOKENS,
         serving: bool = True,
     ) -> None:
         super().__init__(engine, max_batch, max_queue, metrics, serving=serving)
-        self.scheduler = Scheduler(engine, prefill_chunk_tokens=prefill_chunk_tokens)
+        self.scheduler = Scheduler(
+            engine, prefill_chunk_tokens=prefill_chunk_tokens, priority_new_tokens=priority_new_tokens
+        )
         self._rows: dict[int, Pending] = {}  # rows in the scheduler, by key
         self._keys = itertools.count()
 

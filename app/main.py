@@ -124,6 +124,7 @@ def build_batcher(engine: Engine, settings: Settings, metrics: Metrics) -> Batch
         settings.max_queue,
         metrics,
         prefill_chunk_tokens=settings.prefill_chunk_tokens,
+        priority_new_tokens=settings.priority_new_tokens,
         serving=serving,
     )
 

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     prefill_chunk_tokens: int = Field(
         256, ge=1, description="continuous: prompt tokens per prefill pass; longer prompts are prefilled in chunks."
     )
+    priority_new_tokens: int = Field(
+        16, ge=0, description="continuous: requests for at most this many tokens decode first (0 = off; on a GPU)."
+    )
     max_queue: int = 64
 
     # Vector computation

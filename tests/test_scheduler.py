@@ -12,7 +12,7 @@ import torch
 from steering.engine import Engine, GenerationRequest, GenerationResult
 from steering.inject import SteeringError, SteeringTerm
 from steering.model import LoadedModel
-from steering.scheduler import Scheduler
+from steering.scheduler import BULK, MAX_BULK_PAUSE, Scheduler
 from steering.vectors import TaskVector
 
 PROMPTS = [
@@ -62,10 +62,17 @@ def mixed_requests(lm: LoadedModel, engine: Engine) -> list[GenerationRequest]:
 
 
 def run(
-    engine: Engine, arrivals: Sequence[tuple[int, GenerationRequest]], *, chunk: int, max_rows: int = 4
+    engine: Engine,
+    arrivals: Sequence[tuple[int, GenerationRequest]],
+    *,
+    chunk: int,
+    max_rows: int = 4,
+    priority: int = 6,
 ) -> tuple[list[GenerationResult], list[str], list[int]]:
-    """Requests added at their step (at most `max_rows` in flight); results, streamed text and batch sizes."""
-    scheduler = Scheduler(engine, prefill_chunk_tokens=chunk)
+    """Requests added at their step (at most `max_rows` in flight); results, streamed text and rows running.
+
+    Rows asking for at most `priority` tokens run in the priority lane, the others in the bulk lane."""
+    scheduler = Scheduler(engine, prefill_chunk_tokens=chunk, priority_new_tokens=priority)
     results: dict[int, GenerationResult] = {}
     streamed = [""] * len(arrivals)
     waiting = sorted(range(len(arrivals)), key=lambda i: arrivals[i][0])
@@ -110,12 +117,12 @@ def test_steering_acts_in_the_scheduler(tiny_llama: LoadedModel) -> None:
             assert solo(engine, request) != solo(engine, plain) or request.max_new_tokens == 1
 
 
-@pytest.mark.parametrize("chunk", [1, 7, 64, 1024])
-def test_prefill_chunks_and_groups_change_nothing(tiny_llama: LoadedModel, chunk: int) -> None:
+@pytest.mark.parametrize(("chunk", "priority"), [(1, 6), (7, 0), (64, 100), (1024, 6)])
+def test_prefill_chunks_groups_and_lanes_change_nothing(tiny_llama: LoadedModel, chunk: int, priority: int) -> None:
     engine = Engine(tiny_llama)
     requests = mixed_requests(tiny_llama, engine)
     arrivals = [(0, r) for r in requests]
-    results, _, _ = run(engine, arrivals, chunk=chunk, max_rows=8)
+    results, _, _ = run(engine, arrivals, chunk=chunk, max_rows=8, priority=priority)
     assert [r.token_ids for r in results] == [solo(engine, r) for r in requests]
 
 
@@ -177,3 +184,32 @@ def test_no_hooks_stay_between_steps(tiny_llama: LoadedModel) -> None:
         with tiny_llama.lock.first():
             scheduler.step()
         assert all(not m._forward_hooks and not m._forward_pre_hooks for m in tiny_llama.model.modules())
+
+
+def test_short_requests_go_first_and_long_ones_still_move(tiny_llama: LoadedModel) -> None:
+    """While short rows run in the priority lane, the bulk lane waits, but at most MAX_BULK_PAUSE steps in a row."""
+    engine = Engine(tiny_llama)
+    engine.eos_ids = set()  # every row runs to its length
+    scheduler = Scheduler(engine, priority_new_tokens=4)
+    long = GenerationRequest(engine.encode(PROMPTS[0]), max_new_tokens=30)
+    scheduler.add("long", long)
+    finished_at: dict[object, int] = {}
+
+    def step(n: int) -> None:
+        with tiny_llama.lock.first():
+            finished_at.update({u.key: n for u in scheduler.step() if u.result is not None})
+
+    step(0)
+    steps = 3 * (MAX_BULK_PAUSE + 1)
+    for n in range(1, steps + 1):  # a short request joins at every step
+        scheduler.add(n, GenerationRequest(engine.encode(PROMPTS[1]), max_new_tokens=4))
+        step(n)
+    long_row = scheduler._lanes[BULK].rows[0].state  # type: ignore[union-attr]
+    assert 1 + 3 <= len(long_row.ids) <= 1 + 4  # its first token, then one step per MAX_BULK_PAUSE + 1
+    # Its first token at prefill, the second in the same step, then two more steps; a bulk step may delay it by one.
+    assert {finished_at[n] - n for n in range(1, steps - 3)} == {2, 3}
+    n = steps
+    while len(scheduler):
+        n += 1
+        step(n)
+    assert "long" in finished_at
