@@ -57,7 +57,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(model: str, data_dir: Path, log_path: Path, timeout_s: float = 300.0) -> Server:
+def start_server(
+    model: str, data_dir: Path, log_path: Path, timeout_s: float = 300.0, extra_env: dict[str, str] | None = None
+) -> Server:
     """`python -m app` with the embedded store in `data_dir`, on a free port; returns once /readyz answers 200."""
     port = free_port()
     env = {
@@ -69,6 +71,7 @@ def start_server(model: str, data_dir: Path, log_path: Path, timeout_s: float = 
         "STEER_PORT": str(port),
         "STEER_API_KEYS": "",
         "STEER_MAX_COMPUTATIONS_PER_KEY": "64",  # the bench registers its whole suite at once
+        **(extra_env or {}),
     }
     env.pop("STEER_REDIS_URL", None)
     log = open(log_path, "ab")  # noqa: SIM115  # the child writes to it for its whole life
