@@ -42,10 +42,10 @@ from steering.client import (
 )
 from steering.datasets import read_demonstrations
 from steering.evalsuite import eval_command
+from steering.method_names import METHOD_NAMES
 from steering.protocol import GenerateResponse, SteeringEntry, TaskInfo, TaskList
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_NOT_READY, EXIT_AUTH = 0, 1, 2, 3, 4, 5
-METHODS = ("auto", "task_vector", "function_vector", "soft_injection", "icv", "contrastive")
 EPILOG = (
     "Exit codes: 0 ok; 1 server or other error (also: the server is unreachable, a task failed); "
     "2 usage error or a request the server refused as invalid; 3 task not found; "
@@ -297,7 +297,7 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
 def tasks_register(
     ctx: typer.Context,
     file: Annotated[str, typer.Argument(help="Demonstrations: `input -> output` lines or JSONL; `-` for stdin.")],
-    method: Annotated[str, typer.Option("--method", "-m", help=f"One of {', '.join(METHODS)}.")] = "auto",
+    method: Annotated[str, typer.Option("--method", "-m", help=f"One of {', '.join(METHOD_NAMES)}.")] = "auto",
     name: Annotated[str | None, typer.Option(help="A name to recognise the task by.")] = None,
     option: Annotated[
         list[str] | None, typer.Option("--option", "-o", help="A method option, key=value (repeatable).")
@@ -308,8 +308,8 @@ def tasks_register(
 ) -> None:
     """Register a task from a file of demonstrations and (unless --no-wait) wait until it is ready."""
     state = _state(ctx, json_out)
-    if method not in METHODS:
-        raise typer.BadParameter(f"choose one of {', '.join(METHODS)}", param_hint="--method")
+    if method not in METHOD_NAMES:
+        raise typer.BadParameter(f"choose one of {', '.join(METHOD_NAMES)}", param_hint="--method")
     options = parse_options(option or [])
     demos = read_demonstrations(sys.stdin.read() if file == "-" else Path(file))
     if not demos:

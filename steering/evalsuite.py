@@ -40,6 +40,7 @@ import typer
 
 from steering.client import Client
 from steering.datasets import load_task, split_task, task_names
+from steering.method_names import METHOD_NAMES
 from steering.protocol import Demonstration, TaskInfo
 from steering.templates import DEFAULT_TEMPLATE, few_shot_prompt, render_query, stop_strings
 
@@ -816,9 +817,8 @@ def eval_command(
 ) -> None:
     """Accuracy of zero-shot, k-shot and every steering method on held-out items; writes JSON, Markdown and plots."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts: idle threads must not spin
-    from steering.methods import METHODS  # imports torch: kept out of `steer`'s start-up
 
-    method_list = parse_list(methods, METHODS, "method")
+    method_list = parse_list(methods, METHOD_NAMES, "method")
     config = EvalConfig(
         model=model,
         url=url,

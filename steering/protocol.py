@@ -12,7 +12,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-Method = Literal["icv", "task_vector", "function_vector", "soft_injection", "contrastive", "auto"]
+from steering.method_names import Method
+
 TaskStatus = Literal["pending", "running", "ready", "failed"]
 
 # Bounds every server shares, defined once and checked when a request is parsed. Bounds that depend on

@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from steering.method_names import VectorMethod
 from steering.protocol import Template
 from steering.safetensors_reader import loads_bounded, read_header
 from steering.vector_errors import ModelMismatch, VectorImportError
@@ -37,7 +38,6 @@ INJECTION_MODES: tuple[str, ...] = (
     "replace_last",
     "head_mix_last",
 )
-VectorMethod = Literal["task_vector", "function_vector", "soft_injection", "icv", "contrastive"]
 # What each tensor of a vector is, per row of the model: [num_layers, ...].
 TENSOR_NAMES: tuple[str, ...] = ("residual", "head_means", "gate_logits", "head_scores")
 

@@ -1,34 +1,29 @@
 """Steering methods: each turns demonstrations into a TaskVector.
 
-`compute_vector` is the one entry point; every method module exposes `compute(job, options)`.
+`compute_vector` is the one entry point; `registry.py` maps each method's name to its options and `compute`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from importlib import import_module
 from typing import Any
 
-from steering.methods.common import Cancelled, Job, ProgressFn
+from steering.method_names import METHOD_NAMES
+from steering.methods.common import Cancelled, Job, MethodOptions, ProgressFn
+from steering.methods.registry import method_spec
 from steering.model import LoadedModel
 from steering.protocol import Demonstration, Template
 from steering.templates import DEFAULT_TEMPLATE
 from steering.vectors import TaskVector
 
-METHODS: tuple[str, ...] = ("task_vector", "function_vector", "icv", "contrastive", "soft_injection", "auto")
+METHODS: tuple[str, ...] = METHOD_NAMES
 
 __all__ = ["METHODS", "Cancelled", "compute_vector", "options_model"]
 
 
-def _module(method: str):
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    return import_module(f"steering.methods.{method}")
-
-
-def options_model(method: str):
+def options_model(method: str) -> type[MethodOptions]:
     """The pydantic model that validates a method's options (for checking a request before queueing it)."""
-    return _module(method).OPTIONS
+    return method_spec(method).options
 
 
 def compute_vector(
@@ -48,4 +43,4 @@ def compute_vector(
         progress=progress or (lambda info: None),
         should_stop=should_stop or (lambda: False),
     )
-    return _module(method).compute(job, dict(options or {}))
+    return method_spec(method).compute(job, dict(options or {}))

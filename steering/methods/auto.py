@@ -9,24 +9,26 @@ favours it slightly in the comparison.
 from __future__ import annotations
 
 import time
-from importlib import import_module
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, model_validator
 
+from steering.method_names import VectorMethod
 from steering.methods.common import Job, MethodOptions
 from steering.vectors import TaskVector
 
-# Expected cost relative to a task vector's; used to skip candidates that would overrun the budget.
-_RELATIVE_COST = {"task_vector": 1.0, "function_vector": 2.0, "contrastive": 1.0, "icv": 0.5, "soft_injection": 6.0}
+CandidateMethod = VectorMethod
 
 
-CandidateMethod = Literal["task_vector", "function_vector", "icv", "contrastive", "soft_injection"]
+def _default_candidates() -> list[str]:
+    from steering.methods.registry import auto_candidates  # the registry imports this module
+
+    return auto_candidates()
 
 
 class AutoOptions(MethodOptions):
     candidates: list[CandidateMethod] = Field(
-        default_factory=lambda: ["task_vector", "function_vector", "soft_injection"],
+        default_factory=_default_candidates,
         min_length=1,
         description="Methods to try, in order. ICV and contrastive are for style tasks and are not tried by default.",
     )
@@ -38,11 +40,11 @@ class AutoOptions(MethodOptions):
     @model_validator(mode="after")
     def _candidate_options(self) -> AutoOptions:
         """Each candidate's options are checked now, by that method's own model, not when it runs."""
-        from steering.methods import options_model  # the registry imports this module lazily
+        from steering.methods.registry import METHODS  # the registry imports this module
 
         shared = self.model_dump(exclude={"candidates", "time_budget_s", "method_options"})
         for method, extra in self.method_options.items():
-            options_model(method)(**{**shared, **extra})  # as `compute` will combine them
+            METHODS[method].options(**{**shared, **extra})  # as `compute` will combine them
         return self
 
 
@@ -54,6 +56,8 @@ def _score(vector: TaskVector) -> tuple[float, float]:
 
 
 def compute(job: Job, options: dict) -> TaskVector:
+    from steering.methods.registry import METHODS  # the registry imports this module
+
     opts = AutoOptions(**options)
     shared = opts.model_dump(exclude={"candidates", "time_budget_s", "method_options"})
     started = time.perf_counter()
@@ -62,7 +66,8 @@ def compute(job: Job, options: dict) -> TaskVector:
     unit_cost: float | None = None
     for method in opts.candidates:
         elapsed = time.perf_counter() - started
-        expected = unit_cost * _RELATIVE_COST[method] if unit_cost is not None else 0.0
+        spec = METHODS[method]
+        expected = unit_cost * spec.relative_cost if unit_cost is not None else 0.0
         if best is not None and elapsed + expected > opts.time_budget_s:
             tried.append({"method": method, "skipped": f"expected {expected:.0f} s, over the time budget"})
             continue
@@ -74,10 +79,9 @@ def compute(job: Job, options: dict) -> TaskVector:
             progress=lambda info, m=method: job.progress({"candidate": m, **info}),
             should_stop=job.should_stop,
         )
-        module = import_module(f"steering.methods.{method}")
-        vector = module.compute(sub_job, {**shared, **opts.method_options.get(method, {})})
+        vector = spec.compute(sub_job, {**shared, **opts.method_options.get(method, {})})
         if unit_cost is None:
-            unit_cost = vector.compute_seconds / _RELATIVE_COST[method]
+            unit_cost = vector.compute_seconds / spec.relative_cost
         tried.append(
             {
                 "method": method,
