@@ -41,7 +41,7 @@ from steering.client import (
     WaitTimeout,
 )
 from steering.datasets import read_demonstrations
-from steering.evalsuite import eval_command
+from steering.eval.command import eval_command
 from steering.method_names import METHOD_NAMES
 from steering.protocol import GenerateResponse, SteeringEntry, TaskInfo, TaskList
 

@@ -9,7 +9,7 @@ import torch
 
 from steering.datasets import load_task, split_task
 from steering.engine import Engine, GenerationRequest
-from steering.evaluate import TaskEvaluator
+from steering.eval.evaluator import TaskEvaluator
 from steering.inject import SteeringTerm
 from steering.methods import compute_vector
 from steering.model import LoadedModel, default_model_folder, load_model

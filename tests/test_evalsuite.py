@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from steering.cli import app
-from steering.evalsuite import (
+from steering.eval import (
     EvalConfig,
     LocalBackend,
     RemoteBackend,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from steering.datasets import load_task, split_task
-from steering.evaluate import TaskEvaluator
+from steering.eval.evaluator import TaskEvaluator
 from steering.inject import SteeringTerm
 from steering.methods import compute_vector
 from steering.model import LoadedModel

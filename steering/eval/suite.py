@@ -1,0 +1,119 @@
+"""The suite: every task of a configuration, zero-shot, k-shot and each method with its strength sweep."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from typing import Any
+
+from steering.datasets import load_task, split_task
+from steering.eval.backends import Backend, Steer
+from steering.eval.config import EvalConfig, reproduce_command
+from steering.eval.progress import NullReporter, Reporter
+from steering.eval.scoring import DEFINITIONS, Probe, build_probe, score, summarise
+from steering.protocol import Demonstration
+
+
+def evaluate_method(
+    backend: Backend,
+    task: str,
+    method: str,
+    demos: list[Demonstration],
+    probe: Probe,
+    zero_shot: dict[str, Any],
+    config: EvalConfig,
+    reporter: Reporter,
+) -> dict[str, Any]:
+    prefix = f"{task} · {method}"
+    reporter.status(f"{prefix}: computing")
+    prepared = backend.prepare(
+        f"eval:{task}:{method}",
+        demos,
+        method,
+        config.method_options(method),
+        lambda stage: reporter.status(f"{prefix}: {stage}"),
+    )
+    reporter.status(f"{prefix}: scoring")
+    sweep = []
+    steered: dict[str, Any] = {}
+    for multiple in sorted({*config.multiples, 1.0}):
+        strength = prepared.strength * multiple
+        if multiple == 0.0:  # no steering at all: exactly the zero-shot run, no need to generate it again
+            scores = zero_shot
+        else:
+            scores = score(backend, probe.queries, probe, Steer(prepared.handle, strength), config, multiple == 1.0)
+        if multiple == 1.0:
+            steered = scores
+        if multiple in config.multiples:
+            sweep.append({"multiple": multiple, "strength": strength, **_without_outputs(scores)})
+    return {
+        "vector_method": prepared.method,
+        "layers": prepared.layers,
+        "strength": prepared.strength,
+        "compute_seconds": round(prepared.compute_seconds, 3),
+        "dev_metrics": prepared.dev_metrics,
+        "steered": steered,
+        "sweep": sweep,
+    }
+
+
+def _without_outputs(scores: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in scores.items() if k != "outputs"}
+
+
+def evaluate_task(backend: Backend, task: str, config: EvalConfig, reporter: Reporter) -> dict[str, Any]:
+    started = time.perf_counter()
+    demos, test = split_task(load_task(task), config.n_demos, config.n_test, config.seed)
+    probe = build_probe(demos, test, config.k_shot, config.seed)
+    result: dict[str, Any] = {"inputs": [d.input for d in test], "answers": probe.answers, "conditions": {}}
+    reporter.status(f"{task}: zero-shot")
+    result["conditions"]["zero_shot"] = score(backend, probe.queries, probe, None, config, keep=True)
+    reporter.advance()
+    reporter.status(f"{task}: {config.k_shot}-shot")
+    result["conditions"]["few_shot"] = score(backend, probe.few_shot, probe, None, config, keep=True)
+    reporter.advance()
+    result["methods"] = {}
+    for method in config.methods:
+        try:
+            result["methods"][method] = evaluate_method(
+                backend, task, method, demos, probe, result["conditions"]["zero_shot"], config, reporter
+            )
+        except Exception as exc:  # one failing method must not lose the others' results
+            result["methods"][method] = {"error": f"{type(exc).__name__}: {exc}"}
+        reporter.advance()
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def run_suite(config: EvalConfig, backend: Backend, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Evaluate every task of the config on the backend; the result is what results.json holds."""
+    reporter = reporter or NullReporter()
+    reporter.begin(len(config.tasks) * (2 + len(config.methods)))
+    started, when = time.perf_counter(), datetime.now(timezone.utc)
+    meta = {**backend.info(), **machine_info(), "started": when.isoformat(timespec="seconds")}
+    meta["command"] = reproduce_command(config)
+    tasks = {task: evaluate_task(backend, task, config, reporter) for task in config.tasks}
+    meta["seconds"] = round(time.perf_counter() - started, 1)
+    reporter.status("done")
+    return {
+        "config": asdict(config),
+        "meta": meta,
+        "definitions": {**DEFINITIONS, "few_shot": f"k={config.k_shot}: {DEFINITIONS['few_shot']}"},
+        "tasks": tasks,
+        "summary": summarise(tasks, config),
+    }
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+    }
+    if "torch" in sys.modules:
+        info["torch"] = sys.modules["torch"].__version__
+    return info
