@@ -33,6 +33,7 @@ from app.tasks import TaskService
 from app.vector_cache import VectorCache
 from steering.engine import Engine
 from steering.model import load_model
+from steering.twin import twin
 
 log = logging.getLogger("steering.app")
 STATIC = Path(__file__).parent / "static"
@@ -58,19 +59,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         bounds = Bounds(settings, lm.arch.num_layers)
         vectors = VectorCache(settings.vector_cache_bytes)
-        worker = VectorWorker(lm, store, vectors, settings, metrics)
-        task_service = TaskService(lm, store, worker, vectors, settings, metrics, bounds)
+        # Computations run on `lm` and pause before any layer when generation waits; generation runs on a
+        # twin module tree over the same weights, so a paused computation's hooks never see it.
         lm.lock.patience_s = settings.compute_patience_s
-        batcher = build_batcher(Engine(lm), settings, metrics)
+        lm.lock.bind(lm.arch.layers)
+        serving = twin(lm)
+        worker = VectorWorker(lm, store, vectors, settings, metrics)
+        task_service = TaskService(serving, store, worker, vectors, settings, metrics, bounds)
+        batcher = build_batcher(Engine(serving), settings, metrics)
         batcher.start()
         app.state.services = Services(
             settings=settings,
-            lm=lm,
+            lm=serving,
             store=store,
             worker=worker,
             tasks=task_service,
             batcher=batcher,
-            generation=GenerationService(lm, task_service, batcher, settings),
+            generation=GenerationService(serving, task_service, batcher, settings),
             keys=keys,
             metrics=metrics,
             bounds=bounds,

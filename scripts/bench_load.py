@@ -9,6 +9,7 @@ Two servers on the same store: `continuous` (STEER_SCHEDULER=continuous, compute
 - idle: short steered requests one at a time (the baseline of the ratios below);
 - long load: the same short requests while three clients keep asking for 128-token answers;
 - open loop: a mixed trace (scripts/bench_load_trace.py) at several Poisson rates;
+- saturation: 16 closed-loop clients streaming the same mix, tokens produced per second;
 - training (continuous only): short requests while a soft-injection task computes on the same server;
 - decode: per-token cost of steered vs plain decoding in the scheduler, in process;
 - reference: plain transformers `generate`, unsteered, one request at a time, on the middle rate's trace.
@@ -38,7 +39,7 @@ import httpx
 
 from scripts.bench_common import LoadSampler, Metric, machine_facts, median, percentile
 from scripts.bench_http import Server, start_server, wait_ready
-from scripts.bench_load_client import Outcome, probes, run_trace, send, with_background
+from scripts.bench_load_client import Outcome, closed_loop, probes, run_trace, send, with_background
 from scripts.bench_load_plots import plot_load
 from scripts.bench_load_reference import run_reference
 from scripts.bench_load_trace import Task, long_request, make_trace, short_request
@@ -46,6 +47,7 @@ from scripts.bench_load_trace import Task, long_request, make_trace, short_reque
 DEFAULT_OUT = Path("bench-results/load/load.json")
 TASKS = ("antonyms", "present_past", "country_capital")
 SCHEDULERS = ("continuous", "static")
+PHASES = ("idle", "long_load", "open_loop", "saturation", "training", "decode", "reference")
 
 
 @dataclass(frozen=True)
@@ -63,11 +65,13 @@ class Plan:
     decode_tokens: int
     decode_reps: int
     reference_rate: int  # index into `rates`
+    saturation_clients: int
+    saturation_s: float
 
 
 FULL = Plan(
     rates=(0.15, 0.4, 1.0),
-    duration_s=40.0,
+    duration_s=30.0,
     idle_probes=12,
     probe_s=30.0,
     background_clients=3,
@@ -79,6 +83,8 @@ FULL = Plan(
     decode_tokens=24,
     decode_reps=5,
     reference_rate=1,
+    saturation_clients=16,
+    saturation_s=45.0,
 )
 QUICK = Plan(
     rates=(2.0, 8.0),
@@ -94,6 +100,8 @@ QUICK = Plan(
     decode_tokens=8,
     decode_reps=2,
     reference_rate=0,
+    saturation_clients=4,
+    saturation_s=3.0,
 )
 
 
@@ -206,6 +214,18 @@ def open_loop_phase(servers: dict[str, Server], plan: Plan, tasks: list[Task], w
     return phases
 
 
+def saturation_phase(servers: dict[str, Server], plan: Plan, tasks: list[Task], words: list[str]) -> dict:
+    bodies = [r.body for r in make_trace(1.0, 400.0, tasks, words, seed=23)]
+    out = {}
+    for name in SCHEDULERS:
+        pieces, answered = asyncio.run(
+            closed_loop(servers[name].url, bodies, plan.saturation_clients, plan.saturation_s)
+        )
+        out[name] = {"tokens": pieces, "answered": answered, "tok_s": pieces / plan.saturation_s}
+        log(f"saturation, {name}: {pieces / plan.saturation_s:.1f} tok/s, {answered} answers")
+    return out
+
+
 def training_phase(url: str, plan: Plan, body) -> dict[str, Any]:
     """Short requests while a soft-injection task computes on the same server, idle ones just before."""
     from steering.datasets import load_task, split_task
@@ -304,11 +324,11 @@ def decode_phase(lm, icv_vector, tv_vector, plan: Plan) -> dict[str, Any]:
 
 
 def metrics_of(report: dict[str, Any]) -> list[Metric]:
-    idle, long_load, phases = report["idle"], report["long_load"], report["open_loop"]
+    idle, long_load, phases = report.get("idle", {}), report.get("long_load", {}), report.get("open_loop", [])
     out = []
-    for name in SCHEDULERS:
+    for name in idle:
         out.append(Metric(f"idle.{name}_p50_s", f"short steered request alone, {name}", median(idle[name]), "s"))
-    for name in SCHEDULERS:
+    for name in long_load:
         ratio = median(long_load[name]["latencies"]) / median(idle[name])
         target = {"op": "<=", "threshold": 1.3} if name == "continuous" else {}
         note = f"p50 {median(long_load[name]['latencies']):.2f} s vs {median(idle[name]):.2f} s idle"
@@ -322,19 +342,20 @@ def metrics_of(report: dict[str, Any]) -> list[Metric]:
                 **target,
             )
         )
-    top = max(p["rate"] for p in phases)
-    at_top = {p["scheduler"]: p for p in phases if p["rate"] == top}
-    if {"continuous", "static"} <= at_top.keys():
-        c, s = at_top["continuous"]["throughput_tok_s"], at_top["static"]["throughput_tok_s"]
+    saturation = report.get("saturation")
+    if saturation:
+        c, s = saturation["continuous"]["tok_s"], saturation["static"]["tok_s"]
+        answers = [saturation[name]["answered"] for name in SCHEDULERS]
+        note = f"{c:.1f} vs {s:.1f} tok/s; {answers[0]} vs {answers[1]} answers"
         out.append(
             Metric(
-                "load.saturation_throughput_ratio",
-                f"throughput at {top}/s, continuous / static",
+                "saturation.throughput_ratio",
+                "throughput at saturation, continuous / static",
                 c / s,
                 "x",
                 op=">=",
                 threshold=1.5,
-                note=f"{c:.1f} vs {s:.1f} tok/s",
+                note=note,
             )
         )
     for p in phases:
@@ -402,8 +423,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--model", default="default")
     parser.add_argument("--quick", action="store_true", help="a smoke run: short phases, small tasks")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--only", default=",".join(PHASES), help=f"comma-separated phases of {', '.join(PHASES)}")
     args = parser.parse_args(argv)
+    only = set(args.only.split(","))
     plan = QUICK if args.quick else FULL
     began = time.perf_counter()
     report: dict[str, Any] = {"meta": {"model": args.model, "quick": args.quick, "plan": plan.__dict__}}
@@ -417,11 +439,17 @@ def main(argv: Sequence[str] | None = None) -> None:
             body = short_body(tasks, words)
             asyncio.run(probes(servers["continuous"].url, body, count=2, gap_s=0))  # warm-up
             asyncio.run(probes(servers["static"].url, body, count=2, gap_s=0))
-            report["idle"] = idle_phase(servers, plan, body)
-            log(f"idle p50: { {k: round(median(v), 3) for k, v in report['idle'].items()} }")
-            report["long_load"] = long_load_phase(servers, plan, body)
-            report["open_loop"] = open_loop_phase(servers, plan, tasks, words)
-            report["training"] = training_phase(servers["continuous"].url, plan, body)
+            if {"idle", "long_load"} & only:
+                report["idle"] = idle_phase(servers, plan, body)
+                log(f"idle p50: { {k: round(median(v), 3) for k, v in report['idle'].items()} }")
+            if "long_load" in only:
+                report["long_load"] = long_load_phase(servers, plan, body)
+            if "open_loop" in only:
+                report["open_loop"] = open_loop_phase(servers, plan, tasks, words)
+            if "saturation" in only:
+                report["saturation"] = saturation_phase(servers, plan, tasks, words)
+            if "training" in only:
+                report["training"] = training_phase(servers["continuous"].url, plan, body)
             from steering.model import load_model
             from steering.vectors import TaskVector
 
@@ -429,15 +457,16 @@ def main(argv: Sequence[str] | None = None) -> None:
             with httpx.Client(base_url=servers["continuous"].url, timeout=60) as http:
                 vector = lambda task_id: TaskVector.from_bytes(http.get(f"/v1/tasks/{task_id}/vector").content)  # noqa: E731
                 icv_vector, tv_vector = vector(icv_id), vector(tasks[0].id)
-            report["decode"] = decode_phase(lm, icv_vector, tv_vector, plan)
-            ratios = {k: round(v["ratio"], 3) for k, v in report["decode"].items() if isinstance(v, dict)}
-            log(f"decode ratios: {ratios}")
-            if not args.skip_reference:
+            if "decode" in only:
+                report["decode"] = decode_phase(lm, icv_vector, tv_vector, plan)
+                ratios = {k: round(v["ratio"], 3) for k, v in report["decode"].items() if isinstance(v, dict)}
+                log(f"decode ratios: {ratios}")
+            if "reference" in only:
                 rate = plan.rates[plan.reference_rate]
                 trace = make_trace(rate, plan.duration_s, tasks, words, seed=17)
                 outcomes, makespan = run_reference(lm, trace)
                 summary = stats(outcomes, makespan)
-                report["open_loop"].append({"scheduler": "reference", "rate": rate, **summary})
+                report.setdefault("open_loop", []).append({"scheduler": "reference", "rate": rate, **summary})
                 log(f"reference at {rate}/s: {summary['throughput_tok_s']} tok/s, p50 {summary['latency_p50_s']} s")
         finally:
             for server in servers.values():
@@ -456,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args.out.write_text(json.dumps(report, indent=1, default=str))
     args.out.with_suffix(".txt").write_text(text + "\n")
     title = f"{args.model}, {meta['nproc']} CPUs, load {meta['load1_mean']} mean"
-    plots = plot_load(report["open_loop"], args.out.parent, title)
+    plots = plot_load(report.get("open_loop", []), args.out.parent, title)
     log(f"wrote {args.out}, {args.out.with_suffix('.txt')} and {', '.join(str(p) for p in plots)}")
 
 

@@ -131,3 +131,36 @@ async def with_background(url: str, body: dict[str, Any], clients: int, work) ->
             stop.set()
             await asyncio.gather(*background, return_exceptions=True)
     return result, done[0]
+
+
+async def closed_loop(url: str, bodies: list[dict[str, Any]], clients: int, seconds: float) -> tuple[int, int]:
+    """`clients` clients each stream the next body as soon as their last one ends, for `seconds`.
+
+    Returns the text pieces received in time (one per decode step of a row: the tokens the server produced in
+    the window, counting the rows still running at the end) and the requests answered in time. At the end
+    the clients hang up, and the server cancels what was still running."""
+    queue = iter(bodies * 100)
+    pieces, answered = [0], [0]
+    deadline = time.perf_counter() + seconds
+
+    async def one(client: httpx.AsyncClient, body: dict[str, Any]) -> None:
+        event = ""
+        async with client.stream("POST", "/v1/generate", json={**body, "stream": True}) as response:
+            async for line in response.aiter_lines():
+                if line.startswith("event:"):
+                    event = line.split(":", 1)[1].strip()
+                elif line.startswith("data:") and time.perf_counter() < deadline:
+                    pieces[0] += event == "token"
+                    answered[0] += event == "done"
+
+    async def loop(client: httpx.AsyncClient) -> None:
+        for body in queue:
+            await one(client, body)
+
+    async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT_S, limits=httpx.Limits(max_connections=None)) as client:
+        tasks = [asyncio.ensure_future(loop(client)) for _ in range(clients)]
+        await asyncio.wait(tasks, timeout=seconds)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return pieces[0], answered[0]

@@ -1,24 +1,35 @@
 """The lock on a loaded model, where generation goes first.
 
-Steering hooks are module-global, so one forward pass at a time runs on a model. Two kinds of work want
-it: generation (a request is waiting for every step) and vector computation (nobody waits for a single
-slice of it). `with lock:` is the computation's way in: a short slice (one forward pass, one training
-step) that waits while generation holds the model, waits for it, or has said that it has work
-(`demand`). Generation takes the model with `lock.first()`, ahead of every computation waiting.
+Two kinds of work want the model: generation (a request waits on every step) and vector computation
+(nobody waits on any one slice of it). Generation takes the lock with `lock.first()`, ahead of every
+waiting computation; `lock.demand()` marks a busy period, during which computations also stay out between
+generation steps. Computation takes it with `with lock:` (the `threading.RLock` interface it replaces).
 
-A computation is not starved for ever: one that has waited `patience_s` gets the next slice even
-while generation is busy, so under unbroken load it still moves at about one slice per `patience_s`.
-The lock is re-entrant, like the `threading.RLock` it replaces.
+A computation also gives the model back in the middle of a pass. Once the lock is `bind`-ed to the
+decoder layers of the module tree computations run on, a computation pauses before each layer (and,
+when the pass records gradients, between layers of the backward pass) if generation is waiting: it lets
+go, waits until generation is done, and goes on where it stopped.
+So generation waits at most one layer of a computation, not a whole training step. This is only safe
+because generation runs on another module tree over the same weights (`steering.twin`): a computation's
+hooks stay attached while it is paused, and must not see generation's forward passes.
+
+A computation is not starved for ever: one that has waited `patience_s` gets the model even while
+generation is busy, and keeps it for at least `STARVED_SLICE_S` before it pauses again; under unbroken
+load it still moves at about one slice per `patience_s`.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+import torch
+from torch import nn
+
 DEFAULT_PATIENCE_S = 2.0
+STARVED_SLICE_S = 0.25
 
 
 class ModelLock:
@@ -26,10 +37,22 @@ class ModelLock:
         self.patience_s = patience_s
         self._cond = threading.Condition(threading.Lock())
         self._owner: int | None = None
+        self._owner_first = False  # the owner is generation (never paused)
         self._depth = 0
         self._first_waiting = 0  # generation threads waiting for the model
         self._starving = 0  # computations that have waited past their patience
         self._demand = 0  # generation has rows running or queued
+        self._unpausable_until = 0.0  # a starved computation's slice runs to here
+        self._handles: list = []
+
+    def bind(self, layers: Sequence[nn.Module]) -> None:
+        """Pause computations before these decoder layers when generation waits (see the module doc).
+
+        The hooks stay for the model's life and do nothing unless the thread running the layer holds the
+        lock as a computation."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = [layer.register_forward_pre_hook(self._before_layer) for layer in layers]
 
     # -- computation (low priority); also the plain `threading.Lock` interface --------------------
 
@@ -42,7 +65,7 @@ class ModelLock:
                 raise RuntimeError("cannot release a model lock held by another thread")
             self._depth -= 1
             if self._depth == 0:
-                self._owner = None
+                self._owner, self._owner_first = None, False
                 self._cond.notify_all()
 
     def __enter__(self) -> ModelLock:
@@ -79,6 +102,34 @@ class ModelLock:
     def generation_waiting(self) -> bool:
         return self._first_waiting > 0 or self._demand > 0
 
+    # -- pause points -----------------------------------------------------------------------------
+
+    def pause(self) -> None:
+        """Called by the computation holding the model: let waiting generation go first, then go on."""
+        me = threading.get_ident()
+        with self._cond:
+            if self._owner != me or self._owner_first or not self.generation_waiting:
+                return
+            if time.monotonic() < self._unpausable_until:
+                return
+            depth = self._depth
+            self._owner, self._depth = None, 0
+            self._cond.notify_all()
+        self._acquire(first=False, blocking=True, timeout=-1)
+        with self._cond:
+            self._depth = depth
+
+    def _before_layer(self, module: nn.Module, args: tuple) -> None:
+        if self._owner != threading.get_ident() or self._owner_first:
+            return
+        self.pause()
+        hidden = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        if hidden is not None and hidden.requires_grad and torch.is_grad_enabled():
+            hidden.register_hook(self._during_backward)
+
+    def _during_backward(self, grad: torch.Tensor) -> None:
+        self.pause()
+
     # ---------------------------------------------------------------------------------------------
 
     def _acquire(self, *, first: bool, blocking: bool, timeout: float) -> bool:
@@ -99,7 +150,9 @@ class ModelLock:
                         starving = True
                         self._starving += 1
                     if self._owner is None and self._may_enter(first, starving):
-                        self._owner, self._depth = me, 1
+                        self._owner, self._owner_first, self._depth = me, first, 1
+                        if starving:
+                            self._unpausable_until = time.monotonic() + STARVED_SLICE_S
                         return True
                     now = time.monotonic()
                     if not blocking or (deadline is not None and now >= deadline):

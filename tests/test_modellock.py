@@ -5,7 +5,11 @@ from __future__ import annotations
 import threading
 import time
 
+import torch
+
+from steering.model import load_model
 from steering.modellock import ModelLock
+from steering.twin import twin
 
 
 def in_thread(fn) -> threading.Thread:
@@ -88,3 +92,72 @@ def test_a_computation_past_its_patience_gets_a_slice_under_unbroken_load() -> N
                 time.sleep(0.01)
         waited = time.monotonic() - started
     assert got_in.is_set() and 0.15 <= waited < 1.5
+
+
+def test_a_computation_pauses_mid_pass_and_generation_runs_on_the_twin() -> None:
+    """Generation waits one layer of a computation, not its pass; both get what they get alone."""
+    lm = load_model("tiny:llama")
+    lm.lock.bind(lm.arch.layers)
+    serving = twin(lm)
+    assert all(a is b for a, b in zip(lm.model.parameters(), serving.model.parameters(), strict=True))
+    ids = torch.tensor([[5, 9, 5, 9, 7]])
+    with torch.inference_mode():
+        alone = lm.model(input_ids=ids).logits
+    reached, go = threading.Event(), threading.Event()
+    out: dict[str, torch.Tensor] = {}
+
+    def hold_at_first_layer(module, args) -> None:
+        reached.set()
+        go.wait(5)
+
+    def compute() -> None:
+        with lm.lock, torch.inference_mode():
+            out["computation"] = lm.model(input_ids=ids).logits
+
+    handle = lm.arch.layers[0].register_forward_pre_hook(hold_at_first_layer)
+    steering_seen = []
+    serving.arch.layers[0].register_forward_hook(lambda *a: steering_seen.append(1))
+    try:
+        computing = in_thread(compute)
+        assert reached.wait(5)  # the computation holds the model, at its first layer
+        with lm.lock.demand():
+            go.set()  # the computation goes on into layer 0 and pauses before layer 1
+            with lm.lock.first(), torch.inference_mode():
+                out["generation"] = serving.model(input_ids=ids).logits
+            assert "computation" not in out  # still paused: generation is in its busy period
+        computing.join(5)
+    finally:
+        handle.remove()
+    assert torch.equal(out["generation"], alone) and torch.equal(out["computation"], alone)
+    assert len(steering_seen) == 1  # the twin's hook saw generation only, not the computation
+
+
+def test_a_computation_pauses_in_its_backward_pass_too() -> None:
+    lm = load_model("tiny:llama")
+    lm.lock.bind(lm.arch.layers)
+    serving = twin(lm)
+    ids = torch.tensor([[5, 9, 5, 9, 7]])
+    embeds = lm.model.get_input_embeddings()(ids).detach().requires_grad_()
+    reached, go = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def hold(grad: torch.Tensor) -> None:
+        reached.set()
+        go.wait(5)
+
+    def compute() -> None:
+        with lm.lock:
+            logits = lm.model(inputs_embeds=embeds).logits
+            logits.register_hook(hold)  # the first thing the backward pass does
+            logits.sum().backward()
+            order.append("backward done")
+
+    computing = in_thread(compute)
+    assert reached.wait(5)
+    with lm.lock.demand():
+        go.set()  # the backward goes on and pauses at the next layer
+        with lm.lock.first(), torch.inference_mode():
+            serving.model(input_ids=ids)
+            order.append("generation")
+    computing.join(5)
+    assert order == ["generation", "backward done"] and embeds.grad is not None
