@@ -1,4 +1,4 @@
-"""The OpenAI wire format for completions, chat completions and models, plus our `steering` field.
+"""The OpenAI request bodies for completions and chat completions, plus our `steering` field.
 
 Unknown OpenAI fields are accepted and ignored (clients send many), except those whose meaning we
 cannot honour (n > 1, logprobs, non-text content), which are refused with 422 rather than silently
@@ -79,9 +79,3 @@ class ChatCompletionRequest(_Common):
         if value:
             raise ValueError("logprobs are not supported")
         return value
-
-
-class UsageOut(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int

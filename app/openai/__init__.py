@@ -1,0 +1,1 @@
+"""The OpenAI-compatible layer: wire models (`protocol`), engine results to those models (`serving`), routes."""

@@ -1,0 +1,117 @@
+"""Engine results as OpenAI bodies, and a generation's text pieces as OpenAI stream chunks.
+
+Streams go out through `GenerationService.sse`, the one streaming path (pings, send timeout, a final
+error event, `[DONE]`); each chunk is sent as `json.dumps` of its model, as it always was.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from fastapi import Request
+from pydantic import BaseModel
+from sse_starlette import EventSourceResponse
+
+from app.batcher import Pending
+from app.generation import GenerationService, Sampling
+from app.openai.protocol import ChatCompletionRequest, CompletionRequest
+from app.openai.responses import (
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatDelta,
+    ChatMessageOut,
+    Completion,
+    CompletionChoice,
+    CompletionChunk,
+    FinishReason,
+    ModelCard,
+    ModelList,
+    Usage,
+)
+from steering.engine import GenerationResult
+
+DEFAULT_MAX_TOKENS = 64
+
+
+@dataclass(frozen=True)
+class Header:
+    """What every body and chunk of one answer repeats."""
+
+    id: str
+    created: int
+    model: str
+
+    @classmethod
+    def new(cls, prefix: str, model: str) -> Header:
+        return cls(id=f"{prefix}-{uuid.uuid4().hex}", created=int(time.time()), model=model)
+
+
+def sampling(body: CompletionRequest | ChatCompletionRequest, max_new_tokens: int) -> Sampling:
+    """A request without max_tokens gets the default, within the server's limit (never a 422 for leaving it out)."""
+    default = min(DEFAULT_MAX_TOKENS, max_new_tokens)
+    return Sampling(body.new_tokens(default), body.temperature, body.top_p, body.seed, body.stop)
+
+
+def finish_reason(result: GenerationResult) -> FinishReason:
+    return "length" if result.finish_reason == "length" else "stop"
+
+
+def model_list(name: str) -> ModelList:
+    return ModelList(data=[ModelCard(id=name)])
+
+
+def completion(header: Header, text: str, result: GenerationResult) -> Completion:
+    choice = CompletionChoice(text=text, finish_reason=finish_reason(result))
+    return Completion(
+        id=header.id, created=header.created, model=header.model, choices=[choice], usage=Usage.of(result)
+    )
+
+
+async def completion_chunks(
+    generation: GenerationService, pending: Pending, header: Header
+) -> AsyncIterator[CompletionChunk]:
+    def chunk(text: str, finish: FinishReason | None, usage: Usage | None = None) -> CompletionChunk:
+        choice = CompletionChoice(text=text, finish_reason=finish)
+        return CompletionChunk(id=header.id, created=header.created, model=header.model, choices=[choice], usage=usage)
+
+    async for piece in generation.pieces(pending):
+        yield chunk(piece, None)
+    result = await pending.future
+    yield chunk("", finish_reason(result), Usage.of(result))
+
+
+def chat_completion(header: Header, result: GenerationResult) -> ChatCompletion:
+    choice = ChatChoice(message=ChatMessageOut(content=result.text), finish_reason=finish_reason(result))
+    return ChatCompletion(
+        id=header.id, created=header.created, model=header.model, choices=[choice], usage=Usage.of(result)
+    )
+
+
+async def chat_chunks(
+    generation: GenerationService, pending: Pending, header: Header
+) -> AsyncIterator[ChatCompletionChunk]:
+    def chunk(delta: ChatDelta, finish: FinishReason | None, usage: Usage | None = None) -> ChatCompletionChunk:
+        choice = ChatChunkChoice(delta=delta, finish_reason=finish)
+        return ChatCompletionChunk(
+            id=header.id, created=header.created, model=header.model, choices=[choice], usage=usage
+        )
+
+    yield chunk(ChatDelta(role="assistant", content=""), None)
+    async for piece in generation.pieces(pending):
+        yield chunk(ChatDelta(content=piece), None)
+    result = await pending.future
+    yield chunk(ChatDelta(), finish_reason(result), Usage.of(result))
+
+
+def sse(chunks: AsyncIterator[BaseModel], http: Request, generation: GenerationService) -> EventSourceResponse:
+    async def events() -> AsyncIterator[dict]:
+        async for chunk in chunks:
+            yield {"data": json.dumps(chunk.model_dump())}
+
+    return generation.sse(events(), http, openai=True)
