@@ -174,7 +174,9 @@ def register_tasks(url: str, plan: Plan) -> tuple[list[Task], list[str], str]:
 
 
 def short_body(tasks: list[Task], words: list[str]) -> Callable[[int], dict[str, Any]]:
-    return lambda n: short_request(tasks[n % len(tasks)], words[n % len(words)])
+    """The probe: always the same steered query and exactly 4 tokens (no stop rule), so latencies compare."""
+    body = {**short_request(tasks[0], words[0]), "stop": []}
+    return lambda n: body
 
 
 def idle_phase(servers: dict[str, Server], plan: Plan, body) -> dict[str, list[float]]:
