@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save as st_save
 
-import app.routes.vectors as vectors_route
+import app.vector_files as vectors_route
 from steering.export import directions_to_vector, export_gguf, read_gguf_directions
 from steering.gguf_reader import MAX_NESTING, parse_gguf
 from steering.protocol import TaskInfo, Template

@@ -1,0 +1,212 @@
+"""Vectors that leave and enter the service as files: export a task's vector, import one as a ready task.
+
+- Export answers the stored safetensors bytes as they are (any method), or writes a llama.cpp / repeng
+  GGUF control vector (residual additive modes only: 422 otherwise).
+- Import creates a ready task from a file. A safetensors vector carries its model fingerprint, which must
+  be this server's (409). A GGUF carries none: it gets this server's fingerprint after its layers, hidden
+  size and model hint are checked (409 when they are another model's).
+
+Files from users are hostile: they are read by strict readers (`steering.gguf_reader`,
+`steering.safetensors_reader`) off the event loop, at most `max_concurrent_imports` at once (more answer
+429) and within `IMPORT_TIMEOUT_S`. Anything malformed answers 422 `invalid_vector`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Literal
+
+from fastapi import Request
+
+from app.errors import ApiError
+from app.import_slots import ImportSlots, import_slots
+from app.jobs import vector_summary
+from app.services import Services, services
+from app.store import TaskRecord
+from steering.export import (
+    ExportError,
+    ModelMismatch,
+    VectorImportError,
+    directions_to_vector,
+    export_gguf,
+    read_gguf_directions,
+)
+from steering.model import LoadedModel
+from steering.vectors import TaskVector, check_for_model
+
+VectorFormat = Literal["safetensors", "gguf"]
+GGUF_MAGIC = b"GGUF"
+# A backstop: the readers are linear in the file size, so only an overloaded machine gets near it.
+IMPORT_TIMEOUT_S = 30.0
+
+
+class VectorFiles:
+    """Export and import of task vectors for one server's model, store and quotas."""
+
+    def __init__(self, svc: Services, slots: ImportSlots) -> None:
+        self.svc, self.slots = svc, slots
+
+    async def export(
+        self, task_id: str, format: VectorFormat, drop_layer_zero: bool, owner: str | None
+    ) -> tuple[bytes, str]:
+        """The file's bytes and its name."""
+        record = await self.svc.tasks.get(task_id, owner)
+        if record.status != "ready":
+            raise ApiError(409, "task_not_ready", f"task {task_id!r} is {record.status}", status=record.status)
+        data = await self.svc.store.get_vector(task_id)
+        if data is None:
+            raise ApiError(409, "task_not_ready", f"task {task_id!r} has no vector stored yet")
+        if format == "gguf":
+            data = await asyncio.to_thread(_stored_to_gguf, data, model_hint(self.svc.lm), drop_layer_zero)
+        return data, f"{task_id}.{format}"
+
+    async def import_(
+        self, body: Callable[[], Awaitable[bytes]], format: VectorFormat | None, name: str | None, owner: str | None
+    ) -> tuple[TaskRecord, bool]:
+        """The ready task of an imported file and whether it is new. `body` is read only once a slot is
+        held: the slots bound the memory of uploads too."""
+        self.slots.acquire()
+        handed_over = False
+        try:
+            data = await body()
+            if not data:
+                raise ApiError(422, "invalid_vector", "the request body is empty: send the vector file as the raw body")
+            fmt = format or ("gguf" if data[:4] == GGUF_MAGIC else "safetensors")
+            handed_over = True
+            lm = self.svc.lm
+            vector, stored = await self.slots.run(lambda: read_vector(data, fmt, lm), IMPORT_TIMEOUT_S)
+        finally:
+            if not handed_over:
+                self.slots.release()
+        self.svc.bounds.strength(vector.default_strength, "default_strength")
+        return await self._save(vector, stored, fmt, name, owner)
+
+    async def _save(
+        self, vector: TaskVector, data: bytes, fmt: str, name: str | None, who: str | None
+    ) -> tuple[TaskRecord, bool]:
+        svc = self.svc
+        task_id = await asyncio.to_thread(import_id, who, data)  # hashing up to max_vector_bytes: off the event loop
+        if await svc.store.get(task_id) is None:
+            await svc.tasks.check_task_quota(who)
+        now = time.time()
+        record = TaskRecord(
+            id=task_id,
+            owner=who,
+            name=name,
+            method=vector.method,
+            status="ready",
+            spec={
+                "demonstrations": [],
+                "template": vector.template.model_dump(),
+                "options": vector.options,
+                "imported_from": fmt,
+            },
+            fingerprint=svc.lm.fingerprint,
+            created_at=now,
+            updated_at=now,
+            summary=vector_summary(vector),
+        )
+        created = await svc.store.create(record, vector=data)  # record and vector in one atomic write
+        if not created:
+            record = await svc.store.get(task_id) or record
+        svc.tasks.vectors.put(record, vector)
+        return record, created
+
+
+def vector_files(request: Request) -> VectorFiles:
+    """The service for this request; its slots live on the app, the rest is this lifespan's `Services`."""
+    svc = services(request)
+    return VectorFiles(svc, import_slots(request.app, svc.settings.max_concurrent_imports))
+
+
+# ------------------------------------------------------------------------------------------- export
+
+
+def model_hint(lm: LoadedModel) -> str:
+    """What a GGUF control vector names as its model: the config's model type, as repeng writes it."""
+    return str(getattr(lm.model.config, "model_type", None) or lm.arch.family)
+
+
+def _stored_to_gguf(data: bytes, hint: str, drop_layer_zero: bool) -> bytes:
+    try:
+        vector = TaskVector.from_bytes(data)
+    except VectorImportError as exc:
+        raise ApiError(409, "task_not_ready", f"the stored vector is unreadable ({exc}); import it again") from None
+    return _to_gguf(vector, hint, drop_layer_zero)
+
+
+def _to_gguf(vector: TaskVector, hint: str, drop_layer_zero: bool) -> bytes:
+    with tempfile.TemporaryDirectory(prefix="steer-export-") as folder:
+        path = Path(folder) / "vector.gguf"
+        try:
+            export_gguf(vector, path, hint, drop_layer_zero=drop_layer_zero)
+        except ExportError as exc:
+            raise ApiError(422, "not_exportable", str(exc)) from None
+        return path.read_bytes()
+
+
+# ------------------------------------------------------------------------------------------- import
+
+
+def read_vector(body: bytes, fmt: str, lm: LoadedModel) -> tuple[TaskVector, bytes]:
+    """The vector of an import body, checked against this server's model, and the bytes to store."""
+    if fmt == "gguf":
+        vector = _from_gguf(body, lm)
+        return vector, vector.to_bytes()
+    return _from_safetensors(body, lm), body
+
+
+def _from_safetensors(body: bytes, lm: LoadedModel) -> TaskVector:
+    try:
+        vector = TaskVector.from_bytes(body)
+    except VectorImportError as exc:
+        raise ApiError(422, "invalid_vector", f"the body is not a steering vector in safetensors: {exc}") from None
+    if vector.fingerprint != lm.fingerprint:
+        raise ApiError(
+            409,
+            "model_mismatch",
+            f"the vector was computed on model {vector.fingerprint}, this server runs {lm.fingerprint}",
+        )
+    try:
+        check_for_model(vector, lm.arch)
+    except VectorImportError as exc:
+        # Same fingerprint, shapes of another model: the file contradicts itself.
+        raise ApiError(422, "invalid_vector", str(exc)) from None
+    return vector
+
+
+def _from_gguf(body: bytes, lm: LoadedModel) -> TaskVector:
+    try:
+        hint, directions = read_gguf_directions(body)
+    except VectorImportError as exc:
+        raise ApiError(422, "invalid_vector", str(exc)) from None
+    accepted = {model_hint(lm).lower(), lm.arch.family.lower()}
+    if (hint or "").lower() not in accepted:
+        raise ApiError(
+            409,
+            "model_mismatch",
+            f"the control vector is for model family {hint!r}; this server runs {model_hint(lm)!r} "
+            f"(family {lm.arch.family!r})",
+        )
+    try:
+        # A GGUF has no fingerprint: its layers and row sizes are the only sign of the model it was made for.
+        vector = directions_to_vector(hint, directions, lm.fingerprint, lm.arch.num_layers, lm.arch.hidden_size)
+        check_for_model(vector, lm.arch)
+    except ModelMismatch as exc:
+        raise ApiError(409, "model_mismatch", str(exc)) from None
+    except VectorImportError as exc:
+        raise ApiError(422, "invalid_vector", str(exc)) from None
+    return vector
+
+
+def import_id(owner_id: str | None, data: bytes) -> str:
+    """A content hash of the vector bytes and the owner: importing the same file twice gives the same task."""
+    digest = hashlib.sha256()
+    digest.update(f"import|{owner_id}|".encode())
+    digest.update(data)
+    return "task-" + digest.hexdigest()[:24]
