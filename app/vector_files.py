@@ -23,7 +23,7 @@ from typing import Literal
 
 from fastapi import Request
 
-from app.errors import ApiError
+from app.errors import ApiError, task_not_ready
 from app.import_slots import ImportSlots, import_slots
 from app.jobs import vector_summary
 from app.services import Services, services
@@ -57,7 +57,7 @@ class VectorFiles:
         """The file's bytes and its name."""
         record = await self.svc.tasks.get(task_id, owner)
         if record.status != "ready":
-            raise ApiError(409, "task_not_ready", f"task {task_id!r} is {record.status}", status=record.status)
+            raise task_not_ready(record)
         data = await self.svc.store.get_vector(task_id)
         if data is None:
             raise ApiError(409, "task_not_ready", f"task {task_id!r} has no vector stored yet")
