@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup serve test test-fast lint bench eval clean
+.PHONY: setup serve test test-fast lint bench bench-load eval clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,6 +34,9 @@ lint: setup
 
 bench: setup
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m scripts.bench
+
+bench-load: setup
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m scripts.bench_load
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -51,6 +51,7 @@ class LayerEdit:
     add_all: Tensor | None = None  # [B, hidden], at every position
     add_all_norm: Tensor | None = None  # [B, hidden], at every position, then each state rescaled to its norm
     norm_rows: Tensor | None = None  # [B] bool: rows that take add_all_norm
+    all_norm_rows: bool = False  # every row takes it: no per-row selection needed
     head_coef: Tensor | None = None  # [B, heads, 1]: z <- z * (1 - coef) + head_target at the last prompt token
     head_target: Tensor | None = None  # [B, heads, head_dim]
 
@@ -125,6 +126,8 @@ class BatchSteering:
                             rows[row] = True
         if not edits:
             return None
+        for edit in edits.values():
+            edit.all_norm_rows = edit.norm_rows is not None and bool(edit.norm_rows.all())
         return cls(edits=edits, prompt_len=prompt_len)
 
     @classmethod
@@ -162,10 +165,10 @@ class BatchSteering:
         if edit.add_all is not None:
             hidden = hidden + edit.add_all[:, None]
         if edit.add_all_norm is not None:
-            norms = hidden.norm(dim=-1, keepdim=True)
+            norms = torch.linalg.vector_norm(hidden, dim=-1, keepdim=True)
             shifted = hidden + edit.add_all_norm[:, None]
-            shifted = shifted * (norms / shifted.norm(dim=-1, keepdim=True).clamp_min(1e-6))
-            hidden = torch.where(edit.norm_rows[:, None, None], shifted, hidden)
+            shifted = shifted * (norms / torch.linalg.vector_norm(shifted, dim=-1, keepdim=True).clamp_min(1e-6))
+            hidden = shifted if edit.all_norm_rows else torch.where(edit.norm_rows[:, None, None], shifted, hidden)
         return hidden
 
     def _head_hook(self, edit: LayerEdit, num_heads: int):
