@@ -88,9 +88,9 @@ FULL = Plan(
 )
 QUICK = Plan(
     rates=(2.0, 8.0),
-    duration_s=3.0,
+    duration_s=2.0,
     idle_probes=4,
-    probe_s=3.0,
+    probe_s=2.0,
     background_clients=2,
     background_tokens=32,
     task_demos=8,
@@ -101,7 +101,7 @@ QUICK = Plan(
     decode_reps=2,
     reference_rate=0,
     saturation_clients=4,
-    saturation_s=3.0,
+    saturation_s=2.0,
 )
 
 
