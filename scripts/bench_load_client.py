@@ -113,7 +113,9 @@ async def probes(
 
 
 async def with_background(url: str, body: dict[str, Any], clients: int, work) -> tuple[Any, int]:
-    """Run `work` while `clients` closed-loop clients each send `body` again as soon as it is answered."""
+    """Run `work` while `clients` closed-loop clients each send `body` again as soon as it is answered.
+
+    At the end the background clients hang up (the server cancels their rows) rather than wait."""
     stop = asyncio.Event()
     done = [0]
 
@@ -129,6 +131,8 @@ async def with_background(url: str, body: dict[str, Any], clients: int, work) ->
             result = await work
         finally:
             stop.set()
+            for task in background:
+                task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
     return result, done[0]
 
