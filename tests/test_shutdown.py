@@ -49,8 +49,8 @@ def test_sigterm_drains_generations_and_hands_back_the_computation(
         holder = wait_for_lock(store, f"{prefix}lock:{task_id}")
         doomed: ServerProcess = servers[int(holder.split("-")[-2])]
         survivor = b if doomed is a else a
-        record = json.loads(store.get(f"{prefix}task:{task_id}"))
-        assert record["status"] == "running" and record["attempts"] == 1
+        record = wait_for_status(store, f"{prefix}task:{task_id}", "running")  # the lock is taken just before
+        assert record["attempts"] == 1
 
         answer = {"prompt": "hello", "max_new_tokens": 300}
         alone = httpx.post(f"{doomed.url}/v1/generate", json=answer, timeout=60).json()["text"]
@@ -87,6 +87,14 @@ def test_sigterm_drains_generations_and_hands_back_the_computation(
         for server in (a, b):
             server.stop()
         store.close()
+
+
+def wait_for_status(store: redis.Redis, key: str, status: str, timeout_s: float = 30) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while (record := json.loads(store.get(key)))["status"] != status:
+        assert time.monotonic() < deadline, record
+        time.sleep(0.05)
+    return record
 
 
 def wait_for_lock(store: redis.Redis, key: str, timeout_s: float = 30) -> str:
