@@ -33,6 +33,7 @@ import torch
 from gguf import GGMLQuantizationType, GGUFWriter
 
 from steering.gguf_reader import parse_gguf
+from steering.modes import mode_spec
 from steering.protocol import Template
 from steering.vector_errors import ModelMismatch, VectorImportError
 from steering.vectors import TaskVector, check_layers
@@ -42,9 +43,6 @@ KEY_ARCH = "general.architecture"
 KEY_MODEL_HINT = f"{GGUF_ARCH}.model_hint"
 KEY_LAYER_COUNT = f"{GGUF_ARCH}.layer_count"
 TENSOR_PREFIX = "direction."
-
-# Modes whose vector is one residual row added per layer: the only shape a GGUF control vector has.
-GGUF_EXPORTABLE_MODES: tuple[str, ...] = ("add_all", "add_from_last", "add_all_norm", "add_last")
 
 PathLike = str | os.PathLike[str]
 GGUFSource = bytes | bytearray | memoryview | PathLike
@@ -60,7 +58,7 @@ class ExportError(ValueError):
 
 def gguf_rows(vector: TaskVector, *, drop_layer_zero: bool = False) -> dict[int, torch.Tensor]:
     """The float32 rows a GGUF export writes: `{layer: residual[layer] * default_strength}`."""
-    if vector.mode not in GGUF_EXPORTABLE_MODES:
+    if not mode_spec(vector.mode).gguf:  # one residual row added per layer: the only shape of a control vector
         raise ExportError(
             f"a {vector.mode} vector ({vector.method}) is not an additive residual vector and cannot be "
             "exported as a GGUF control vector; it exports as safetensors only (export_safetensors)"

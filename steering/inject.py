@@ -5,6 +5,7 @@ handful of tensor operations. Positions are counted in the left-padded prompt: t
 sits at index `prompt_len - 1` for every row, which is what keeps padding from moving a vector. Rows
 that join a running batch late (`steering.scheduler`) are prefilled in their own left-padded group, so
 this holds for each group; once every row of a batch is past its prompt, only the `DECODE_MODES` act.
+What each injection mode does, where and with which tensors is the table in `steering.modes`.
 """
 
 from __future__ import annotations
@@ -17,10 +18,8 @@ import torch
 from torch import Tensor
 
 from steering.arch import Architecture
+from steering.modes import DECODE_MODES, RESIDUAL_EDIT_FIELDS, InjectionModeSpec, mode_spec
 from steering.vectors import TaskVector
-
-# Modes that also act on generated tokens; the others act at the last prompt token only.
-DECODE_MODES = frozenset({"add_from_last", "add_all", "add_all_norm"})
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,10 @@ def decode_terms(terms: Sequence[SteeringTerm]) -> tuple[SteeringTerm, ...]:
 
 @dataclass
 class LayerEdit:
-    """Everything injected at one decoder layer, as [batch, ...] tensors (rows without a term hold zeros)."""
+    """Everything injected at one decoder layer, as [batch, ...] tensors (rows without a term hold zeros).
+
+    Which mode fills which fields is `steering.modes.MODES` (`edit_fields`).
+    """
 
     replace_coef: Tensor | None = None  # [B, 1]: h <- h * (1 - coef) + replace_target at the last prompt token
     replace_target: Tensor | None = None  # [B, hidden]
@@ -57,14 +59,64 @@ class LayerEdit:
 
     @property
     def touches_residual(self) -> bool:
-        return any(
-            t is not None
-            for t in (self.replace_coef, self.add_last, self.add_from_last, self.add_all, self.add_all_norm)
-        )
+        return any(getattr(self, name) is not None for name in RESIDUAL_EDIT_FIELDS)
 
 
 class SteeringError(ValueError):
     """A steering plan that cannot be applied to this model (bad layer, wrong vector shape)."""
+
+
+class _EditSums:
+    """The `LayerEdit`s of one batch while its rows' terms are summed in, one op of `steering.modes` each."""
+
+    def __init__(self, batch: int, arch: Architecture, device: torch.device, dtype: torch.dtype) -> None:
+        self.batch, self.arch, self.device, self.dtype = batch, arch, device, dtype
+        self.edits: dict[int, LayerEdit] = {}
+        self.ops = {"add": self._add, "add_norm": self._add_norm, "replace": self._replace, "head_mix": self._head_mix}
+
+    def add_term(self, spec: InjectionModeSpec, row: int, layer: int, vector: TaskVector, strength: float) -> None:
+        self.ops[spec.op](spec, row, layer, vector, strength)
+
+    def _buffer(self, layer: int, name: str, shape: tuple[int, ...]) -> Tensor:
+        edit = self.edits.setdefault(layer, LayerEdit())
+        tensor = getattr(edit, name)
+        if tensor is None:
+            tensor = torch.zeros((self.batch, *shape), device=self.device, dtype=self.dtype)
+            setattr(edit, name, tensor)
+        return tensor
+
+    def _delta(self, vector: TaskVector, layer: int, strength: float) -> Tensor:
+        return vector.tensors["residual"][layer].to(self.device, self.dtype) * strength
+
+    def _add(self, spec: InjectionModeSpec, row: int, layer: int, vector: TaskVector, strength: float) -> None:
+        (name,) = spec.edit_fields
+        self._buffer(layer, name, (self.arch.hidden_size,))[row] += self._delta(vector, layer, strength)
+
+    def _add_norm(self, spec: InjectionModeSpec, row: int, layer: int, vector: TaskVector, strength: float) -> None:
+        name, rows_name = spec.edit_fields
+        self._buffer(layer, name, (self.arch.hidden_size,))[row] += self._delta(vector, layer, strength)
+        edit = self.edits[layer]
+        rows = getattr(edit, rows_name)
+        if rows is None:
+            rows = torch.zeros(self.batch, dtype=torch.bool, device=self.device)
+            setattr(edit, rows_name, rows)
+        rows[row] = True
+
+    def _replace(self, spec: InjectionModeSpec, row: int, layer: int, vector: TaskVector, strength: float) -> None:
+        coef, target = spec.edit_fields
+        delta = self._delta(vector, layer, strength)
+        self._buffer(layer, coef, (1,))[row] += strength
+        self._buffer(layer, target, (self.arch.hidden_size,))[row] += delta
+
+    def _head_mix(self, spec: InjectionModeSpec, row: int, layer: int, vector: TaskVector, strength: float) -> None:
+        coef, target = spec.edit_fields
+        arch = self.arch
+        gates = torch.sigmoid(vector.tensors["gate_logits"][layer].float()) * strength
+        means = vector.tensors["head_means"][layer].float()
+        self._buffer(layer, coef, (arch.num_heads, 1))[row] += gates.to(self.device, self.dtype)[:, None]
+        self._buffer(layer, target, (arch.num_heads, arch.head_dim))[row] += (gates[:, None] * means).to(
+            self.device, self.dtype
+        )
 
 
 @dataclass
@@ -85,17 +137,7 @@ class BatchSteering:
         dtype: torch.dtype,
     ) -> BatchSteering | None:
         """Sum every row's terms into per-layer batch tensors; None when nothing would change."""
-        batch = len(plans)
-        edits: dict[int, LayerEdit] = {}
-
-        def buffer(layer: int, name: str, shape: tuple[int, ...]) -> Tensor:
-            edit = edits.setdefault(layer, LayerEdit())
-            tensor = getattr(edit, name)
-            if tensor is None:
-                tensor = torch.zeros((batch, *shape), device=device, dtype=dtype)
-                setattr(edit, name, tensor)
-            return tensor
-
+        edits = _EditSums(len(plans), arch, device, dtype)
         for row, terms in enumerate(plans):
             for term in terms:
                 if term.strength == 0.0:
@@ -103,32 +145,16 @@ class BatchSteering:
                 vector, strength = term.vector, float(term.strength)
                 if vector.num_layers != arch.num_layers:
                     raise SteeringError("the vector was computed for a model with another layer count")
+                spec = mode_spec(vector.mode)
                 for layer in term.resolved_layers():
                     if not 0 <= layer < arch.num_layers:
                         raise SteeringError(f"layer {layer} is out of range: the model has {arch.num_layers}")
-                    if vector.mode == "head_mix_last":
-                        gates = torch.sigmoid(vector.tensors["gate_logits"][layer].float()) * strength
-                        means = vector.tensors["head_means"][layer].float()
-                        buffer(layer, "head_coef", (arch.num_heads, 1))[row] += gates.to(device, dtype)[:, None]
-                        target = buffer(layer, "head_target", (arch.num_heads, arch.head_dim))
-                        target[row] += (gates[:, None] * means).to(device, dtype)
-                        continue
-                    delta = vector.tensors["residual"][layer].to(device, dtype) * strength
-                    if vector.mode == "replace_last":
-                        buffer(layer, "replace_coef", (1,))[row] += strength
-                        buffer(layer, "replace_target", (arch.hidden_size,))[row] += delta
-                    else:
-                        buffer(layer, vector.mode, (arch.hidden_size,))[row] += delta
-                        if vector.mode == "add_all_norm":
-                            rows = edits[layer].norm_rows
-                            if rows is None:
-                                rows = edits[layer].norm_rows = torch.zeros(batch, dtype=torch.bool, device=device)
-                            rows[row] = True
-        if not edits:
+                    edits.add_term(spec, row, layer, vector, strength)
+        if not edits.edits:
             return None
-        for edit in edits.values():
+        for edit in edits.edits.values():
             edit.all_norm_rows = edit.norm_rows is not None and bool(edit.norm_rows.all())
-        return cls(edits=edits, prompt_len=prompt_len)
+        return cls(edits=edits.edits, prompt_len=prompt_len)
 
     @classmethod
     def from_edits(cls, edits: dict[int, LayerEdit], prompt_len: int) -> BatchSteering:

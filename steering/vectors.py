@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, ValidationError
@@ -20,6 +20,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from steering.method_names import VectorMethod
+from steering.modes import TENSOR_NAMES, InjectionMode, ModelShape, expected_shapes, mode_spec
 from steering.protocol import Template
 from steering.safetensors_reader import loads_bounded, read_header
 from steering.vector_errors import ModelMismatch, VectorImportError
@@ -28,18 +29,6 @@ FORMAT_VERSION = 1
 METADATA_KEY = "steering"
 METADATA_DEPTH = 32  # options and metrics nest a few levels (auto's per-candidate options and results)
 MAX_LAYERS = 4096
-
-InjectionMode = Literal["add_all", "add_all_norm", "add_from_last", "add_last", "replace_last", "head_mix_last"]
-INJECTION_MODES: tuple[str, ...] = (
-    "add_all",
-    "add_all_norm",
-    "add_from_last",
-    "add_last",
-    "replace_last",
-    "head_mix_last",
-)
-# What each tensor of a vector is, per row of the model: [num_layers, ...].
-TENSOR_NAMES: tuple[str, ...] = ("residual", "head_means", "gate_logits", "head_scores")
 
 
 class FingerprintMismatch(ValueError):
@@ -68,17 +57,13 @@ class TaskVector:
     metrics: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.mode not in INJECTION_MODES:
-            raise ValueError(f"unknown injection mode {self.mode!r}")
-        needed = ("head_means", "gate_logits") if self.mode == "head_mix_last" else ("residual",)
-        missing = [n for n in needed if n not in self.tensors]
+        missing = [n for n in mode_spec(self.mode).tensors if n not in self.tensors]
         if missing:
             raise ValueError(f"a {self.mode} vector needs tensors {missing}")
 
     @property
     def num_layers(self) -> int:
-        key = "head_means" if self.mode == "head_mix_last" else "residual"
-        return int(self.tensors[key].shape[0])
+        return int(self.tensors[mode_spec(self.mode).tensors[0]].shape[0])
 
     def check_fingerprint(self, fingerprint: str) -> None:
         if fingerprint != self.fingerprint:
@@ -113,7 +98,7 @@ class TaskVector:
         if METADATA_KEY not in header.metadata:
             raise VectorImportError("not a steering vector (no 'steering' metadata)")
         meta = parse_metadata(header.metadata[METADATA_KEY])
-        needed = set(REQUIRED_TENSORS[meta.mode])
+        needed = set(mode_spec(meta.mode).tensors)
         names = set(header.tensors)
         if not needed <= names <= set(TENSOR_NAMES):
             raise VectorImportError(
@@ -140,11 +125,6 @@ class TaskVector:
             options=meta.options,
             metrics=meta.metrics,
         )
-
-
-REQUIRED_TENSORS: dict[str, tuple[str, ...]] = {
-    mode: ("head_means", "gate_logits") if mode == "head_mix_last" else ("residual",) for mode in INJECTION_MODES
-}
 
 
 def _unique(values: list[int]) -> list[int]:
@@ -186,28 +166,6 @@ def parse_metadata(text: str) -> SteeringMetadata:
 
 
 # ------------------------------------------------------------------------------------- model fit
-
-
-class ModelShape(Protocol):
-    """What a vector's shapes depend on (`steering.arch.Architecture` has it)."""
-
-    @property
-    def num_layers(self) -> int: ...
-
-    hidden_size: int
-    num_heads: int
-    head_dim: int
-
-
-def expected_shapes(model: ModelShape) -> dict[str, tuple[int, ...]]:
-    """The shape each tensor of a vector must have on `model`."""
-    heads = (model.num_layers, model.num_heads)
-    return {
-        "residual": (model.num_layers, model.hidden_size),
-        "head_means": (*heads, model.head_dim),
-        "gate_logits": heads,
-        "head_scores": heads,
-    }
 
 
 def check_layers(layers: Iterable[int], num_layers: int) -> None:
