@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -16,80 +12,30 @@ from typing import Any
 import httpx
 
 from scripts.bench_common import interleaved, median, paired_ratios, percentile, timed
+from scripts.server_process import ServerProcess, start_server_process
 from steering.engine import Engine, GenerationRequest
 from steering.inject import SteeringTerm
 from steering.model import LoadedModel
 from steering.protocol import Demonstration
 from steering.vectors import TaskVector
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 class ServerError(RuntimeError):
     pass
 
 
-@dataclass
-class Server:
-    url: str
-    proc: subprocess.Popen
-    log_path: Path
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start_server(
     model: str, data_dir: Path, log_path: Path, timeout_s: float = 300.0, extra_env: dict[str, str] | None = None
-) -> Server:
+) -> ServerProcess:
     """`python -m app` with the embedded store in `data_dir`, on a free port; returns once /readyz answers 200."""
-    port = free_port()
     env = {
-        **os.environ,
-        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
         "STEER_MODEL": model,
         "STEER_DATA_DIR": str(data_dir),
-        "STEER_HOST": "127.0.0.1",
-        "STEER_PORT": str(port),
         "STEER_API_KEYS": "",
         "STEER_MAX_COMPUTATIONS_PER_KEY": "64",  # the bench registers its whole suite at once
         **(extra_env or {}),
     }
-    env.pop("STEER_REDIS_URL", None)
-    log = open(log_path, "ab")  # noqa: SIM115  # the child writes to it for its whole life
-    proc = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=env, stdout=log, stderr=log)
-    log.close()
-    server = Server(f"http://127.0.0.1:{port}", proc, log_path)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise ServerError(f"server exited with {proc.returncode}:\n{server.log_tail()}")
-        try:
-            if httpx.get(f"{server.url}/readyz", timeout=2.0).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    server.stop()
-    raise ServerError(f"server not ready after {timeout_s} s:\n{server.log_tail()}")
+    return start_server_process(env, log_path, timeout_s, unset=["STEER_REDIS_URL"], log_chars=3000)
 
 
 def task_body(demos: Sequence[Demonstration], method: str, options: dict[str, Any], name: str) -> dict[str, Any]:

@@ -39,11 +39,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import httpx
 
 from scripts.bench_common import LoadSampler, Metric, machine_facts, median, percentile
-from scripts.bench_http import Server, start_server, wait_ready
+from scripts.bench_http import start_server, wait_ready
 from scripts.bench_load_client import Outcome, closed_loop, probes, run_trace, send, with_background
 from scripts.bench_load_plots import plot_load
 from scripts.bench_load_reference import run_reference
 from scripts.bench_load_trace import Task, long_request, make_trace, short_request
+from scripts.server_process import ServerProcess
 
 DEFAULT_OUT = Path("bench-results/load/load.json")
 TASKS = ("antonyms", "present_past", "country_capital")
@@ -136,7 +137,7 @@ def stats(outcomes: Sequence[Outcome], makespan_s: float) -> dict[str, Any]:
 # -- set-up -------------------------------------------------------------------------------------------
 
 
-def start_servers(model: str, workdir: Path) -> dict[str, Server]:
+def start_servers(model: str, workdir: Path) -> dict[str, ServerProcess]:
     envs = {
         "continuous": {"STEER_SCHEDULER": "continuous"},
         "static": {"STEER_SCHEDULER": "static", "STEER_ROLE": "api"},  # computes nothing: training stays on one
@@ -183,7 +184,7 @@ def short_body(tasks: list[Task], words: list[str]) -> Callable[[int], dict[str,
     return lambda n: body
 
 
-def idle_phase(servers: dict[str, Server], plan: Plan, body) -> dict[str, list[float]]:
+def idle_phase(servers: dict[str, ServerProcess], plan: Plan, body) -> dict[str, list[float]]:
     """Short steered requests one at a time, the servers taking turns (half the probes each turn)."""
     out: dict[str, list[float]] = {name: [] for name in servers}
     half = max(1, plan.idle_probes // 2)
@@ -193,7 +194,7 @@ def idle_phase(servers: dict[str, Server], plan: Plan, body) -> dict[str, list[f
     return out
 
 
-def long_load_phase(servers: dict[str, Server], plan: Plan, body) -> dict[str, dict[str, Any]]:
+def long_load_phase(servers: dict[str, ServerProcess], plan: Plan, body) -> dict[str, dict[str, Any]]:
     """Probes beside long answers, in rounds that alternate with idle probes on the same server (the ratio's
     two sides see the same machine). The static server gets one round: each of its probes takes seconds."""
     out = {}
@@ -215,7 +216,7 @@ def long_load_phase(servers: dict[str, Server], plan: Plan, body) -> dict[str, d
     return out
 
 
-def open_loop_phase(servers: dict[str, Server], plan: Plan, tasks: list[Task], words: list[str]) -> list[dict]:
+def open_loop_phase(servers: dict[str, ServerProcess], plan: Plan, tasks: list[Task], words: list[str]) -> list[dict]:
     phases = []
     for i, rate in enumerate(plan.rates):
         trace = make_trace(rate, plan.duration_s, tasks, words, seed=17)
@@ -230,7 +231,7 @@ def open_loop_phase(servers: dict[str, Server], plan: Plan, tasks: list[Task], w
     return phases
 
 
-def saturation_phase(servers: dict[str, Server], plan: Plan, tasks: list[Task], words: list[str]) -> dict:
+def saturation_phase(servers: dict[str, ServerProcess], plan: Plan, tasks: list[Task], words: list[str]) -> dict:
     bodies = [r.body for r in make_trace(1.0, 400.0, tasks, words, seed=23)]
     out = {}
     for name in SCHEDULERS:

@@ -25,6 +25,9 @@ import pytest_asyncio
 import redis
 
 from app.store import RedisStore, SqliteStore, TaskStore
+from scripts.server_process import free_port
+
+__all__ = ["free_port"]  # tests import it from here
 
 _install_tried = False
 
@@ -65,12 +68,6 @@ def redis_server_binary() -> str:
             pytrace=False,
         )
     return binary
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _answers_ping(port: int) -> bool:
