@@ -14,11 +14,12 @@ from app.errors import ApiError, request_id
 from app.settings import Settings
 from app.streaming import sse_response
 from app.tasks import TaskService
+from steering.answer_end import AnswerEnd, template_end
 from steering.engine import GenerationRequest, GenerationResult
 from steering.inject import SteeringTerm
 from steering.model import LoadedModel
 from steering.protocol import ChatMessage, SteeringEntry
-from steering.templates import DEFAULT_TEMPLATE, render_query, stop_strings
+from steering.templates import DEFAULT_TEMPLATE, render_query
 
 
 @dataclass
@@ -28,6 +29,8 @@ class Sampling:
     top_p: float
     seed: int | None
     stop: list[str] | str | None
+    # Unset `stop` with tasks named: end where the tasks' answers end (always so for `input` requests).
+    task_answer_end: bool = False
 
 
 class GenerationService:
@@ -55,13 +58,14 @@ class GenerationService:
         self.tasks.bounds.new_tokens(sampling.max_new_tokens)
         terms = await self.tasks.steering_terms(steering, owner)
         stop = [sampling.stop] if isinstance(sampling.stop, str) else list(sampling.stop or [])
+        answer_end = None
+        if sampling.stop is None and (input_text is not None or (terms and sampling.task_answer_end)):
+            answer_end = tasks_answer_end(terms)
         if messages is not None:
             text = self.render_chat(messages)
         elif input_text is not None:
             template = terms[0].vector.template if terms else DEFAULT_TEMPLATE
             text = render_query(template, input_text)
-            if sampling.stop is None:
-                stop = stop_strings(template)
         else:
             text = prompt or ""
         ids = list(self.lm.tokenizer(text)["input_ids"])
@@ -89,6 +93,7 @@ class GenerationService:
             top_p=sampling.top_p,
             seed=sampling.seed,
             stop=stop,
+            answer_end=answer_end,
         )
 
     async def complete(self, request: GenerationRequest, client: Request | None = None) -> GenerationResult:
@@ -129,6 +134,14 @@ class GenerationService:
             error_event_name=None if openai else "error",
             done="[DONE]" if openai else None,
         )
+
+
+def tasks_answer_end(terms: Sequence[SteeringTerm]) -> AnswerEnd:
+    """Where an answer steered by these tasks ends: each task's learned rule (its template's for vectors
+    without one), combined; with no task, the default template's."""
+    if not terms:
+        return template_end(DEFAULT_TEMPLATE)
+    return AnswerEnd.combine([t.vector.answer_end or template_end(t.vector.template) for t in terms])
 
 
 def context_window(lm: LoadedModel) -> int | None:

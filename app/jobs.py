@@ -52,6 +52,7 @@ def vector_summary(vector: TaskVector) -> dict[str, Any]:
         "default_strength": vector.default_strength,
         "num_demonstrations": vector.num_demonstrations,
         "metrics": {**vector.metrics, "compute_seconds": round(vector.compute_seconds, 3)},
+        "answer_end": vector.answer_end.model_dump() if vector.answer_end is not None else None,
     }
 
 

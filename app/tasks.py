@@ -24,6 +24,7 @@ from steering.model import LoadedModel
 from steering.protocol import SteeringEntry, TaskCreate, TaskInfo
 from steering.templates import DEFAULT_TEMPLATE
 from steering.vectors import TaskVector
+from steering.verdict import verdict
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ def task_info(record: TaskRecord, include_demonstrations: bool = True) -> TaskIn
         template=record.spec.get("template"),
         options=record.spec.get("options", {}),
         metrics=summary.get("metrics"),
+        verdict=verdict(summary.get("method", record.method), summary.get("metrics")),
+        answer_end=summary.get("answer_end"),
         progress=record.progress,
         error=record.error,
         created_at=record.created_at,

@@ -100,7 +100,7 @@ class Engine:
         positions = positions_from_mask(mask)
         steering = BatchSteering.build([r.steering for r in requests], lm.arch, prompt_len, device, lm.dtype)
         cache = DynamicCache(config=lm.model.config) if use_cache else None
-        max_steps = max(r.max_new_tokens for r in requests)
+        max_steps = max(r.token_limit() for r in requests)
         with maybe_attached(steering, lm.arch), torch.inference_mode():
             for step in range(max_steps):
                 incremental = use_cache and step > 0

@@ -122,6 +122,23 @@ class TaskCreated(BaseModel):
     status: TaskStatus
 
 
+VerdictRating = Literal["better_than_few_shot", "as_good_as_few_shot", "below_few_shot", "no_effect"]
+
+
+class Verdict(BaseModel):
+    """How a task's vector did on held-out demonstrations, against zero-shot and few-shot prompting."""
+
+    rating: VerdictRating
+    summary: str = Field(..., description="The comparison in plain words.")
+    advice: str | None = Field(None, description="What to try when the vector is weak.")
+    metric: Literal["exact", "first_token"] = Field(..., description="What the fractions below measure.")
+    steered: float
+    zero_shot: float
+    few_shot: float
+    few_shot_k: int | None = None
+    held_out: int = Field(..., description="Held-out demonstrations scored (0: scored on the training ones).")
+
+
 class TaskInfo(BaseModel):
     id: str
     status: TaskStatus
@@ -136,6 +153,10 @@ class TaskInfo(BaseModel):
     template: Template | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] | None = None
+    verdict: Verdict | None = None
+    answer_end: dict[str, Any] | None = Field(
+        None, description="Where answers end, learned from the demonstrations (applied unless a request sets `stop`)."
+    )
     progress: dict[str, Any] | None = None
     error: str | None = None
     created_at: float | None = None
@@ -174,7 +195,11 @@ class GenerateRequest(WireModel):
     top_p: TopP = 1.0
     seed: Seed | None = None
     stop: Stop | None = Field(
-        None, description="Stop strings. Unset with `input`: the template's stop rule (a newline)."
+        None,
+        description=(
+            "Stop strings. Unset with `input`: the answer ends where the task's demonstrated answers end (learned "
+            "from them: the template's newline, punctuation no answer contains, their word count); `[]` for none."
+        ),
     )
     stream: bool = False
 

@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from steering.answer_end import AnswerEnd
 from steering.inject import SteeringTerm
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
@@ -30,7 +31,14 @@ class GenerationRequest:
     top_p: float = 1.0
     seed: int | None = None
     stop: Sequence[str] = ()
+    answer_end: AnswerEnd | None = None  # a task's learned end of an answer, on top of `stop`
     cancel: threading.Event | None = None
+
+    def token_limit(self) -> int:
+        """The most tokens this request generates: `max_new_tokens`, or fewer where its answer rule says so."""
+        if self.answer_end is not None and self.answer_end.max_tokens is not None:
+            return min(self.answer_end.max_tokens, self.max_new_tokens)
+        return self.max_new_tokens
 
 
 @dataclass
@@ -72,6 +80,8 @@ class RowState:
         seed = request.seed if request.seed is not None else random.getrandbits(63)
         self.generator = torch.Generator().manual_seed(seed)
         self.hold = max((len(s) for s in request.stop), default=1) - 1
+        if request.answer_end is not None:
+            self.hold = max(self.hold, request.answer_end.hold())
 
     def push(self, token: int) -> RowDelta | None:
         if self.first_token_at is None:
@@ -86,7 +96,7 @@ class RowState:
             cut = self._stop_index()
             if cut is not None:
                 self.text, self.finish = self.text[:cut], "stop"
-            elif len(self.ids) >= self.request.max_new_tokens:
+            elif len(self.ids) >= self.request.token_limit():
                 self.finish = "length"
         return self._delta()
 
@@ -112,6 +122,8 @@ class RowState:
 
     def _stop_index(self) -> int | None:
         found = [i for i in (self.text.find(s, max(self.emitted - len(s), 0)) for s in self.request.stop) if i >= 0]
+        if self.request.answer_end is not None and (end := self.request.answer_end.cut(self.text)) is not None:
+            found.append(end)
         return min(found) if found else None
 
     def _delta(self) -> RowDelta | None:

@@ -121,7 +121,7 @@ class Scheduler:
             raise ValueError("every request needs at least one prompt token")
         lm = self.lm
         BatchSteering.build([request.steering], lm.arch, 1, lm.device, lm.dtype)
-        lane = PRIORITY if request.max_new_tokens <= self.priority_new_tokens else BULK
+        lane = PRIORITY if request.token_limit() <= self.priority_new_tokens else BULK
         self._waiting.append(_Row(key, RowState(request, lm.tokenizer, self.engine.eos_ids), lane))
 
     def evict(self) -> list[tuple[Hashable, GenerationRequest]]:

@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from steering.answer_end import AnswerEnd
 from steering.method_names import VectorMethod
 from steering.modes import TENSOR_NAMES, InjectionMode, ModelShape, expected_shapes, mode_spec
 from steering.protocol import Template
@@ -55,6 +56,7 @@ class TaskVector:
     compute_seconds: float = 0.0
     options: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    answer_end: AnswerEnd | None = None  # learned from the demonstrations (GGUF files have none)
 
     def __post_init__(self) -> None:
         missing = [n for n in mode_spec(self.mode).tensors if n not in self.tensors]
@@ -84,6 +86,7 @@ class TaskVector:
             "compute_seconds": self.compute_seconds,
             "options": self.options,
             "metrics": self.metrics,
+            **({"answer_end": self.answer_end.model_dump()} if self.answer_end is not None else {}),
         }
 
     def to_bytes(self) -> bytes:
@@ -124,6 +127,7 @@ class TaskVector:
             compute_seconds=meta.compute_seconds,
             options=meta.options,
             metrics=meta.metrics,
+            answer_end=meta.answer_end,
         )
 
 
@@ -150,6 +154,7 @@ class SteeringMetadata(BaseModel):
     # JSON values with finite numbers only: they are stored and served as JSON, which has no NaN.
     options: dict[str, JsonValue]
     metrics: dict[str, JsonValue]
+    answer_end: AnswerEnd | None = None
 
 
 def parse_metadata(text: str) -> SteeringMetadata:

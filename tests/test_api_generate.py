@@ -17,6 +17,7 @@ import pytest_asyncio
 import torch
 from fastapi import FastAPI
 
+from steering.answer_end import AnswerEnd
 from tests.api_helpers import (
     ANTONYMS,
     CAPITALS,
@@ -97,14 +98,19 @@ async def test_prompt_input_and_messages(gen: Gen) -> None:
     assert plain["steering"] == []
     assert {"first_token_s", "total_s", "queue_s", "request_s"} <= set(plain["timing"])
 
-    # `input` is rendered with the first task's query template and stops at its separator by default.
+    # `input` is rendered with the first task's query template and ends where the task's answers end:
+    # the rule learned from its demonstrations (the task info shows it), applied to the free-running text.
     steering = [{"task": gen.antonyms}]
-    by_input = await gen.generate(input="hot", steering=steering, max_new_tokens=24)
-    by_prompt = await gen.generate(prompt=PROMPT, steering=steering, max_new_tokens=24, stop=["\n"])
-    assert by_input["text"] == by_prompt["text"] and "\n" not in by_input["text"]
-    assert by_input["finish_reason"] == by_prompt["finish_reason"]
-    resolved = by_input["steering"][0]
     info = (await gen.client.get(f"/v1/tasks/{gen.antonyms}")).json()
+    rule = AnswerEnd.model_validate(info["answer_end"])
+    assert "\n" in rule.stop and rule.max_words == 1
+    by_input = await gen.generate(input="hot", steering=steering, max_new_tokens=24)
+    limit = min(24, rule.max_tokens or 24)
+    by_prompt = await gen.generate(prompt=PROMPT, steering=steering, max_new_tokens=limit, stop=[])
+    assert by_input["text"] == rule.apply(by_prompt["text"]) and len(by_input["text"].split()) <= 1
+    stopped = rule.cut(by_prompt["text"]) is not None
+    assert by_input["finish_reason"] == ("stop" if stopped else by_prompt["finish_reason"])
+    resolved = by_input["steering"][0]
     assert resolved == {"task": gen.antonyms, "strength": info["default_strength"], "layers": info["layers"]}
 
     # `messages` go through the model's chat template.

@@ -9,6 +9,7 @@ import httpx
 import openai
 import pytest
 
+from steering.answer_end import AnswerEnd
 from tests.api_helpers import ANTONYMS, CAPITALS, task_body, wait_task_sync
 from tests.conftest import ServerProcess, start_server
 
@@ -79,18 +80,26 @@ def test_completions_match_native_generate(
     assert choice.finish_reason == "length"
     assert plain.usage.completion_tokens == 12 and plain.usage.total_tokens == plain.usage.prompt_tokens + 12
 
+    # Naming a task without `stop`: the answer ends where the task's demonstrated answers end.
     steering = [{"task": tasks["antonyms"], "strength": 2.0}]
     steered = client.completions.create(
         model=model_name, prompt=PROMPT, max_tokens=12, temperature=0, extra_body={"steering": steering}
     )
-    expected = native(http, prompt=PROMPT, max_new_tokens=12, steering=steering)["text"]
-    assert steered.choices[0].text == expected != choice.text
+    rule = AnswerEnd.model_validate(http.get(f"/v1/tasks/{tasks['antonyms']}").json()["answer_end"])
+    limit = min(12, rule.max_tokens or 12)
+    free = native(http, prompt=PROMPT, max_new_tokens=limit, steering=steering)["text"]
+    assert steered.choices[0].text == rule.apply(free) != choice.text
+    unended = client.completions.create(
+        model=model_name, prompt=PROMPT, max_tokens=12, temperature=0, stop=[], extra_body={"steering": steering}
+    )
+    assert unended.choices[0].text == native(http, prompt=PROMPT, max_new_tokens=12, steering=steering)["text"]
 
     zero = client.completions.create(
         model=model_name,
         prompt=PROMPT,
         max_tokens=12,
         temperature=0,
+        stop=[],
         extra_body={"steering": [{"task": tasks["antonyms"], "strength": 0}]},
     )
     assert zero.choices[0].text == choice.text

@@ -55,7 +55,7 @@ class Header:
 def sampling(body: CompletionRequest | ChatCompletionRequest, max_new_tokens: int) -> Sampling:
     """A request without max_tokens gets the default, within the server's limit (never a 422 for leaving it out)."""
     default = min(DEFAULT_MAX_TOKENS, max_new_tokens)
-    return Sampling(body.new_tokens(default), body.temperature, body.top_p, body.seed, body.stop)
+    return Sampling(body.new_tokens(default), body.temperature, body.top_p, body.seed, body.stop, task_answer_end=True)
 
 
 def finish_reason(result: GenerationResult) -> FinishReason:

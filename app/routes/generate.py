@@ -19,7 +19,10 @@ async def generate(
     body: GenerateRequest, http: Request, svc: Services = Depends(services), who: str | None = Depends(owner)
 ):
     started = time.perf_counter()
-    sampling = Sampling(body.max_new_tokens, body.temperature, body.top_p, body.seed, body.stop)
+    # A raw `prompt` is generated as asked; `input` and `messages` naming a task end where its answers end.
+    sampling = Sampling(
+        body.max_new_tokens, body.temperature, body.top_p, body.seed, body.stop, task_answer_end=body.prompt is None
+    )
     request = await svc.generation.prepare(
         prompt=body.prompt,
         input_text=body.input,

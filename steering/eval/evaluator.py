@@ -1,8 +1,8 @@
 """Accuracy of zero-shot, few-shot and steered runs on held-out items of a task.
 
 First-token accuracy compares the most likely next token with the answer's first token (one forward
-pass per query). Exact match generates greedily until the template's stop rule and compares the
-stripped text with the answer.
+pass per query). Exact match generates greedily until the answer ends (the task's rule learned from its
+demonstrations, or the template's stop rule) and compares the stripped text with the answer.
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from steering.answer_end import AnswerEnd, template_end
 from steering.capture import next_token_logprobs
 from steering.engine import Engine, GenerationRequest
 from steering.inject import SteeringTerm
 from steering.methods.common import answer_token
 from steering.model import LoadedModel
 from steering.protocol import Demonstration, Template
-from steering.templates import few_shot_prompt, render_query, stop_strings
+from steering.templates import few_shot_prompt, render_query
 from steering.vectors import TaskVector
 
 
@@ -46,8 +47,17 @@ class VectorEval:
 class TaskEvaluator:
     """Scores prompts of one task's held-out items, with or without steering."""
 
-    def __init__(self, lm: LoadedModel, template: Template, test: Sequence[Demonstration], *, batch_size: int = 16):
+    def __init__(
+        self,
+        lm: LoadedModel,
+        template: Template,
+        test: Sequence[Demonstration],
+        *,
+        answer_end: AnswerEnd | None = None,
+        batch_size: int = 16,
+    ):
         self.lm, self.template, self.test, self.batch_size = lm, template, list(test), batch_size
+        self.answer_end = answer_end or template_end(template)
         self.engine = Engine(lm)
         self.queries = [render_query(template, d.input) for d in self.test]
         self.answers = torch.tensor([answer_token(lm, template, d) for d in self.test])
@@ -62,12 +72,13 @@ class TaskEvaluator:
         return (logprobs.argmax(-1) == self.answers).float().mean().item()
 
     def exact(self, prompts: Sequence[str], terms: Sequence[SteeringTerm] = (), max_new_tokens: int = 12) -> float:
-        stops = stop_strings(self.template)
         right = 0
         for start in range(0, len(prompts), self.batch_size):
             chunk = prompts[start : start + self.batch_size]
             requests = [
-                GenerationRequest(self.engine.encode(p), tuple(terms), max_new_tokens=max_new_tokens, stop=stops)
+                GenerationRequest(
+                    self.engine.encode(p), tuple(terms), max_new_tokens=max_new_tokens, answer_end=self.answer_end
+                )
                 for p in chunk
             ]
             for result, item in zip(self.engine.generate(requests), self.test[start:], strict=False):

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from steering.answer_end import AnswerEnd, learn_answer_end
 from steering.eval.backends import Backend, Steer
 from steering.eval.config import EvalConfig
 from steering.protocol import Demonstration
@@ -16,7 +17,11 @@ DEFINITIONS = {
     "first_token": (
         "the greedy one-token completion of the prompt, whitespace stripped, is a non-empty prefix of the answer"
     ),
-    "exact": "greedy generation until the template's stop rule (a newline), whitespace stripped, equals the answer",
+    "exact": (
+        "greedy generation until the answer ends, whitespace stripped, equals the answer; the answer ends by the "
+        "rule learned from the task's demonstrations (the template's newline, punctuation no demonstrated answer "
+        "contains, their word count), the same for every condition"
+    ),
     "sweep": (
         "strength = multiple x the strength the method chose on its held-out demonstrations "
         "(x0 = no steering: the zero-shot numbers)"
@@ -47,6 +52,7 @@ class Probe:
     few_shot: list[str]
     answers: list[str]
     stop: list[str]
+    answer_end: AnswerEnd
 
 
 def build_probe(demos: Sequence[Demonstration], test: Sequence[Demonstration], k: int, seed: int) -> Probe:
@@ -58,6 +64,7 @@ def build_probe(demos: Sequence[Demonstration], test: Sequence[Demonstration], k
         few_shot=[few_shot_prompt(template, s, d.input) for s, d in zip(shots, test, strict=True)],
         answers=[d.output for d in test],
         stop=stop_strings(template),
+        answer_end=learn_answer_end(template, demos),
     )
 
 
@@ -66,7 +73,8 @@ def score(
 ) -> dict[str, Any]:
     """First-token and exact-match accuracy of one condition (with the generations when `keep`)."""
     firsts = backend.complete(prompts, steer, 1, ())
-    full = backend.complete(prompts, steer, config.max_new_tokens, probe.stop)
+    # Ending the text afterwards is ending it while generating: greedy tokens before the end do not change.
+    full = [probe.answer_end.apply(t) for t in backend.complete(prompts, steer, config.max_new_tokens, probe.stop)]
     result: dict[str, Any] = {
         "first_token": accuracy(firsts, probe.answers, first_token_right),
         "exact": accuracy(full, probe.answers, exact_right),

@@ -69,7 +69,12 @@ def evaluate_task(backend: Backend, task: str, config: EvalConfig, reporter: Rep
     started = time.perf_counter()
     demos, test = split_task(load_task(task), config.n_demos, config.n_test, config.seed)
     probe = build_probe(demos, test, config.k_shot, config.seed)
-    result: dict[str, Any] = {"inputs": [d.input for d in test], "answers": probe.answers, "conditions": {}}
+    result: dict[str, Any] = {
+        "inputs": [d.input for d in test],
+        "answers": probe.answers,
+        "answer_end": probe.answer_end.model_dump(),
+        "conditions": {},
+    }
     reporter.status(f"{task}: zero-shot")
     result["conditions"]["zero_shot"] = score(backend, probe.queries, probe, None, config, keep=True)
     reporter.advance()

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from steering.method_names import METHOD_NAMES
-from steering.methods.common import Cancelled, Job, MethodOptions, ProgressFn
+from steering.methods.common import Cancelled, Job, MethodOptions, ProgressFn, job_answer_end
 from steering.methods.registry import method_spec
 from steering.model import LoadedModel
 from steering.protocol import Demonstration, Template
@@ -43,4 +43,6 @@ def compute_vector(
         progress=progress or (lambda info: None),
         should_stop=should_stop or (lambda: False),
     )
-    return method_spec(method).compute(job, dict(options or {}))
+    vector = method_spec(method).compute(job, dict(options or {}))
+    vector.answer_end = job_answer_end(job)
+    return vector

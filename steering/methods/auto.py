@@ -51,8 +51,10 @@ class AutoOptions(MethodOptions):
 OPTIONS = AutoOptions
 
 
-def _score(vector: TaskVector) -> tuple[float, float]:
-    return (vector.metrics.get("dev_steered_accuracy", 0.0), vector.metrics.get("dev_steered_logprob", -1e9))
+def _score(vector: TaskVector) -> tuple[float, float, float]:
+    """Held-out exact match first (what users see), then first-token accuracy, then log-probability."""
+    m = vector.metrics
+    return (m.get("dev_steered_exact", 0.0), m.get("dev_steered_accuracy", 0.0), m.get("dev_steered_logprob", -1e9))
 
 
 def compute(job: Job, options: dict) -> TaskVector:
@@ -85,6 +87,7 @@ def compute(job: Job, options: dict) -> TaskVector:
         tried.append(
             {
                 "method": method,
+                "dev_exact": vector.metrics.get("dev_steered_exact"),
                 "dev_accuracy": vector.metrics.get("dev_steered_accuracy"),
                 "dev_logprob": vector.metrics.get("dev_steered_logprob"),
                 "seconds": round(vector.compute_seconds, 2),
@@ -94,7 +97,9 @@ def compute(job: Job, options: dict) -> TaskVector:
             best = vector
     best.metrics["auto"] = {
         "chose": best.method,
-        "reason": "highest held-out first-token accuracy (ties: higher log-probability of the right token)",
+        "reason": (
+            "highest held-out exact match (ties: first-token accuracy, then the log-probability of the right token)"
+        ),
         "candidates": tried,
     }
     best.compute_seconds = time.perf_counter() - started

@@ -11,7 +11,9 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from steering.answer_end import AnswerEnd, learn_answer_end
 from steering.capture import next_token_logprobs
+from steering.engine import Engine, GenerationRequest
 from steering.inject import SteeringTerm
 from steering.model import LoadedModel
 from steering.protocol import Demonstration, Template
@@ -19,6 +21,8 @@ from steering.templates import answer_text, render_query, sample_few_shot_prompt
 from steering.vectors import TaskVector
 
 ProgressFn = Callable[[dict[str, Any]], None]
+DEFAULT_ANSWER_TOKENS = 16  # generated for a dev answer when the rule sets no bound
+BASELINE_SHOTS = 10  # demonstrations in the few-shot prompts that steering is compared with
 
 
 class Cancelled(Exception):
@@ -76,30 +80,48 @@ def split_demonstrations(demos: Sequence[Demonstration], dev_fraction: float, se
     return Split(train=shuffled[n_dev:], dev=shuffled[:n_dev], held_out=True)
 
 
-def answer_token(lm: LoadedModel, template: Template, demo: Demonstration) -> int:
-    """The first token of the answer as the model would write it after the rendered query."""
+def answer_ids(lm: LoadedModel, template: Template, demo: Demonstration) -> list[int]:
+    """The answer's tokens as the model would write them after the rendered query (at least one)."""
     query_ids = lm.tokenizer(render_query(template, demo.input))["input_ids"]
     full_ids = lm.tokenizer(render_query(template, demo.input) + answer_text(template, demo))["input_ids"]
     if len(full_ids) > len(query_ids) and full_ids[: len(query_ids)] == query_ids:
-        return int(full_ids[len(query_ids)])
-    return int(lm.tokenizer(answer_text(template, demo), add_special_tokens=False)["input_ids"][0])
+        return [int(t) for t in full_ids[len(query_ids) :]]
+    return [int(t) for t in lm.tokenizer(answer_text(template, demo), add_special_tokens=False)["input_ids"]]
+
+
+def answer_token(lm: LoadedModel, template: Template, demo: Demonstration) -> int:
+    """The first token of the answer as the model would write it after the rendered query."""
+    return answer_ids(lm, template, demo)[0]
+
+
+def job_answer_end(job: Job) -> AnswerEnd:
+    """Where answers to this job's task end, learned from its demonstrations."""
+    return learn_answer_end(job.template, job.demonstrations, lambda d: len(answer_ids(job.lm, job.template, d)))
 
 
 @dataclass
 class DevSet:
-    """Held-out queries, rendered zero-shot and few-shot, with their answers' first tokens."""
+    """Held-out queries, rendered zero-shot and few-shot, with their answers (text and first token)."""
 
     zero_shot: list[str]
     few_shot: list[str]
     answers: torch.Tensor  # [N] token ids
+    outputs: list[str]
+    answer_end: AnswerEnd
+    shots: int  # demonstrations in each few-shot prompt
 
     @classmethod
-    def build(cls, lm: LoadedModel, template: Template, split: Split, k_shot: int, seed: int) -> DevSet:
+    def build(cls, job: Job, split: Split, seed: int) -> DevSet:
+        """Every method's dev set is the same for the same seed: `auto` compares like with like."""
         rng = random.Random(seed + 1)
+        lm, template = job.lm, job.template
         return cls(
             zero_shot=[render_query(template, d.input) for d in split.dev],
-            few_shot=sample_few_shot_prompts(template, split.train, split.dev, k_shot, rng),
+            few_shot=sample_few_shot_prompts(template, split.train, split.dev, BASELINE_SHOTS, rng),
             answers=torch.tensor([answer_token(lm, template, d) for d in split.dev]),
+            outputs=[d.output for d in split.dev],
+            answer_end=job_answer_end(job),
+            shots=min(BASELINE_SHOTS, len(split.train) - (0 if split.held_out else 1)),
         )
 
     def score(self, logprobs: torch.Tensor) -> tuple[float, float]:
@@ -107,6 +129,27 @@ class DevSet:
         right = logprobs.gather(1, self.answers[:, None]).squeeze(1)
         accuracy = (logprobs.argmax(-1) == self.answers).float().mean().item()
         return accuracy, right.mean().item()
+
+    def exact(self, job: Job, prompts: Sequence[str], terms: Sequence[SteeringTerm] = ()) -> float:
+        """Greedy answers, ended by the task's answer rule, equal to the demonstrated outputs (stripped)."""
+        texts = greedy_answers(job, prompts, terms, self.answer_end)
+        return sum(t.strip() == o.strip() for t, o in zip(texts, self.outputs, strict=True)) / max(len(texts), 1)
+
+
+def greedy_answers(
+    job: Job, prompts: Sequence[str], terms: Sequence[SteeringTerm], answer_end: AnswerEnd, batch_size: int = 16
+) -> list[str]:
+    engine = Engine(job.lm)
+    limit = answer_end.max_tokens or DEFAULT_ANSWER_TOKENS
+    texts: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        job.check()
+        requests = [
+            GenerationRequest(engine.encode(p), tuple(terms), max_new_tokens=limit, answer_end=answer_end)
+            for p in prompts[start : start + batch_size]
+        ]
+        texts.extend(r.text for r in engine.generate(requests))
+    return texts
 
 
 @dataclass(frozen=True)
@@ -145,10 +188,16 @@ def choose(job: Job, dev: DevSet, candidates: Sequence[Candidate], batch_size: i
 
 
 def baseline_metrics(job: Job, dev: DevSet) -> dict[str, float]:
-    """Zero-shot and few-shot first-token accuracy on the dev queries: what steering has to beat."""
+    """Zero-shot and few-shot accuracy on the dev queries (first token and exact): what steering has to beat."""
     zero = dev.score(next_token_logprobs(job.lm, dev.zero_shot))
     few = dev.score(next_token_logprobs(job.lm, dev.few_shot, batch_size=8))
-    return {"dev_zero_shot_accuracy": zero[0], "dev_few_shot_accuracy": few[0]}
+    return {
+        "dev_zero_shot_accuracy": zero[0],
+        "dev_few_shot_accuracy": few[0],
+        "dev_zero_shot_exact": dev.exact(job, dev.zero_shot),
+        "dev_few_shot_exact": dev.exact(job, dev.few_shot),
+        "dev_few_shot_k": dev.shots,
+    }
 
 
 def layer_grid(num_layers: int, limit: int = 32) -> list[int]:
@@ -199,6 +248,7 @@ def finish(vector: TaskVector, job: Job, dev: DevSet, split: Split, choice: Choi
         **baseline_metrics(job, dev),
         "dev_steered_accuracy": choice.accuracy,
         "dev_steered_logprob": choice.logprob,
+        "dev_steered_exact": dev.exact(job, dev.zero_shot, choice.candidate.terms),
         "held_out": split.held_out,
         "dev_size": len(split.dev),
         **extra,

@@ -40,7 +40,7 @@ def compute(job: Job, options: dict) -> TaskVector:
     positive = last_token_activations(job.lm, framed(job, [d.output for d in split.train]))["residual"]
     negative = last_token_activations(job.lm, framed(job, [d.input for d in split.train]))["residual"]
     vector = new_vector(job, opts, "contrastive", "add_from_last", {"residual": (positive - negative).mean(0)})
-    dev = DevSet.build(job.lm, job.template, split, opts.k_shot, opts.seed)
+    dev = DevSet.build(job, split, opts.seed)
     job.report(stage="choosing layer and strength")
     layers = [opts.layer] if opts.layer is not None else layer_grid(job.lm.arch.num_layers, limit=12)
     strengths = strength_grid(opts.strength, [0.5, 1.0, 2.0, 4.0])

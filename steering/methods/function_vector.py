@@ -143,7 +143,7 @@ def compute(job: Job, options: dict) -> TaskVector:
         return new_vector(job, opts, "function_vector", mode, {"residual": fv.expand(lm.arch.num_layers, -1).clone()})
 
     vectors = {k: make(k) for k in head_counts}
-    dev = DevSet.build(lm, template, split, opts.k_shot, opts.seed)
+    dev = DevSet.build(job, split, opts.seed)
     middle_k = head_counts[len(head_counts) // 2]
     job.report(stage="choosing layer")
     layers = [opts.layer] if opts.layer is not None else layer_grid(lm.arch.num_layers)

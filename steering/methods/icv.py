@@ -62,7 +62,7 @@ def compute(job: Job, options: dict) -> TaskVector:
     all_layers = list(range(job.lm.arch.num_layers))
     layers = [opts.layer] if opts.layer is not None else all_layers
     vector = new_vector(job, opts, "icv", "add_all_norm", {"residual": shift_direction(outputs - inputs)}, layers)
-    dev = DevSet.build(job.lm, job.template, split, opts.k_shot, opts.seed)
+    dev = DevSet.build(job, split, opts.seed)
     job.report(stage="choosing strength")
     strengths = strength_grid(opts.strength, [0.02, 0.05, 0.1, 0.2, 0.4])
     by_strength = choose(job, dev, [Candidate((SteeringTerm(vector, s),), {"strength": s}) for s in strengths])

@@ -203,7 +203,7 @@ def compute(job: Job, options: dict) -> TaskVector:
     gate_logits = _gate_logits(training.best_logits, layers, arch.num_layers)
     tensors = {"head_means": means.float().cpu().contiguous(), "gate_logits": gate_logits}
     vector = new_vector(job, opts, "soft_injection", "head_mix_last", tensors, layers)
-    dev = DevSet.build(lm, job.template, split, opts.k_shot, opts.seed)
+    dev = DevSet.build(job, split, opts.seed)
     job.report(stage="choosing strength")
     strengths = strength_grid(opts.strength, STRENGTHS)
     by_strength = choose(job, dev, [Candidate((SteeringTerm(vector, s),), {"strength": s}) for s in strengths])

@@ -37,7 +37,7 @@ def compute(job: Job, options: dict) -> TaskVector:
     job.report(stage="reading activations")
     residual = last_token_activations(job.lm, few_shot_prompts(job, split.train, opts))["residual"].mean(0)
     vector = new_vector(job, opts, "task_vector", "replace_last", {"residual": residual})
-    dev = DevSet.build(job.lm, job.template, split, opts.k_shot, opts.seed)
+    dev = DevSet.build(job, split, opts.seed)
     job.report(stage="choosing layer")
     layers = [opts.layer] if opts.layer is not None else layer_grid(job.lm.arch.num_layers)
     by_layer = choose(job, dev, [Candidate((SteeringTerm(vector, 1.0, (la,)),), {"layer": la}) for la in layers])

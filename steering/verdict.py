@@ -1,0 +1,119 @@
+"""A task's verdict: how its vector did on held-out demonstrations against prompting, in words and numbers.
+
+Every method records, on the demonstrations it held out, zero-shot, few-shot and steered accuracy
+(exact match where measured, else first-token). The verdict reads those metrics, so it can be given
+for any stored vector, and says plainly when steering is weaker than prompting and what to try.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from steering.protocol import Verdict, VerdictRating
+
+STYLE_METHODS = {"icv", "contrastive"}
+MIN_HELD_OUT = 8  # demonstrations to post so that some are held out (see `common.split_demonstrations`)
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.0f} %"
+
+
+def _figures(metrics: dict[str, Any]) -> tuple[str, float, float, float] | None:
+    for metric, suffix in (("exact", "exact"), ("first_token", "accuracy")):
+        values = [metrics.get(f"dev_{c}_{suffix}") for c in ("steered", "zero_shot", "few_shot")]
+        if all(isinstance(v, (int, float)) for v in values):
+            return metric, float(values[0]), float(values[1]), float(values[2])
+    return None
+
+
+def _rating(steered: float, zero: float, few: float) -> VerdictRating:
+    if steered <= zero and steered < few:
+        return "no_effect"
+    if steered > few + 1e-9:
+        return "better_than_few_shot"
+    if steered >= few - 1e-9:
+        return "as_good_as_few_shot"
+    return "below_few_shot"
+
+
+def _tried(metrics: dict[str, Any], metric: str) -> list[tuple[str, float]]:
+    """`auto`'s candidates and their held-out scores, in the metric of the verdict."""
+    key = "dev_exact" if metric == "exact" else "dev_accuracy"
+    candidates = (metrics.get("auto") or {}).get("candidates") or []
+    return [(c["method"], float(c[key])) for c in candidates if isinstance(c.get(key), (int, float))]
+
+
+def _advice(method: str, rating: VerdictRating, metrics: dict[str, Any], metric: str, shots: str) -> str | None:
+    tried = _tried(metrics, metric)
+    listing = ", ".join(f"{m} {_pct(v)}" for m, v in tried)
+    parts: list[str] = []
+    if rating == "no_effect":
+        if method in STYLE_METHODS:
+            best = max(tried, key=lambda t: t[1], default=None)
+            reached = f"; {best[0]} reached {_pct(best[1])}" if best and best[0] != method else ""
+            parts.append(
+                f"{method} did not change answers on this task: it steers style and tone, not mappings{reached}. "
+                "For input-to-output tasks use soft_injection or auto."
+            )
+        else:
+            parts.append(
+                "The vector did not change answers on held-out demonstrations. Try a higher strength, more "
+                "demonstrations, or method auto."
+            )
+    elif rating == "below_few_shot":
+        if tried:
+            parts.append(
+                f"Even the best method tried trails {shots} prompting here ({listing}). Prompting with "
+                "demonstrations answers this task better; more demonstrations may help the vector."
+            )
+        else:
+            parts.append(
+                f"{method} trails {shots} prompting here. Try method auto, which compares the vector methods on "
+                "the same held-out demonstrations, or post more demonstrations."
+            )
+    if metrics.get("held_out") is False:
+        parts.append(
+            "There were too few demonstrations to hold any out, so these figures come from the training "
+            f"demonstrations themselves and flatter the vector; post at least {MIN_HELD_OUT}."
+        )
+    return " ".join(parts) or None
+
+
+def verdict(method: str, metrics: dict[str, Any] | None) -> Verdict | None:
+    """The verdict on a vector from its metrics; None when it recorded no held-out comparison (e.g. GGUF files)."""
+    metrics = metrics or {}
+    figures = _figures(metrics)
+    if figures is None:
+        return None
+    metric, steered, zero, few = figures
+    rating = _rating(steered, zero, few)
+    k = metrics.get("dev_few_shot_k")
+    shots = f"{k}-shot" if isinstance(k, int) else "few-shot"
+    size = int(metrics.get("dev_size", 0) or 0)
+    held_out = size if metrics.get("held_out") else 0
+    where = f"{size} held-out demonstrations" if held_out else f"{size} training demonstrations"
+    chose = (metrics.get("auto") or {}).get("chose")
+    who = f"auto chose {chose}, which" if chose else method
+    measure = "exactly" if metric == "exact" else "on the first token"
+    conclusion = {
+        "better_than_few_shot": f"better than {shots} prompting",
+        "as_good_as_few_shot": f"as good as {shots} prompting",
+        "below_few_shot": f"below {shots} prompting",
+        "no_effect": "no better than asking with no demonstrations",
+    }[rating]
+    summary = (
+        f"{who} answers {_pct(steered)} of {where} {measure}; {shots} prompting {_pct(few)}, "
+        f"zero-shot {_pct(zero)}: {conclusion}."
+    )
+    return Verdict(
+        rating=rating,
+        summary=summary,
+        advice=_advice(chose or method, rating, metrics, metric, shots),
+        metric=metric,
+        steered=steered,
+        zero_shot=zero,
+        few_shot=few,
+        few_shot_k=k if isinstance(k, int) else None,
+        held_out=held_out,
+    )
