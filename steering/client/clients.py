@@ -1,15 +1,17 @@
 """`Client` and `AsyncClient`: the sync and the async face of the same operations (`operations.py`).
 
-Each method builds its operation and hands it to its transport; only streaming, which reads a response
-line by line, has a loop of its own on each side.
+Every call is written once, in `_Calls`: it builds its operation and hands it to the face's `_run`, which
+drives it over `httpx.Client` (returning the result) or `httpx.AsyncClient` (returning an awaitable of it).
+Only streaming, which reads a response line by line, has a loop of its own on each face.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import httpx
 
@@ -22,6 +24,8 @@ from steering.protocol import ChatMessage, GenerateResponse, TaskInfo, Template
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 T = TypeVar("T")
+Result = T | Awaitable[T]  # what a call returns: T from `Client`, an awaitable of T from `AsyncClient`
+Body = Callable[[], dict[str, Any]]
 
 
 def _headers(api_key: str | None) -> dict[str, str]:
@@ -36,8 +40,10 @@ def _settings(base_url: str | None, api_key: str | None) -> tuple[str, str | Non
     return url.rstrip("/"), api_key if api_key is not None else os.environ.get("STEER_API_KEY") or None
 
 
-class Client:
-    """A synchronous client. `base_url` and `api_key` default to $STEER_URL and $STEER_API_KEY."""
+class _Calls:
+    """Every call of the API, once; a face supplies the transport (`_run`, `_stream`)."""
+
+    _http_class: ClassVar[type[httpx.Client] | type[httpx.AsyncClient]]
 
     def __init__(
         self,
@@ -45,28 +51,19 @@ class Client:
         api_key: str | None = None,
         *,
         timeout: float = 120.0,
-        http: httpx.Client | None = None,
+        http: httpx.Client | httpx.AsyncClient | None = None,
     ) -> None:
         self.base_url, self.api_key = _settings(base_url, api_key)
-        self._http = http or httpx.Client(base_url=self.base_url, headers=_headers(self.api_key), timeout=timeout)
+        self._http = http or self._http_class(base_url=self.base_url, headers=_headers(self.api_key), timeout=timeout)
 
-    def __enter__(self) -> Client:
-        return self
+    def _run(self, operation: Operation[T]) -> Result[T]:
+        raise NotImplementedError
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._http.close()
-
-    def _send(self, call: Call) -> httpx.Response:
-        return check(self._http.request(call.method, call.path, **call.kwargs()))
-
-    def _run(self, operation: Operation[T]) -> T:
-        return ops.run(operation, self._send)
+    def _stream(self, body: Body, on_done: Callable[[GenerateResponse], None] | None) -> Any:
+        raise NotImplementedError
 
     # server
-    def ready(self) -> dict[str, Any]:
+    def ready(self) -> Result[dict[str, Any]]:
         """GET /readyz: model name, fingerprint and store state (raises Overloaded while unready)."""
         return self._run(ops.ready())
 
@@ -83,7 +80,7 @@ class Client:
         timeout: float | None = None,
         poll_interval: float = 0.5,
         on_progress: ProgressCallback | None = None,
-    ) -> TaskInfo:
+    ) -> Result[TaskInfo]:
         """Register a task; with `wait`, block until it is ready (TaskFailed / WaitTimeout otherwise)."""
         waiting = {"wait": wait, "timeout": timeout, "poll_interval": poll_interval, "on_progress": on_progress}
         return self._run(ops.register(demos, method, name, template, options, **waiting))
@@ -95,19 +92,19 @@ class Client:
         timeout: float | None = None,
         poll_interval: float = 0.5,
         on_progress: ProgressCallback | None = None,
-    ) -> TaskInfo:
+    ) -> Result[TaskInfo]:
         """Poll the task until it is ready; raises TaskFailed if it fails, WaitTimeout after `timeout` s."""
         return self._run(ops.wait_ready(task_id, timeout, poll_interval, on_progress))
 
-    def get(self, task_id: str) -> TaskInfo:
+    def get(self, task_id: str) -> Result[TaskInfo]:
         return self._run(ops.get(task_id))
 
-    def list(self) -> list[TaskInfo]:
+    def list(self) -> Result[list[TaskInfo]]:
         """Every task of this key, newest first (the server answers in pages; this follows them all)."""
         return self._run(ops.list_tasks())
 
-    def delete(self, task_id: str) -> None:
-        self._run(ops.delete(task_id))
+    def delete(self, task_id: str) -> Result[None]:
+        return self._run(ops.delete(task_id))
 
     # generation
     def generate(
@@ -122,11 +119,12 @@ class Client:
         top_p: float | None = None,
         seed: int | None = None,
         stop: list[str] | str | None = None,
-    ) -> GenerateResponse:
+    ) -> Result[GenerateResponse]:
         """POST /v1/generate: give one of `prompt` (as is), `input` (in the first task's template) or `messages`."""
         sampling = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
-        body = generate_body(prompt, input, messages, steering, False, stop=stop, **sampling)
-        return self._run(ops.generate(body))
+        return self._run(
+            ops.generate(partial(generate_body, prompt, input, messages, steering, False, stop=stop, **sampling))
+        )
 
     def stream_generate(
         self,
@@ -141,18 +139,13 @@ class Client:
         seed: int | None = None,
         stop: list[str] | str | None = None,
         on_done: Callable[[GenerateResponse], None] | None = None,
-    ) -> Iterator[str]:
-        """Like `generate`, streamed: yields text pieces; the final response goes to `on_done`."""
+    ) -> Iterator[str] | AsyncIterator[str]:
+        """Like `generate`, streamed: yields text pieces (an async iterator on `AsyncClient`); the final
+        response goes to `on_done`."""
         sampling = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
-        call = ops.stream_call(generate_body(prompt, input, messages, steering, True, stop=stop, **sampling))
-        decoder = StreamDecoder(on_done)
-        with self._http.stream(call.method, call.path, **call.kwargs()) as resp:
-            if resp.status_code >= 400:
-                resp.read()
-                raise api_error(resp)
-            for line in resp.iter_lines():
-                if piece := decoder.feed(line):
-                    yield piece
+        return self._stream(
+            partial(generate_body, prompt, input, messages, steering, True, stop=stop, **sampling), on_done
+        )
 
     # vectors
     def export_vector(
@@ -162,30 +155,55 @@ class Client:
         path: str | Path | None = None,
         *,
         drop_layer_zero: bool = False,
-    ) -> bytes:
+    ) -> Result[bytes]:
         """The task's vector as safetensors (any method) or a GGUF control vector; also written to `path`."""
         return self._run(ops.export_vector(task_id, format, path, drop_layer_zero))
 
     def import_vector(
         self, source: bytes | str | Path, format: VectorFormat | None = None, name: str | None = None
-    ) -> TaskInfo:
+    ) -> Result[TaskInfo]:
         """Create a ready task from a vector file (path or bytes); the format is guessed if not given."""
         return self._run(ops.import_vector(source, format, name))
 
 
-class AsyncClient:
-    """The asynchronous twin of `Client`: the same methods, awaited (`stream_generate` is an async iterator)."""
+class Client(_Calls):
+    """A synchronous client. `base_url` and `api_key` default to $STEER_URL and $STEER_API_KEY."""
 
-    def __init__(
-        self,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        *,
-        timeout: float = 120.0,
-        http: httpx.AsyncClient | None = None,
-    ) -> None:
-        self.base_url, self.api_key = _settings(base_url, api_key)
-        self._http = http or httpx.AsyncClient(base_url=self.base_url, headers=_headers(self.api_key), timeout=timeout)
+    _http_class = httpx.Client
+    _http: httpx.Client
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _send(self, call: Call) -> httpx.Response:
+        return check(self._http.request(call.method, call.path, **call.kwargs()))
+
+    def _run(self, operation: Operation[T]) -> T:
+        return ops.run(operation, self._send)
+
+    def _stream(self, body: Body, on_done: Callable[[GenerateResponse], None] | None) -> Iterator[str]:
+        call = ops.stream_call(body())
+        decoder = StreamDecoder(on_done)
+        with self._http.stream(call.method, call.path, **call.kwargs()) as resp:
+            if resp.status_code >= 400:
+                resp.read()
+                raise api_error(resp)
+            for line in resp.iter_lines():
+                if piece := decoder.feed(line):
+                    yield piece
+
+
+class AsyncClient(_Calls):
+    """The asynchronous face of `Client`: the same methods, awaited (`stream_generate` is an async iterator)."""
+
+    _http_class = httpx.AsyncClient
+    _http: httpx.AsyncClient
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -202,78 +220,8 @@ class AsyncClient:
     async def _run(self, operation: Operation[T]) -> T:
         return await ops.run_async(operation, self._send)
 
-    async def ready(self) -> dict[str, Any]:
-        return await self._run(ops.ready())
-
-    async def register(
-        self,
-        demos: str | Path | Iterable[DemoLike],
-        method: str = "auto",
-        name: str | None = None,
-        template: Template | Mapping[str, str] | None = None,
-        options: Mapping[str, Any] | None = None,
-        *,
-        wait: bool = False,
-        timeout: float | None = None,
-        poll_interval: float = 0.5,
-        on_progress: ProgressCallback | None = None,
-    ) -> TaskInfo:
-        waiting = {"wait": wait, "timeout": timeout, "poll_interval": poll_interval, "on_progress": on_progress}
-        return await self._run(ops.register(demos, method, name, template, options, **waiting))
-
-    async def wait(
-        self,
-        task_id: str,
-        *,
-        timeout: float | None = None,
-        poll_interval: float = 0.5,
-        on_progress: ProgressCallback | None = None,
-    ) -> TaskInfo:
-        return await self._run(ops.wait_ready(task_id, timeout, poll_interval, on_progress))
-
-    async def get(self, task_id: str) -> TaskInfo:
-        return await self._run(ops.get(task_id))
-
-    async def list(self) -> list[TaskInfo]:
-        """Every task of this key, newest first (the server answers in pages; this follows them all)."""
-        return await self._run(ops.list_tasks())
-
-    async def delete(self, task_id: str) -> None:
-        await self._run(ops.delete(task_id))
-
-    async def generate(
-        self,
-        prompt: str | None = None,
-        *,
-        input: str | None = None,
-        messages: Sequence[ChatMessage | Mapping[str, str]] | None = None,
-        steering: Iterable[SteeringLike] | SteeringLike | None = None,
-        max_new_tokens: int | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        stop: list[str] | str | None = None,
-    ) -> GenerateResponse:
-        sampling = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
-        body = generate_body(prompt, input, messages, steering, False, stop=stop, **sampling)
-        return await self._run(ops.generate(body))
-
-    async def stream_generate(
-        self,
-        prompt: str | None = None,
-        *,
-        input: str | None = None,
-        messages: Sequence[ChatMessage | Mapping[str, str]] | None = None,
-        steering: Iterable[SteeringLike] | SteeringLike | None = None,
-        max_new_tokens: int | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        stop: list[str] | str | None = None,
-        on_done: Callable[[GenerateResponse], None] | None = None,
-    ) -> AsyncIterator[str]:
-        sampling = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
-        call = ops.stream_call(generate_body(prompt, input, messages, steering, True, stop=stop, **sampling))
+    async def _stream(self, body: Body, on_done: Callable[[GenerateResponse], None] | None) -> AsyncIterator[str]:
+        call = ops.stream_call(body())
         decoder = StreamDecoder(on_done)
         async with self._http.stream(call.method, call.path, **call.kwargs()) as resp:
             if resp.status_code >= 400:
@@ -282,18 +230,3 @@ class AsyncClient:
             async for line in resp.aiter_lines():
                 if piece := decoder.feed(line):
                     yield piece
-
-    async def export_vector(
-        self,
-        task_id: str,
-        format: VectorFormat = "safetensors",
-        path: str | Path | None = None,
-        *,
-        drop_layer_zero: bool = False,
-    ) -> bytes:
-        return await self._run(ops.export_vector(task_id, format, path, drop_layer_zero))
-
-    async def import_vector(
-        self, source: bytes | str | Path, format: VectorFormat | None = None, name: str | None = None
-    ) -> TaskInfo:
-        return await self._run(ops.import_vector(source, format, name))

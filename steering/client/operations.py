@@ -114,8 +114,9 @@ def delete(task_id: str) -> Operation[None]:
     yield Call("DELETE", f"/v1/tasks/{task_id}")
 
 
-def generate(body: dict[str, Any]) -> Operation[GenerateResponse]:
-    return GenerateResponse.model_validate_json((yield Call("POST", "/v1/generate", json=body)).content)
+def generate(body: Callable[[], dict[str, Any]]) -> Operation[GenerateResponse]:
+    """`body` is built when the operation runs (an invalid request raises there, as every other check does)."""
+    return GenerateResponse.model_validate_json((yield Call("POST", "/v1/generate", json=body())).content)
 
 
 def stream_call(body: dict[str, Any]) -> Call:
