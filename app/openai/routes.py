@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
+
 from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
+from app.batcher import Pending
+from app.generation import GenerationService
 from app.openai import serving
 from app.openai.protocol import ChatCompletionRequest, CompletionRequest
 from app.openai.responses import ChatCompletion, Completion, ModelList
 from app.services import Services, owner, services
+from steering.engine import GenerationResult
+from steering.protocol import ChatMessage
 
 router = APIRouter(prefix="/v1", tags=["openai"])
+T = TypeVar("T", Completion, ChatCompletion)
 
 
 @router.get("/models", response_model=ModelList)
@@ -22,38 +31,42 @@ async def list_models(svc: Services = Depends(services), who: str | None = Depen
 async def completions(
     body: CompletionRequest, http: Request, svc: Services = Depends(services), who: str | None = Depends(owner)
 ) -> Completion | EventSourceResponse:
-    request = await svc.generation.prepare(
-        prompt=body.text(),
-        input_text=None,
-        messages=None,
-        steering=body.steering,
-        sampling=serving.sampling(body, svc.settings.max_new_tokens),
-        owner=who,
-    )
-    header = serving.Header.new("cmpl", svc.lm.name)
-    if body.stream:
-        pending = svc.generation.start_stream(request)
-        return serving.sse(serving.completion_chunks(svc.generation, pending, header), http, svc.generation)
-    result = await svc.generation.complete(request, http)
-    text = (body.text() + result.text) if body.echo else result.text
-    return serving.completion(header, text, result)
+    def respond(header: serving.Header, result: GenerationResult) -> Completion:
+        return serving.completion(header, (body.text() + result.text) if body.echo else result.text, result)
+
+    return await _answer(body, http, svc, who, body.text(), None, "cmpl", serving.completion_chunks, respond)
 
 
 @router.post("/chat/completions", response_model=ChatCompletion)
 async def chat_completions(
     body: ChatCompletionRequest, http: Request, svc: Services = Depends(services), who: str | None = Depends(owner)
 ) -> ChatCompletion | EventSourceResponse:
+    messages = [m.plain() for m in body.messages]
+    return await _answer(body, http, svc, who, None, messages, "chatcmpl", serving.chat_chunks, serving.chat_completion)
+
+
+async def _answer(
+    body: CompletionRequest | ChatCompletionRequest,
+    http: Request,
+    svc: Services,
+    who: str | None,
+    prompt: str | None,
+    messages: list[ChatMessage] | None,
+    id_prefix: str,
+    chunks: Callable[[GenerationService, Pending, serving.Header], AsyncIterator[BaseModel]],
+    respond: Callable[[serving.Header, GenerationResult], T],
+) -> T | EventSourceResponse:
+    """What both endpoints do: prepare the request, then stream its chunks or answer its whole body."""
     request = await svc.generation.prepare(
-        prompt=None,
+        prompt=prompt,
         input_text=None,
-        messages=[m.plain() for m in body.messages],
+        messages=messages,
         steering=body.steering,
         sampling=serving.sampling(body, svc.settings.max_new_tokens),
         owner=who,
     )
-    header = serving.Header.new("chatcmpl", svc.lm.name)
+    header = serving.Header.new(id_prefix, svc.lm.name)
     if body.stream:
         pending = svc.generation.start_stream(request)
-        return serving.sse(serving.chat_chunks(svc.generation, pending, header), http, svc.generation)
-    result = await svc.generation.complete(request, http)
-    return serving.chat_completion(header, result)
+        return serving.sse(chunks(svc.generation, pending, header), http, svc.generation)
+    return respond(header, await svc.generation.complete(request, http))
