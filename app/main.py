@@ -20,7 +20,6 @@ from app.bounds import Bounds
 from app.continuous_batcher import ContinuousBatcher
 from app.errors import ERROR_RESPONSES, install_error_handlers
 from app.generation import GenerationService
-from app.jobs import VectorWorker
 from app.metrics import Metrics
 from app.middleware import BodyLimit, RequestId, RequestMetrics
 from app.routes import generate, health, openai, tasks, vectors
@@ -31,6 +30,7 @@ from app.static_batcher import StaticBatcher
 from app.store import open_store
 from app.tasks import TaskService
 from app.vector_cache import VectorCache
+from app.worker import VectorWorker
 from steering.engine import Engine
 from steering.model import load_model
 from steering.twin import twin

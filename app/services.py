@@ -10,11 +10,11 @@ from app.auth import KeyChecker
 from app.batcher import Batcher
 from app.bounds import Bounds
 from app.generation import GenerationService
-from app.jobs import VectorWorker
 from app.metrics import Metrics
 from app.settings import Settings
 from app.store import TaskStore
 from app.tasks import TaskService
+from app.worker import VectorWorker
 from steering.model import LoadedModel
 
 

@@ -13,11 +13,11 @@ from pydantic import ValidationError
 
 from app.bounds import Bounds
 from app.errors import ApiError, not_found, task_not_ready
-from app.jobs import VectorWorker
 from app.metrics import Metrics
 from app.settings import Settings
 from app.store import StoreUnavailable, TaskRecord, TaskStore
 from app.vector_cache import VectorCache
+from app.worker import VectorWorker
 from steering.inject import SteeringTerm
 from steering.methods import options_model
 from steering.model import LoadedModel

@@ -25,9 +25,9 @@ from fastapi import Request
 
 from app.errors import ApiError, task_not_ready
 from app.import_slots import ImportSlots, import_slots
-from app.jobs import vector_summary
 from app.services import Services, services
 from app.store import TaskRecord
+from app.worker import vector_summary
 from steering.export import (
     ExportError,
     ModelMismatch,
