@@ -8,6 +8,10 @@ be negative, which steers away from the positives.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from torch import Tensor
+
 from steering.capture import last_token_activations
 from steering.inject import SteeringTerm
 from steering.methods.common import (
@@ -23,6 +27,7 @@ from steering.methods.common import (
     split_demonstrations,
     strength_grid,
 )
+from steering.protocol import Demonstration
 from steering.vectors import TaskVector
 
 
@@ -33,13 +38,20 @@ class ContrastiveOptions(MethodOptions):
 OPTIONS = ContrastiveOptions
 
 
+def pair_differences(job: Job, pairs: Sequence[Demonstration]) -> Tensor:
+    """[N, layers, hidden]: each pair's last-token residual state of its output minus that of its input, both
+    read inside the task's query template (`framed`). Contrastive averages them; ICV takes their main direction."""
+    outputs = last_token_activations(job.lm, framed(job, [d.output for d in pairs]))["residual"]
+    inputs = last_token_activations(job.lm, framed(job, [d.input for d in pairs]))["residual"]
+    return outputs - inputs
+
+
 def compute(job: Job, options: dict) -> TaskVector:
     opts = ContrastiveOptions(**options)
     split = split_demonstrations(job.demonstrations, opts.dev_fraction, opts.seed)
     job.report(stage="reading activations")
-    positive = last_token_activations(job.lm, framed(job, [d.output for d in split.train]))["residual"]
-    negative = last_token_activations(job.lm, framed(job, [d.input for d in split.train]))["residual"]
-    vector = new_vector(job, opts, "contrastive", "add_from_last", {"residual": (positive - negative).mean(0)})
+    residual = pair_differences(job, split.train).mean(0)  # positives (outputs) minus negatives (inputs)
+    vector = new_vector(job, opts, "contrastive", "add_from_last", {"residual": residual})
     dev = DevSet.build(job, split, opts.seed)
     job.report(stage="choosing layer and strength")
     layers = [opts.layer] if opts.layer is not None else layer_grid(job.lm.arch.num_layers, limit=12)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from steering.capture import last_token_activations
 from steering.inject import SteeringTerm
 from steering.methods.common import (
     Candidate,
@@ -24,11 +23,11 @@ from steering.methods.common import (
     MethodOptions,
     choose,
     finish,
-    framed,
     new_vector,
     split_demonstrations,
     strength_grid,
 )
+from steering.methods.contrastive import pair_differences
 from steering.vectors import TaskVector
 
 
@@ -57,11 +56,10 @@ def compute(job: Job, options: dict) -> TaskVector:
     opts = IcvOptions(**options)
     split = split_demonstrations(job.demonstrations, opts.dev_fraction, opts.seed)
     job.report(stage="reading activations")
-    inputs = last_token_activations(job.lm, framed(job, [d.input for d in split.train]))["residual"]
-    outputs = last_token_activations(job.lm, framed(job, [d.output for d in split.train]))["residual"]
+    residual = shift_direction(pair_differences(job, split.train))
     all_layers = list(range(job.lm.arch.num_layers))
     layers = [opts.layer] if opts.layer is not None else all_layers
-    vector = new_vector(job, opts, "icv", "add_all_norm", {"residual": shift_direction(outputs - inputs)}, layers)
+    vector = new_vector(job, opts, "icv", "add_all_norm", {"residual": residual}, layers)
     dev = DevSet.build(job, split, opts.seed)
     job.report(stage="choosing strength")
     strengths = strength_grid(opts.strength, [0.02, 0.05, 0.1, 0.2, 0.4])
