@@ -126,7 +126,15 @@ class LastTokenRunner:
     re-run a single position per row instead of the whole prompt.
     """
 
-    def __init__(self, lm: LoadedModel, texts: Sequence[str], repeats: int = 1) -> None:
+    def __init__(
+        self,
+        lm: LoadedModel,
+        texts: Sequence[str],
+        repeats: int = 1,
+        continuations: Sequence[Sequence[int]] | None = None,
+    ) -> None:
+        """`continuations`: tokens run after each prompt's last token in the same pass (an answer, teacher
+        forced); rows are right-padded to the longest, and `logits_all` scores every position."""
         self.lm = lm
         token_ids = encode(lm, texts)
         if any(len(t) < 2 for t in token_ids):
@@ -148,30 +156,37 @@ class LastTokenRunner:
             self.cache.batch_repeat_interleave(repeats)  # rows i*repeats ... (i+1)*repeats-1 share prompt i
             mask = mask.repeat_interleave(repeats, dim=0)
         self._prefix_state = _snapshot(self.cache)
-        last = torch.tensor([t[-1] for t in token_ids], device=lm.device).repeat_interleave(repeats)
-        self.last_ids = last[:, None]
-        self.mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        self.positions = self.mask.sum(-1, keepdim=True) - 1
+        tails = [[t[-1], *(continuations[i] if continuations is not None else ())] for i, t in enumerate(token_ids)]
+        width = max(len(t) for t in tails)
+        pad = _pad_id(lm)
+        tail_ids = torch.tensor([t + [pad] * (width - len(t)) for t in tails], device=lm.device)
+        tail_mask = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t in tails], device=lm.device)
+        self.last_ids = tail_ids.repeat_interleave(repeats, dim=0)
+        tail_mask = tail_mask.repeat_interleave(repeats, dim=0).to(mask.dtype)
+        self.mask = torch.cat([mask, tail_mask], dim=1)
+        start = mask.sum(-1, keepdim=True)
+        self.positions = start + torch.arange(width, device=lm.device)[None]
         self.rows = self.last_ids.shape[0]
 
     def logits(self, steering: BatchSteering | None, *, grad: bool = False) -> Tensor:
-        """Logits [rows, vocab] at the last token; the cache is reset to the prefix afterwards."""
+        """Logits [rows, vocab] at the last prompt token; the cache is reset to the prefix afterwards."""
+        return self.logits_all(steering, grad=grad)[:, 0]
+
+    def logits_all(self, steering: BatchSteering | None, *, grad: bool = False) -> Tensor:
+        """Logits [rows, 1 + continuation, vocab] from the last prompt token on (edits act at the last prompt
+        token); the cache is reset to the prefix afterwards."""
         if steering is not None:
             steering.prompt_len = self.prefix_len + 1
             steering.offset = self.prefix_len
         context: Callable = torch.enable_grad if grad else torch.inference_mode
         try:
             with self.lm.lock, context(), maybe_attached(steering, self.lm.arch):
-                return (
-                    self.lm.model(
-                        input_ids=self.last_ids,
-                        attention_mask=self.mask,
-                        position_ids=self.positions,
-                        past_key_values=self.cache,
-                        use_cache=True,
-                    )
-                    .logits[:, -1]
-                    .float()
-                )
+                return self.lm.model(
+                    input_ids=self.last_ids,
+                    attention_mask=self.mask,
+                    position_ids=self.positions,
+                    past_key_values=self.cache,
+                    use_cache=True,
+                ).logits.float()
         finally:
             _restore(self.cache, self._prefix_state)

@@ -129,3 +129,28 @@ def test_should_stop_cancels_training(tiny: LoadedModel) -> None:
             should_stop=lambda: next(calls) >= 4,
         )
     assert any(info.get("stage") == "training" for info in seen)
+
+
+def test_runner_scores_a_teacher_forced_answer_as_a_full_forward_pass(tiny: LoadedModel) -> None:
+    """Gates train on whole answers: the cached-prefix runner's logits at the last prompt token and at every
+    answer token equal those of one plain forward pass over prompt + answer (rows of different lengths)."""
+    from steering.capture import LastTokenRunner, encode
+
+    answers = [[5, 9, 13], [7], [11, 3]]
+    runner = LastTokenRunner(tiny, QUERIES[:3], continuations=answers)
+    got = runner.logits_all(None)
+    assert torch.equal(runner.logits(None), got[:, 0])
+    for row, (ids, answer) in enumerate(zip(encode(tiny, QUERIES[:3]), answers, strict=True)):
+        with torch.inference_mode():
+            full = tiny.model(input_ids=torch.tensor([ids + answer])).logits[0, len(ids) - 1 :].float()
+        torch.testing.assert_close(got[row, : len(answer) + 1], full, atol=1e-4, rtol=1e-4)
+
+
+def test_whole_answer_training_targets_end_with_the_separator(tiny: LoadedModel) -> None:
+    from steering.methods.common import answer_ids, ended_answer_ids
+    from steering.templates import DEFAULT_TEMPLATE
+
+    demo = DEMOS[0]
+    ended = ended_answer_ids(tiny, DEFAULT_TEMPLATE, demo)
+    assert ended[:-1] == answer_ids(tiny, DEFAULT_TEMPLATE, demo)
+    assert "\n" in tiny.tokenizer.decode([ended[-1]])

@@ -53,6 +53,17 @@ def sweep_table(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def verdict_table(result: dict[str, Any]) -> list[str]:
+    """Per task, the verdict on the last method evaluated (auto when it is): rating and summary."""
+    method = result["config"]["methods"][-1]
+    lines = [f"| task | {method}: verdict on its held-out demonstrations |", "|---|---|"]
+    for name, task in result["tasks"].items():
+        found = task["methods"].get(method, {}).get("verdict")
+        cell = f"**{found['rating'].replace('_', ' ')}**: {found['summary']}" if found else "–"
+        lines.append(f"| {name} | {cell} |")
+    return lines
+
+
 def errors_list(result: dict[str, Any]) -> list[str]:
     return [
         f"- {name} · {method}: {run['error']}"
@@ -89,6 +100,10 @@ def markdown(result: dict[str, Any]) -> str:
         "## Chosen settings (injection layers, strength s, time to compute the vector)",
         "",
         *settings_table(result),
+        "",
+        "## Verdicts",
+        "",
+        *verdict_table(result),
         "",
     ]
     errors = errors_list(result)

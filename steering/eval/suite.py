@@ -15,7 +15,12 @@ from steering.eval.backends import Backend, Steer
 from steering.eval.config import EvalConfig, reproduce_command
 from steering.eval.progress import NullReporter, Reporter
 from steering.eval.scoring import DEFINITIONS, Probe, build_probe, score, summarise
+from steering.methods.auto import rank_key
+from steering.methods.registry import auto_candidates
 from steering.protocol import Demonstration
+from steering.verdict import verdict
+
+AUTO = "auto"
 
 
 def evaluate_method(
@@ -83,6 +88,8 @@ def evaluate_task(backend: Backend, task: str, config: EvalConfig, reporter: Rep
     reporter.advance()
     result["methods"] = {}
     for method in config.methods:
+        if method == AUTO and derives_auto(config):
+            continue
         try:
             result["methods"][method] = evaluate_method(
                 backend, task, method, demos, probe, result["conditions"]["zero_shot"], config, reporter
@@ -90,8 +97,42 @@ def evaluate_task(backend: Backend, task: str, config: EvalConfig, reporter: Rep
         except Exception as exc:  # one failing method must not lose the others' results
             result["methods"][method] = {"error": f"{type(exc).__name__}: {exc}"}
         reporter.advance()
+    if derives_auto(config):
+        result["methods"][AUTO] = auto_from_candidates(result["methods"])
+    for run in result["methods"].values():
+        if "error" not in run:
+            found = verdict(run["vector_method"], run["dev_metrics"])
+            run["verdict"] = found.model_dump() if found is not None else None
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
+
+
+def derives_auto(config: EvalConfig) -> bool:
+    """`auto` is read off its candidates' own runs when they are all evaluated: it would run the very same
+    computations (same options, seed and held-out split) and keep the best by `rank_key`."""
+    return AUTO in config.methods and set(auto_candidates()) <= set(config.methods)
+
+
+def auto_from_candidates(runs: dict[str, Any]) -> dict[str, Any]:
+    tried = {m: runs[m] for m in auto_candidates() if "error" not in runs.get(m, {"error": ""})}
+    if not tried:
+        return {"error": "every candidate of auto failed"}
+    chosen = max(tried, key=lambda m: rank_key(tried[m]["dev_metrics"]))
+    dev = tried[chosen]["dev_metrics"]
+    candidates = [{"method": m, **_dev_scores(r["dev_metrics"])} for m, r in tried.items()]
+    return {
+        **tried[chosen],
+        "derived_from_candidates": True,
+        "dev_metrics": {**dev, "auto": {"chose": chosen, "candidates": candidates}},
+    }
+
+
+def _dev_scores(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "dev_exact": metrics.get("dev_steered_exact"),
+        "dev_accuracy": metrics.get("dev_steered_accuracy"),
+        "dev_logprob": metrics.get("dev_steered_logprob"),
+    }
 
 
 def run_suite(config: EvalConfig, backend: Backend, reporter: Reporter | None = None) -> dict[str, Any]:

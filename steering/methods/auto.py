@@ -42,7 +42,7 @@ class AutoOptions(MethodOptions):
         """Each candidate's options are checked now, by that method's own model, not when it runs."""
         from steering.methods.registry import METHODS  # the registry imports this module
 
-        shared = self.model_dump(exclude={"candidates", "time_budget_s", "method_options"})
+        shared = self.model_dump(exclude_unset=True, exclude={"candidates", "time_budget_s", "method_options"})
         for method, extra in self.method_options.items():
             METHODS[method].options(**{**shared, **extra})  # as `compute` will combine them
         return self
@@ -51,17 +51,23 @@ class AutoOptions(MethodOptions):
 OPTIONS = AutoOptions
 
 
-def _score(vector: TaskVector) -> tuple[float, float, float]:
-    """Held-out exact match first (what users see), then first-token accuracy, then log-probability."""
-    m = vector.metrics
-    return (m.get("dev_steered_exact", 0.0), m.get("dev_steered_accuracy", 0.0), m.get("dev_steered_logprob", -1e9))
+def rank_key(metrics: dict[str, Any]) -> tuple[float, float, float]:
+    """How candidates compare: held-out exact match first (what users see), then first-token accuracy, then
+    the log-probability of the right first token."""
+    return (
+        metrics.get("dev_steered_exact", 0.0),
+        metrics.get("dev_steered_accuracy", 0.0),
+        metrics.get("dev_steered_logprob", -1e9),
+    )
 
 
 def compute(job: Job, options: dict) -> TaskVector:
     from steering.methods.registry import METHODS  # the registry imports this module
 
     opts = AutoOptions(**options)
-    shared = opts.model_dump(exclude={"candidates", "time_budget_s", "method_options"})
+    # Only what the caller set is passed on: each candidate keeps its own defaults (soft injection's
+    # k_shot and num_prompts differ from the others'), so a candidate computes exactly as it would alone.
+    shared = opts.model_dump(exclude_unset=True, exclude={"candidates", "time_budget_s", "method_options"})
     started = time.perf_counter()
     tried: list[dict[str, Any]] = []
     best: TaskVector | None = None  # the first candidate always runs
@@ -93,7 +99,7 @@ def compute(job: Job, options: dict) -> TaskVector:
                 "seconds": round(vector.compute_seconds, 2),
             }
         )
-        if best is None or _score(vector) > _score(best):
+        if best is None or rank_key(vector.metrics) > rank_key(best.metrics):
             best = vector
     best.metrics["auto"] = {
         "chose": best.method,

@@ -89,6 +89,20 @@ def answer_ids(lm: LoadedModel, template: Template, demo: Demonstration) -> list
     return [int(t) for t in lm.tokenizer(answer_text(template, demo), add_special_tokens=False)["input_ids"]]
 
 
+def ended_answer_ids(lm: LoadedModel, template: Template, demo: Demonstration) -> list[int]:
+    """The answer's tokens and then the first token of what follows it in a few-shot prompt (the separator):
+    what a model that has learned the task writes, up to where it stops."""
+    answer = answer_ids(lm, template, demo)
+    if not template.separator:
+        return answer
+    query = render_query(template, demo.input) + answer_text(template, demo)
+    before = lm.tokenizer(query)["input_ids"]
+    after = lm.tokenizer(query + template.separator)["input_ids"]
+    if len(after) > len(before) and after[: len(before)] == before:
+        return [*answer, int(after[len(before)])]
+    return [*answer, int(lm.tokenizer(template.separator, add_special_tokens=False)["input_ids"][0])]
+
+
 def answer_token(lm: LoadedModel, template: Template, demo: Demonstration) -> int:
     """The first token of the answer as the model would write it after the rendered query."""
     return answer_ids(lm, template, demo)[0]
@@ -184,6 +198,16 @@ def choose(job: Job, dev: DevSet, candidates: Sequence[Candidate], batch_size: i
             accuracy, logprob = dev.score(logprobs[i * n : (i + 1) * n])
             table.append({**cand.params, "accuracy": accuracy, "logprob": logprob})
     best = max(range(len(candidates)), key=lambda i: (table[i]["accuracy"], table[i]["logprob"]))
+    return Choice(candidates[best], table[best]["accuracy"], table[best]["logprob"], table)
+
+
+def by_exact_match(job: Job, dev: DevSet, candidates: Sequence[Candidate], choice: Choice) -> Choice:
+    """Rank a few candidates already scored by `choose` on held-out exact match (generation, so only for short
+    lists); ties go to first-token accuracy, then log-probability."""
+    table = choice.table
+    for row, candidate in zip(table, candidates, strict=True):
+        row["exact"] = dev.exact(job, dev.zero_shot, candidate.terms)
+    best = max(range(len(candidates)), key=lambda i: (table[i]["exact"], table[i]["accuracy"], table[i]["logprob"]))
     return Choice(candidates[best], table[best]["accuracy"], table[best]["logprob"], table)
 
 

@@ -3,9 +3,12 @@
 Task embeddings are every attention head's mean output at the last token of few-shot prompts. One
 gate per (layer, head), a = sigmoid(logit), mixes each head's output at the last token of a zero-shot
 query: z <- (1 - a) z + a mean. The gates are trained with Adam on the first answer token of the
-training demonstrations asked zero-shot, with the model frozen; the best gates on held-out
-demonstrations are kept (early stopping). Only the last token runs with gradients: the prompt prefix
-is computed once per minibatch and kept in a KV cache.
+training demonstrations asked zero-shot, with the model frozen (`answer_tokens: "all"` trains on the
+whole answer, teacher forced, and on the token that ends it: measured in docs/RESULTS.md, it did not
+raise exact match on the default model and took about four times as long). The best gates on held-out
+demonstrations are kept (early stopping); the strength is then chosen by held-out exact match. Only
+the last prompt token (and the answer) run with gradients: the prompt prefix is computed once per
+minibatch and kept in a KV cache. Head means come from 50 prompts of 10 demonstrations, as in the paper.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -28,7 +31,9 @@ from steering.methods.common import (
     Job,
     MethodOptions,
     answer_token,
+    by_exact_match,
     choose,
+    ended_answer_ids,
     few_shot_prompts,
     finish,
     new_vector,
@@ -46,10 +51,15 @@ CLOSED = -200.0
 STRENGTHS = (0.5, 0.75, 1.0, 1.25)
 REPORT_EVERY = 5
 MIN_DELTA = 0.01  # a dev-loss gain (nats) below this still updates the best gates but counts as stale
+IGNORE = -100  # cross-entropy's ignore_index: padding after a shorter answer
 
 
 class SoftInjectionOptions(MethodOptions):
     k_shot: int = Field(10, ge=1, le=64, description="Demonstrations in each prompt the head means are read from.")
+    num_prompts: int = Field(50, ge=1, le=512, description="Few-shot prompts the head means are averaged over.")
+    answer_tokens: Literal["first", "all"] = Field(
+        "first", description="Train on the answer's first token, or on all of it and the token that ends it."
+    )
     steps: int = Field(100, ge=1, le=5000, description="Most optimiser steps on the gates.")
     lr: float = Field(0.2, gt=0.0, le=10.0, description="Adam learning rate of the gate logits.")
     batch_size: int = Field(32, ge=1, le=1024, description="Training queries per step.")
@@ -63,10 +73,10 @@ OPTIONS = SoftInjectionOptions
 
 @dataclass
 class Batch:
-    """A fixed group of zero-shot queries: its prefix cached once, and the answers' first tokens."""
+    """A fixed group of zero-shot queries: its prefix cached once, and the tokens to predict."""
 
     runner: LastTokenRunner
-    targets: Tensor  # [rows]
+    targets: Tensor  # [rows, positions]: the answer (and its end) from the last prompt token on; IGNORE pads
 
 
 @dataclass
@@ -91,19 +101,27 @@ def _check_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
     return chosen
 
 
-def _batches(lm: LoadedModel, template: Template, demos: Sequence[Demonstration], size: int, seed: int) -> list[Batch]:
+def _targets(lm: LoadedModel, template: Template, demo: Demonstration, whole: bool) -> list[int]:
+    return ended_answer_ids(lm, template, demo) if whole else [answer_token(lm, template, demo)]
+
+
+def _batches(
+    lm: LoadedModel, template: Template, demos: Sequence[Demonstration], size: int, seed: int, whole: bool
+) -> list[Batch]:
     """Near-equal fixed minibatches of the zero-shot queries (deterministic order)."""
     order = list(demos)
     random.Random(seed + 2).shuffle(order)
     count = -(-len(order) // size)
-    groups = [order[i::count] for i in range(count)]
-    return [
-        Batch(
-            runner=LastTokenRunner(lm, [render_query(template, d.input) for d in group]),
-            targets=torch.tensor([answer_token(lm, template, d) for d in group], device=lm.device),
+    batches = []
+    for group in (order[i::count] for i in range(count)):
+        targets = [_targets(lm, template, d, whole) for d in group]
+        width = max(len(t) for t in targets)
+        runner = LastTokenRunner(
+            lm, [render_query(template, d.input) for d in group], continuations=[t[:-1] for t in targets]
         )
-        for group in groups
-    ]
+        padded = [t + [IGNORE] * (width - len(t)) for t in targets]
+        batches.append(Batch(runner=runner, targets=torch.tensor(padded, device=lm.device)))
+    return batches
 
 
 def _steering(gates: Tensor, means: Tensor, layers: Sequence[int], rows: int, dtype: torch.dtype) -> BatchSteering:
@@ -119,13 +137,16 @@ def _steering(gates: Tensor, means: Tensor, layers: Sequence[int], rows: int, dt
 
 def _loss(lm: LoadedModel, batch: Batch, gates: Tensor, means: Tensor, layers: Sequence[int], grad: bool) -> Tensor:
     steering = _steering(gates, means, layers, batch.runner.rows, lm.dtype)
-    logits = batch.runner.logits(steering, grad=grad)
-    return torch.nn.functional.cross_entropy(logits, batch.targets)
+    logits = batch.runner.logits_all(steering, grad=grad)
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE)
 
 
 def _dev_loss(lm: LoadedModel, batches: Sequence[Batch], gates: Tensor, means: Tensor, layers: Sequence[int]) -> float:
-    total = sum(_loss(lm, b, gates, means, layers, grad=False).item() * b.runner.rows for b in batches)
-    return total / sum(b.runner.rows for b in batches)
+    weights = [int((b.targets != IGNORE).sum()) for b in batches]
+    total = sum(
+        _loss(lm, b, gates, means, layers, grad=False).item() * w for b, w in zip(batches, weights, strict=True)
+    )
+    return total / sum(weights)
 
 
 def train_gates(
@@ -197,8 +218,9 @@ def compute(job: Job, options: dict) -> TaskVector:
     means = heads.mean(0).to(lm.device, lm.dtype)  # [layers, heads, head_dim]
     job.check()
     job.report(stage="caching queries")
-    train = _batches(lm, job.template, split.train, opts.batch_size, opts.seed)
-    dev_batches = _batches(lm, job.template, split.dev, max(opts.batch_size, len(split.dev)), opts.seed)
+    whole = opts.answer_tokens == "all"
+    train = _batches(lm, job.template, split.train, opts.batch_size, opts.seed, whole)
+    dev_batches = _batches(lm, job.template, split.dev, max(opts.batch_size, len(split.dev)), opts.seed, whole)
     training = train_gates(job, train, dev_batches, means, layers, opts)
     gate_logits = _gate_logits(training.best_logits, layers, arch.num_layers)
     tensors = {"head_means": means.float().cpu().contiguous(), "gate_logits": gate_logits}
@@ -206,7 +228,9 @@ def compute(job: Job, options: dict) -> TaskVector:
     dev = DevSet.build(job, split, opts.seed)
     job.report(stage="choosing strength")
     strengths = strength_grid(opts.strength, STRENGTHS)
-    by_strength = choose(job, dev, [Candidate((SteeringTerm(vector, s),), {"strength": s}) for s in strengths])
+    candidates = [Candidate((SteeringTerm(vector, s),), {"strength": s}) for s in strengths]
+    # A strength that starts answers right but runs them on is not the best one: rank by exact match.
+    by_strength = by_exact_match(job, dev, candidates, choose(job, dev, candidates))
     vector.default_strength = by_strength.candidate.params["strength"]
     return finish(
         vector, job, dev, split, by_strength, strength_scan=by_strength.table, **_summary(training, gate_logits, layers)
