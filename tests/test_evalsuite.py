@@ -130,3 +130,27 @@ def test_cli_eval_rejects_unknown_task(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2
     assert "unknown task" in result.output
+
+
+def test_auto_read_off_its_candidates_is_what_auto_computes(tiny_llama: LoadedModel) -> None:
+    """With every candidate evaluated, the suite reads `auto` off their runs instead of computing them again:
+    that must be exactly the vector `auto` itself keeps (same options, seed and held-out split)."""
+    from steering.datasets import load_task, split_task
+    from steering.methods import compute_vector
+    from steering.methods.registry import auto_candidates
+
+    fast = {"soft_injection": {"steps": 6, "eval_every": 3, "num_prompts": 4}}
+    config = small_config([*auto_candidates(), "auto"], multiples=[0.0, 1.0], options=fast)
+    config.tasks = ["antonyms"]
+    result = run_suite(config, LocalBackend(tiny_llama))
+    derived = result["tasks"]["antonyms"]["methods"]["auto"]
+    assert derived["derived_from_candidates"] and derived["verdict"]["summary"]
+
+    demos, _ = split_task(load_task("antonyms"), SMALL["n_demos"], SMALL["n_test"], 0)
+    real = compute_vector(
+        tiny_llama, demos, "auto", options={"seed": 0, "method_options": {"soft_injection": fast["soft_injection"]}}
+    )
+    assert derived["vector_method"] == real.method
+    assert derived["layers"] == real.layers and derived["strength"] == real.default_strength
+    tried = {c["method"]: c["dev_exact"] for c in real.metrics["auto"]["candidates"]}
+    assert tried == {c["method"]: c["dev_exact"] for c in derived["dev_metrics"]["auto"]["candidates"]}

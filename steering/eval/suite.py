@@ -89,6 +89,7 @@ def evaluate_task(backend: Backend, task: str, config: EvalConfig, reporter: Rep
     result["methods"] = {}
     for method in config.methods:
         if method == AUTO and derives_auto(config):
+            reporter.advance()  # read off the candidates below
             continue
         try:
             result["methods"][method] = evaluate_method(
