@@ -11,11 +11,24 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
-from steering.cli import EXIT_AUTH, EXIT_ERROR, EXIT_NOT_FOUND, EXIT_NOT_READY, EXIT_USAGE, app, parse_task
+from steering.cli import (
+    EXIT_AUTH,
+    EXIT_ERROR,
+    EXIT_NOT_FOUND,
+    EXIT_NOT_READY,
+    EXIT_USAGE,
+    answer_end_text,
+    app,
+    layer_ranges,
+    parse_task,
+    task_table,
+    tasks_table,
+)
 from steering.client import Client
-from steering.protocol import SteeringEntry
+from steering.protocol import SteeringEntry, TaskInfo
 from tests.conftest import ServerProcess, start_server
 
 DEMOS_TEXT = "hot -> cold\nbig -> small\nfast -> slow\nup -> down\nday -> night\nin -> out\n"
@@ -66,6 +79,7 @@ def test_register_human_and_json(steer, demos_file: Path, task_id: str) -> None:
     human = steer("tasks", "register", str(demos_file), "-m", "task_vector", "--name", "antonyms")
     assert human.exit_code == 0, human.output
     assert task_id in human.stdout and "ready" in human.stdout and "antonyms" in human.stdout
+    assert "verdict" in human.stdout and "scores" in human.stdout and "answers end" in human.stdout
     as_json = steer("tasks", "register", str(demos_file), "-m", "task_vector", "--json")
     assert json.loads(as_json.stdout)["id"] == task_id
 
@@ -108,6 +122,91 @@ def test_list_show_delete(steer, demos_file: Path, task_id: str) -> None:
     missing_json = steer("--json", "tasks", "delete", other_id)
     assert missing_json.exit_code == EXIT_NOT_FOUND
     assert json.loads(missing_json.stderr)["error"]["type"] == "not_found"
+
+
+def words(text: str) -> str:
+    """Text with its whitespace (and a table's line wrapping) collapsed."""
+    return " ".join(text.split())
+
+
+def test_show_and_list_give_the_verdict(steer, task_id: str) -> None:
+    """The server's verdict: its summary, steered / k-shot / zero-shot in %, the answer-end rule; JSON carries both."""
+    info = json.loads(steer("--json", "tasks", "show", task_id).stdout)
+    verdict = info["verdict"]
+    assert verdict["rating"] in ("better_than_few_shot", "as_good_as_few_shot", "below_few_shot", "no_effect")
+    assert verdict["metric"] in ("exact", "first_token") and isinstance(verdict["few_shot_k"], int)
+    assert info["answer_end"]["stop"] == ["\n"] and info["answer_end"]["max_words"] == 1  # one-word answers
+    shown = steer("tasks", "show", task_id)
+    assert shown.exit_code == 0, shown.output
+    text = words(shown.stdout)
+    assert "verdict " + words(verdict["summary"]) in text
+    pct = lambda x: f"{100 * x:.0f} %"  # noqa: E731
+    scores = (
+        f"scores steered {pct(verdict['steered'])} · {verdict['few_shot_k']}-shot {pct(verdict['few_shot'])} · "
+        f"zero-shot {pct(verdict['zero_shot'])}"
+    )
+    assert scores in text
+    assert ("advice" in text) == (verdict["advice"] is not None)
+    assert 'answers end stop "\\n" · at , ;' in text and "max 1 word" in text
+    assert "layers " + layer_ranges(info["layers"]) in text
+    listed = json.loads(steer("--json", "tasks", "list").stdout)["tasks"]
+    assert next(t for t in listed if t["id"] == task_id)["verdict"] == verdict
+    table = steer("tasks", "list")
+    assert table.exit_code == 0 and "verdict" in table.stdout
+    assert f"vs {verdict['few_shot_k']}-shot {pct(verdict['few_shot'])}" in words(table.stdout)
+
+
+def render(table) -> str:
+    console = Console(width=120, record=True, color_system=None)
+    console.print(table)
+    return words(console.export_text())
+
+
+WEAK_VERDICT = {  # a weak vector's verdict as the server words it (also drawn by tests/test_playground.py)
+    "rating": "below_few_shot",
+    "summary": "icv answers 20 % of 10 held-out demonstrations exactly; 10-shot prompting 60 %, zero-shot 0 %: "
+    "below 10-shot prompting.",
+    "advice": "icv did not change answers on this mapping task; soft_injection reached 80 % [try it].",
+    "metric": "exact",
+    "steered": 0.2,
+    "zero_shot": 0.0,
+    "few_shot": 0.6,
+    "few_shot_k": 10,
+    "held_out": 10,
+}
+WEAK = TaskInfo.model_validate(
+    {
+        "id": "task-weak",
+        "status": "ready",
+        "method": "icv",
+        "name": "lookup [v2]",
+        "layers": list(range(30)),
+        "verdict": WEAK_VERDICT,
+        "answer_end": {"stop": ["\n"], "delimiters": [",", "[", " -"], "max_words": 2, "max_chars": 1, "max_tokens": 7},
+    }
+)
+
+
+def test_a_weak_verdict_is_shown_with_its_advice() -> None:
+    shown = render(task_table(WEAK))
+    assert "layers 0-29 " in shown and "0,1" not in shown
+    assert "verdict " + words(WEAK.verdict.summary) in shown
+    assert "scores steered 20 % · 10-shot 60 % · zero-shot 0 % (exact match, 10 held out)" in shown
+    assert "advice " + WEAK.verdict.advice in shown  # markup in text is printed as written
+    assert 'answers end stop "\\n" · at , [ " -" · max 2 words · max 1 char · max 7 tokens' in shown
+    listed = render(tasks_table([WEAK]))
+    assert "below: 20 % vs 10-shot 60 %" in listed and "0-29" in listed and "lookup [v2]" in listed
+    no_verdict = render(task_table(WEAK.model_copy(update={"verdict": None, "answer_end": None})))
+    assert "verdict" not in no_verdict and "answers end" not in no_verdict
+
+
+def test_layer_ranges_and_answer_end_text() -> None:
+    assert layer_ranges([0, 1, 2, 3, 7, 9, 10, 11]) == "0-3, 7, 9-11"
+    assert layer_ranges(list(range(30))) == "0-29"
+    assert layer_ranges([11, 3, 10, 2, 3]) == "2-3, 10-11"
+    assert layer_ranges([5]) == "5" and layer_ranges([]) == "-" and layer_ranges(None) == "-"
+    assert answer_end_text({"stop": ["\n\n"], "delimiters": [], "max_words": 1}) == 'stop "\\n\\n" · max 1 word'
+    assert answer_end_text(None) == "-"
 
 
 def test_generate(steer, server: ServerProcess, task_id: str) -> None:

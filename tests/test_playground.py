@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from tests.conftest import ARTIFACTS, ServerProcess, start_server
+from tests.test_cli import WEAK_VERDICT
 
 CHROMIUM = Path("/usr/bin/chromium")
 ANTONYMS = "hot -> cold\nbig -> small\nfast -> slow\nup -> down\nday -> night\nin -> out\nopen -> closed\n"
@@ -92,6 +93,16 @@ def test_playground_end_to_end(server: ServerProcess, page) -> None:
     register(page, ANTONYMS, "antonyms")
     row = page.locator("li.task").first
     expect(row.locator("input[type=checkbox]")).to_be_checked()  # a task registered here is ticked once ready
+    # The card shows the server's verdict on the vector, and its layers as ranges.
+    info = httpx.get(f"{server.url}/v1/tasks/{row.get_attribute('data-id')}", timeout=30).json()
+    assert info["verdict"] is not None and info["answer_end"] is not None
+    verdict = row.locator(".verdict")
+    expect(verdict).to_be_visible()
+    expect(verdict).to_have_class(f"verdict rating-{info['verdict']['rating']}")
+    expect(verdict.locator(".verdict-summary")).to_have_text(info["verdict"]["summary"])
+    expect(verdict.locator(".vbar.steered .vbar-value")).to_have_text(f"{round(info['verdict']['steered'] * 100)}%")
+    expect(verdict.locator(".answer-end")).to_contain_text("answers end: stop")
+    expect(row.locator(".task-sub")).to_contain_text(page.evaluate("(l) => formatLayers(l)", info["layers"]))
 
     page.fill("#query", "tall")
     page.fill("#max-tokens", "12")
@@ -149,6 +160,118 @@ def test_progress_is_shown(server: ServerProcess, page) -> None:
     expect(row.locator(".progress-text")).to_have_text("training · step 40/120 · loss 1.2346")
     expect(row.locator(".strength")).to_be_hidden()
     assert row.locator(".bar span").evaluate("el => el.style.width") == "33%"
+
+
+@pytest.mark.browser
+def test_layers_are_written_as_ranges(server: ServerProcess, page) -> None:
+    page.goto(server.url + "/")
+    cases = [
+        ([0, 1, 2, 3, 7, 9, 10, 11], "0-3, 7, 9-11"),
+        (list(range(30)), "0-29"),
+        ([5], "5"),
+        ([4, 5], "4-5"),
+        ([11, 3, 10, 2, 3], "2-3, 10-11"),  # in order, each once
+        ([0, 2, 4], "0, 2, 4"),
+        ([], ""),
+    ]
+    for layers, expected in cases:
+        assert page.evaluate("(l) => formatLayers(l)", layers) == expected, layers
+
+
+@pytest.mark.browser
+def test_few_shot_answers_end_as_the_server_ends_them(server: ServerProcess, page) -> None:
+    """The page cuts few-shot answers with a task's learned rule exactly where steering/answer_end.py cuts them."""
+    from steering.answer_end import AnswerEnd
+
+    page.goto(server.url + "/")
+    rules = [
+        AnswerEnd(stop=["\n"], delimiters=[",", ".", " -"], max_words=1, max_tokens=10),
+        AnswerEnd(stop=["\n\n"], delimiters=[";"], max_words=3, max_chars=None),
+        AnswerEnd(stop=["\n"], max_chars=1),
+        AnswerEnd(),
+    ]
+    texts = [" apple, pear, plum", " cold\nQ: warm", "  New York City is big", "B and C", "", "   ", "a - b", "x;y z"]
+    for rule in rules:
+        for text in texts:
+            got = page.evaluate("([t, r]) => cutAnswer(t, r)", [text, rule.model_dump()])
+            assert got == rule.apply(text), (rule, text)
+
+
+WEAK_TASK = {
+    "id": "task-0123456789abcdef01234567",
+    "status": "ready",
+    "method": "icv",
+    "name": "a task whose name goes on and on " * 4,
+    "num_demonstrations": 40,
+    "layers": list(range(30)),
+    "default_strength": 0.4,
+    "template": None,
+    "metrics": {"dev_steered_accuracy": 0.25},
+    "verdict": {**WEAK_VERDICT, "advice": WEAK_VERDICT["advice"] + " " + "averyverylongunbrokenwordthatmustwrap" * 4},
+    "answer_end": {
+        "stop": ["\n"],
+        "delimiters": [",", ";", ".", "!", "?", ":", "(", ")", "[", "]", '"', "|", " -", "="],
+        "max_words": 1,
+        "max_chars": None,
+        "max_tokens": 10,
+    },
+}
+
+
+@pytest.mark.browser
+def test_verdict_on_the_card(server: ServerProcess, page) -> None:
+    """A weak vector's card: rating, steered / 10-shot / zero-shot, advice, layers `0-29`, nothing overflowing."""
+    page.goto(server.url + "/")
+    expect(page.locator("#server-info")).to_contain_text("ready")
+    page.evaluate("(info) => updateTask(info)", WEAK_TASK)
+    row = page.locator(f"li.task[data-id='{WEAK_TASK['id']}']")
+    verdict = row.locator(".verdict")
+    expect(verdict).to_be_visible()
+    expect(verdict).to_have_class("verdict rating-below_few_shot")
+    expect(verdict.locator(".verdict-label")).to_have_text("below 10-shot")
+    expect(verdict.locator(".verdict-measure")).to_have_text("exact match, 10 held out")
+    for condition, name, value, width in (
+        ("steered", "steered", "20%", "20%"),
+        ("few", "10-shot", "60%", "60%"),
+        ("zero", "zero-shot", "0%", "0%"),
+    ):
+        bar = verdict.locator(f".vbar.{condition}")
+        expect(bar.locator(".vbar-name")).to_have_text(name)
+        expect(bar.locator(".vbar-value")).to_have_text(value)
+        assert bar.locator(".vbar-fill").evaluate("el => el.style.width") == width
+    expect(verdict.locator(".verdict-summary")).to_have_text(WEAK_TASK["verdict"]["summary"])
+    expect(verdict.locator(".verdict-advice")).to_have_text(WEAK_TASK["verdict"]["advice"])
+    expect(verdict.locator(".answer-end")).to_have_text(
+        'answers end: stop "\\n" · at , ; . ! ? : ( ) [ ] " | " -" = · max 1 word · max 10 tokens'
+    )
+    expect(row.locator(".task-sub")).to_contain_text("icv · layers 0-29 · 40 demos")
+    expect(row.locator(".task-sub")).not_to_contain_text("0,1")
+    expect(row.locator(".task-sub")).not_to_contain_text("dev acc")  # the verdict says it better
+    # Nothing spills out of the card or the task list.
+    for selector in (f"li.task[data-id='{WEAK_TASK['id']}']", "#tasks"):
+        sizes = page.locator(selector).evaluate("el => [el.scrollWidth, el.clientWidth]")
+        assert sizes[0] <= sizes[1], (selector, sizes)
+    card = row.bounding_box()
+    for part in (".verdict", ".verdict-advice", ".answer-end", ".task-sub", ".task-head"):
+        box = row.locator(part).bounding_box()
+        assert box["x"] + box["width"] <= card["x"] + card["width"] + 0.5, part
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    row.screenshot(path=str(ARTIFACTS / "playground-verdict.png"))
+
+    # A strong vector: its own colour, no advice; a task still computing shows no verdict yet.
+    strong = {
+        **WEAK_TASK,
+        "verdict": {**WEAK_TASK["verdict"], "rating": "better_than_few_shot", "steered": 0.9, "advice": None},
+        "layers": [3],
+    }
+    page.evaluate("(info) => updateTask(info)", strong)
+    expect(verdict).to_have_class("verdict rating-better_than_few_shot")
+    expect(verdict.locator(".verdict-label")).to_have_text("better than 10-shot")
+    expect(verdict.locator(".vbar.steered .vbar-value")).to_have_text("90%")
+    expect(verdict.locator(".verdict-advice")).to_have_count(0)
+    expect(row.locator(".task-sub")).to_contain_text("icv · layer 3 · 40 demos")
+    page.evaluate("(info) => updateTask(info)", {**strong, "status": "running", "verdict": None, "answer_end": None})
+    expect(verdict).to_be_hidden()
 
 
 @pytest.mark.browser

@@ -275,9 +275,10 @@ function createRow(info) {
     if (state.active.has(info.id)) rerunSteeredSoon();
   });
   strength.append(label, slider, value);
+  const verdict = el("div", "verdict");
   const error = el("div", "error small");
-  li.append(head, sub, progress, strength, error);
-  const refs = { box, name, badge, sub, progress, fill, progressText, strength, slider, value, error };
+  li.append(head, sub, progress, verdict, strength, error);
+  const refs = { box, name, badge, sub, progress, fill, progressText, verdict, strength, slider, value, error };
   state.rows.set(info.id, { li, refs });
   $("tasks").prepend(li);
   $("tasks-empty").hidden = true;
@@ -293,13 +294,16 @@ function updateTask(info) {
   r.badge.textContent = info.status;
   r.badge.className = "badge status-" + info.status;
   const bits = [info.method];
-  if (info.layers && info.layers.length) bits.push("layer " + info.layers.join(","));
+  if (info.layers && info.layers.length) {
+    bits.push((info.layers.length === 1 ? "layer " : "layers ") + formatLayers(info.layers));
+  }
   if (info.num_demonstrations) bits.push(info.num_demonstrations + " demos");
   const acc = info.metrics && info.metrics.dev_steered_accuracy;
-  if (typeof acc === "number") bits.push(`dev acc ${(acc * 100).toFixed(0)}%`);
+  if (typeof acc === "number" && !info.verdict) bits.push(`dev acc ${(acc * 100).toFixed(0)}%`);
   r.sub.replaceChildren(el("code", "", info.id.slice(0, 13) + "…"), document.createTextNode(" · " + bits.join(" · ")));
   r.sub.title = info.id;
   renderProgress(r, info);
+  renderVerdict(r.verdict, info);
   const ready = info.status === "ready";
   r.box.disabled = !ready;
   r.strength.hidden = !ready;
@@ -310,6 +314,83 @@ function updateTask(info) {
   if (ready && state.autoActivate.delete(info.id)) setActive(info.id, true);
   r.box.checked = state.active.has(info.id);
   row.li.classList.toggle("active", state.active.has(info.id));
+}
+
+// "0-3, 7, 9-11" for [0, 1, 2, 3, 7, 9, 10, 11]: a vector on every layer reads "0-29", not thirty numbers.
+function formatLayers(layers) {
+  const values = [...new Set(layers || [])].filter(Number.isInteger).sort((a, b) => a - b);
+  const runs = [];
+  for (const layer of values) {
+    const last = runs[runs.length - 1];
+    if (last && layer === last[1] + 1) last[1] = layer;
+    else runs.push([layer, layer]);
+  }
+  return runs.map(([a, b]) => (a === b ? String(a) : `${a}-${b}`)).join(", ");
+}
+
+const RATING_LABELS = {
+  better_than_few_shot: (shots) => `better than ${shots}`,
+  as_good_as_few_shot: (shots) => `as good as ${shots}`,
+  below_few_shot: (shots) => `below ${shots}`,
+  no_effect: () => "no effect",
+};
+
+function percent(fraction) {
+  return `${Math.round(fraction * 100)}%`;
+}
+
+// A stop string or delimiter as typed: bare when one visible character, else quoted ("\n", " -").
+function endPiece(text) {
+  return text.length === 1 && text.trim() ? text : JSON.stringify(text);
+}
+
+// The learned rule in one line: `stop "\n" · at , ; . · max 1 word · max 10 tokens`.
+function answerEndText(rule) {
+  if (!rule) return "";
+  const parts = [];
+  if (rule.stop && rule.stop.length) parts.push("stop " + rule.stop.map(endPiece).join(" "));
+  if (rule.delimiters && rule.delimiters.length) parts.push("at " + rule.delimiters.map(endPiece).join(" "));
+  for (const [key, unit] of [["max_words", "word"], ["max_chars", "char"], ["max_tokens", "token"]]) {
+    const n = rule[key];
+    if (Number.isInteger(n)) parts.push(`max ${n} ${unit}${n === 1 ? "" : "s"}`);
+  }
+  return parts.join(" · ");
+}
+
+// How the vector did on held-out demonstrations: a label by rating, steered / k-shot / zero-shot bars, the summary,
+// advice when weak, and where answers end.
+function renderVerdict(box, info) {
+  const v = info.status === "ready" ? info.verdict : null;
+  box.hidden = !v;
+  if (!v) {
+    box.replaceChildren();
+    return;
+  }
+  const shots = v.few_shot_k ? `${v.few_shot_k}-shot` : "few-shot";
+  box.className = "verdict rating-" + v.rating;
+  const label = (RATING_LABELS[v.rating] || (() => v.rating))(shots);
+  const measure = `${v.metric === "exact" ? "exact match" : "first token"}, ${v.held_out ? v.held_out + " held out" : "training demos"}`;
+  const head = el("div", "verdict-head");
+  head.append(el("span", "verdict-label", label), el("span", "verdict-measure", measure));
+  const bars = el("div", "verdict-bars");
+  for (const [condition, name, value] of [["steered", "steered", v.steered], ["few", shots, v.few_shot], ["zero", "zero-shot", v.zero_shot]]) {
+    const row = el("div", "vbar " + condition);
+    const track = el("span", "vbar-track");
+    const fillEl = el("span", "vbar-fill");
+    fillEl.style.width = `${Math.max(0, Math.min(100, Math.round(value * 100)))}%`;
+    track.appendChild(fillEl);
+    row.append(el("span", "vbar-name", name), track, el("span", "vbar-value", percent(value)));
+    bars.appendChild(row);
+  }
+  const nodes = [head, bars, el("p", "verdict-summary", v.summary)];
+  if (v.advice) nodes.push(el("p", "verdict-advice", v.advice));
+  const end = answerEndText(info.answer_end);
+  if (end) {
+    const line = el("p", "answer-end", "answers end: " + end);
+    line.title = line.textContent;
+    nodes.push(line);
+  }
+  box.replaceChildren(...nodes);
 }
 
 function initSlider(info, r) {
@@ -456,9 +537,11 @@ function setColumn(name, nodes, busy) {
 
 async function settle(jobs) {
   return Promise.all(
-    jobs.map(async ([label, request]) => {
+    jobs.map(async ([label, request, rule]) => {
       try {
-        return answerBlock(label, await api("POST", "/v1/generate", request), request);
+        const data = await api("POST", "/v1/generate", request);
+        if (rule) data.text = cutAnswer(data.text, rule);
+        return answerBlock(label, data, request);
       } catch (exc) {
         return errorBlock(label, exc.message);
       }
@@ -477,9 +560,37 @@ async function runColumn(name, jobs, emptyText) {
   if (seq === state.seq[name]) setColumn(name, nodes, false);
 }
 
+// Where an answer ends under a task's learned rule (`answer_end`), as the server's steering/answer_end.py cuts it:
+// the few-shot column's answers end as the steered ones do, so the columns compare like the task's verdict.
+function cutAnswer(text, rule) {
+  const ends = [];
+  for (const s of rule.stop || []) {
+    const at = text.indexOf(s);
+    if (at >= 0) ends.push(at);
+  }
+  const start = text.length - text.trimStart().length;
+  if (start < text.length) {
+    for (const d of rule.delimiters || []) {
+      const at = text.indexOf(d, start + 1);
+      if (at >= 0) ends.push(at);
+    }
+    if (Number.isInteger(rule.max_chars) && text.length - start > rule.max_chars) ends.push(start + rule.max_chars);
+    if (Number.isInteger(rule.max_words)) {
+      const words = [...text.slice(start).matchAll(/\S+/g)];
+      const last = words[rule.max_words - 1];
+      const end = last ? start + last.index + last[0].length : text.length;
+      if (end < text.length) ends.push(end);
+    }
+  }
+  return ends.length ? text.slice(0, Math.min(...ends)) : text;
+}
+
 function runZero(text) {
   const tasks = activeTasks();
-  const request = { prompt: fill(templateOf(tasks[0]).query, text), stop: ["\n"], max_new_tokens: maxTokens() };
+  // With tasks ticked: the steered request at strength 0 (the plain model), so its answer ends where theirs do.
+  const request = tasks.length
+    ? { input: text, steering: tasks.map((t) => ({ task: t.id, strength: 0 })), max_new_tokens: maxTokens() }
+    : { prompt: fill(DEFAULT_TEMPLATE.query, text), stop: ["\n"], max_new_tokens: maxTokens() };
   return runColumn("zero", [[null, request]], "");
 }
 
@@ -495,7 +606,10 @@ function runFew(text) {
       continue;
     }
     const prompt = fewShotPrompt(templateOf(task), demos, text, shots);
-    jobs.push([tasks.length > 1 ? task.name || task.id : null, { prompt, stop: ["\n"], max_new_tokens: maxTokens() }]);
+    const rule = task.answer_end;
+    const request = { prompt, stop: rule && rule.stop.length ? rule.stop : ["\n"], max_new_tokens: maxTokens() };
+    if (rule && Number.isInteger(rule.max_tokens)) request.max_new_tokens = Math.min(request.max_new_tokens, rule.max_tokens);
+    jobs.push([tasks.length > 1 ? task.name || task.id : null, request, rule]);
   }
   const empty = !tasks.length
     ? "Tick a task: its demonstrations make the prompt"
