@@ -12,6 +12,7 @@ from steering.model import LoadedModel
 from steering.templates import DEFAULT_TEMPLATE
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
+EXACT_MARGIN = 0.0  # steered exact match at least that of 10-shot prompting, on average
 
 TASKS = (
     "antonyms",
@@ -26,23 +27,32 @@ TASKS = (
 
 
 def test_soft_injection_matches_ten_shot_prompting_on_average(default_lm: LoadedModel) -> None:
+    """First token and exact match; every condition's answer ends by the rule learned from the demonstrations."""
     rows = []
     for task in TASKS:
         demos, test = split_task(load_task(task), 40, 20, seed=0)
         vector = compute_vector(default_lm, demos, "soft_injection")
-        evaluator = TaskEvaluator(default_lm, DEFAULT_TEMPLATE, test)
+        evaluator = TaskEvaluator(default_lm, DEFAULT_TEMPLATE, test, answer_end=vector.answer_end)
+        few_shot = evaluator.few_shot_prompts(demos, 10)
+        steer = [SteeringTerm(vector, vector.default_strength)]
         rows.append(
             (
                 task,
-                evaluator.first_token(evaluator.queries),
-                evaluator.first_token(evaluator.few_shot_prompts(demos, 10)),
-                evaluator.first_token(evaluator.queries, [SteeringTerm(vector, vector.default_strength)]),
+                evaluator.scores(evaluator.queries),
+                evaluator.scores(few_shot),
+                evaluator.scores(evaluator.queries, steer),
                 vector.compute_seconds,
             )
         )
     for task, zero, few, steered, seconds in rows:
-        print(f"{task:18s} zero-shot {zero:.2f}  10-shot {few:.2f}  soft injection {steered:.2f}  ({seconds:.0f} s)")
-    mean = [sum(r[i] for r in rows) / len(rows) for i in (1, 2, 3)]
-    print(f"{'mean':18s} zero-shot {mean[0]:.3f}  10-shot {mean[1]:.3f}  soft injection {mean[2]:.3f}")
-    assert mean[2] >= mean[1]
-    assert mean[2] >= mean[0] + 0.30
+        print(
+            f"{task:18s} first-token / exact: zero-shot {zero.first_token:.2f} / {zero.exact:.2f}  "
+            f"10-shot {few.first_token:.2f} / {few.exact:.2f}  "
+            f"soft injection {steered.first_token:.2f} / {steered.exact:.2f}  ({seconds:.0f} s)"
+        )
+    first = [sum(r[i].first_token for r in rows) / len(rows) for i in (1, 2, 3)]
+    exact = [sum(r[i].exact for r in rows) / len(rows) for i in (1, 2, 3)]
+    print(f"{'mean':18s} first-token {first}  exact {exact}")
+    assert first[2] >= first[1]
+    assert first[2] >= first[0] + 0.30
+    assert exact[2] >= exact[1] - EXACT_MARGIN
