@@ -21,8 +21,8 @@ from app.worker import VectorWorker
 from steering.inject import SteeringTerm
 from steering.methods import options_model
 from steering.model import LoadedModel
-from steering.protocol import SteeringEntry, TaskCreate, TaskInfo
-from steering.templates import DEFAULT_TEMPLATE
+from steering.protocol import SteeringEntry, TaskCreate, TaskInfo, Template
+from steering.templates import DEFAULT_TEMPLATE, NoChatTemplate, chat_template
 from steering.vectors import TaskVector
 from steering.verdict import verdict
 
@@ -43,7 +43,7 @@ def task_id_for(owner: str | None, fingerprint: str, body: TaskCreate, options: 
         "fingerprint": fingerprint,
         "method": body.method,
         "options": options,
-        "template": (body.template or DEFAULT_TEMPLATE).model_dump(),
+        "template": (body.template if isinstance(body.template, Template) else DEFAULT_TEMPLATE).model_dump(),
         "demonstrations": [d.model_dump() for d in body.demonstrations],
     }
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -150,6 +150,7 @@ class TaskService:
 
     async def register(self, body: TaskCreate, owner: str | None) -> tuple[TaskRecord, bool]:
         """Create the task (or find it) and make sure its vectors are being computed. Returns (record, created)."""
+        body = self._expand_template(body)
         options = self._check_limits(body)
         task_id = task_id_for(owner, self.lm.fingerprint, body, options)
         for _ in range(3):  # a concurrent delete between create and get: try again, a bounded number of times
@@ -172,6 +173,15 @@ class TaskService:
                 return existing, False
         raise ApiError(409, "conflict", f"task {task_id!r} is being deleted and created concurrently; retry")
 
+    def _expand_template(self, body: TaskCreate) -> TaskCreate:
+        """`template: "chat"` becomes this model's chat template (steering.templates.chat_template)."""
+        if body.template != "chat":
+            return body
+        try:
+            return body.model_copy(update={"template": chat_template(self.lm.tokenizer)})
+        except NoChatTemplate as exc:
+            raise ApiError(422, "no_chat_template", f'{exc}: register with a template other than "chat"') from None
+
     def _new_record(self, task_id: str, body: TaskCreate, options: dict, owner: str | None) -> TaskRecord:
         now = time.time()
         return TaskRecord(
@@ -181,7 +191,7 @@ class TaskService:
             method=body.method,
             spec={
                 "demonstrations": [d.model_dump() for d in body.demonstrations],
-                "template": (body.template or DEFAULT_TEMPLATE).model_dump(),
+                "template": (body.template if isinstance(body.template, Template) else DEFAULT_TEMPLATE).model_dump(),
                 "options": options,
             },
             fingerprint=self.lm.fingerprint,

@@ -9,8 +9,9 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_serializer, model_validator
 from pydantic_core import PydanticCustomError
+from typing_extensions import NotRequired, TypedDict
 
 from steering.method_names import Method
 
@@ -91,6 +92,13 @@ class Demonstration(WireModel):
     output: str = Field(..., description="What the task maps the input to, e.g. 'cold'.")
 
 
+class TemplateFields(TypedDict):
+    example: str
+    query: str
+    separator: str
+    prefix: NotRequired[str]
+
+
 class Template(BaseModel):
     """How demonstrations and queries are written out for the model."""
 
@@ -99,6 +107,15 @@ class Template(BaseModel):
     example: str = Field("Q: {input}\nA: {output}", description="One demonstration.")
     query: str = Field("Q: {input}\nA:", description="A zero-shot query.")
     separator: str = Field("\n\n", description="Between demonstrations in a few-shot prompt.")
+    prefix: str = Field("", description="Once, before every prompt (a chat template's system turn); usually empty.")
+
+    @model_serializer(mode="wrap")
+    def _without_empty_prefix(self, handler: Any) -> TemplateFields:
+        """No prefix, no key: templates (and task ids hashed from them) read as before the field existed."""
+        data = handler(self)
+        if isinstance(data, dict) and not self.prefix:
+            data.pop("prefix", None)
+        return data
 
     @model_validator(mode="after")
     def _placeholders(self) -> Template:
@@ -113,7 +130,13 @@ class TaskCreate(WireModel):
     demonstrations: list[Demonstration] = Field(..., min_length=1)
     method: Method = "auto"
     name: str | None = Field(None, max_length=200)
-    template: Template | None = None
+    template: Template | Literal["chat"] | None = Field(
+        None,
+        description=(
+            'How demonstrations and queries are written; "chat": in the model\'s chat template, each input a user '
+            "message and each output the assistant's answer (for tasks used through chat requests)."
+        ),
+    )
     options: dict[str, Any] = Field(default_factory=dict)
 
 
