@@ -382,6 +382,9 @@ def tasks_register(
     option: Annotated[
         list[str] | None, typer.Option("--option", "-o", help="A method option, key=value (repeatable).")
     ] = None,
+    chat: Annotated[
+        bool, typer.Option("--chat", help="Compute the vector on the model's chat template (for chat requests).")
+    ] = False,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Return at once instead of waiting for ready.")] = False,
     timeout: Annotated[float | None, typer.Option(help="Give up waiting after this many seconds.")] = None,
     json_out: JsonFlag = False,
@@ -395,7 +398,7 @@ def tasks_register(
     if not demos:
         raise ValueError(f"{file} holds no demonstrations")
     with state.client() as client:
-        info = client.register(demos, method=method, name=name, options=options)
+        info = client.register(demos, method=method, name=name, template="chat" if chat else None, options=options)
         if not no_wait and info.status not in ("ready", "failed"):
             with progress_bar(not state.json) as update:
                 info = client.wait(info.id, timeout=timeout, poll_interval=0.25, on_progress=update)

@@ -90,6 +90,18 @@ def test_register_from_stdin(steer, task_id: str) -> None:
     assert json.loads(result.stdout)["id"] == task_id
 
 
+def test_register_on_the_chat_template(steer, task_id: str) -> None:
+    """`--chat` computes the vector on the model's chat template: another task, whose queries are chat turns."""
+    from steering.model import load_model
+    from steering.templates import chat_template
+
+    result = steer("--json", "tasks", "register", "-", "--method", "task_vector", "--chat", input=DEMOS_TEXT)
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["id"] != task_id and info["status"] == "ready"
+    assert info["template"]["query"] == chat_template(load_model("tiny:llama").tokenizer).query
+
+
 def test_register_no_wait_and_options(steer, demos_file: Path) -> None:
     result = steer("--json", "tasks", "register", str(demos_file), "-m", "soft_injection", *SLOW, "--no-wait")
     assert result.exit_code == 0, result.output

@@ -500,7 +500,7 @@ function fewShotPrompt(template, demos, query, shots) {
   const chosen = demos.filter((d) => d.input !== query).slice(0, shots);
   const parts = chosen.map((d) => fill(template.example, d.input, d.output));
   parts.push(fill(template.query, query));
-  return parts.join(template.separator);
+  return (template.prefix || "") + parts.join(template.separator);  // a chat template's system turn comes once
 }
 
 function maxTokens() {

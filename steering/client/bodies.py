@@ -56,7 +56,7 @@ def register_body(
     demos: str | Path | Iterable[DemoLike],
     method: str,
     name: str | None,
-    template: Template | Mapping[str, str] | None,
+    template: Template | Mapping[str, str] | Literal["chat"] | None,
     options: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
     body = TaskCreate(

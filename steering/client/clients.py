@@ -11,7 +11,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import httpx
 
@@ -73,7 +73,7 @@ class _Calls:
         demos: str | Path | Iterable[DemoLike],
         method: str = "auto",
         name: str | None = None,
-        template: Template | Mapping[str, str] | None = None,
+        template: Template | Mapping[str, str] | Literal["chat"] | None = None,
         options: Mapping[str, Any] | None = None,
         *,
         wait: bool = False,

@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import httpx
 
@@ -64,7 +64,7 @@ def register(
     demos: str | Path | Iterable[DemoLike],
     method: str,
     name: str | None,
-    template: Template | Mapping[str, str] | None,
+    template: Template | Mapping[str, str] | Literal["chat"] | None,
     options: Mapping[str, Any] | None,
     *,
     wait: bool,
