@@ -28,7 +28,7 @@ def _figures(metrics: dict[str, Any]) -> tuple[str, float, float, float] | None:
 
 
 def _rating(steered: float, zero: float, few: float) -> VerdictRating:
-    if steered <= zero and steered < few:
+    if steered <= zero:  # whatever prompting does, the vector adds nothing to asking plainly
         return "no_effect"
     if steered > few + 1e-9:
         return "better_than_few_shot"

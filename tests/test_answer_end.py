@@ -124,6 +124,11 @@ def test_verdict_on_a_style_method_that_changes_nothing() -> None:
     assert "icv did not change answers" in found.advice and "soft_injection reached 80 %" in found.advice
 
 
+def test_nothing_right_anywhere_is_no_effect_not_a_tie() -> None:
+    found = verdict("soft_injection", metrics(0.0, 0.0, 0.0))
+    assert found is not None and found.rating == "no_effect" and found.advice
+
+
 def test_verdict_warns_when_nothing_was_held_out() -> None:
     found = verdict("task_vector", {**metrics(0.9, 0.0, 0.5), "held_out": False, "dev_size": 3})
     assert found is not None and found.held_out == 0 and "post at least" in found.advice
