@@ -59,7 +59,9 @@ def test_sigterm_drains_generations_and_hands_back_the_computation(
                 pool.submit(httpx.post, f"{doomed.url}/v1/generate", json=answer, timeout=60)
                 for _ in range(GENERATIONS)
             ]
-            time.sleep(0.5)
+            # Every request accepted first (answered, running or queued): a connection that the server has
+            # not read a request from when it stops is closed, which is not what this test is about.
+            wait_for_all_accepted(doomed.url, "/v1/generate", GENERATIONS + 1)
             doomed.proc.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
             responses = [c.result() for c in calls]
@@ -95,6 +97,27 @@ def wait_for_status(store: redis.Redis, key: str, status: str, timeout_s: float 
         assert time.monotonic() < deadline, record
         time.sleep(0.05)
     return record
+
+
+def wait_for_all_accepted(url: str, route: str, expected: int, timeout_s: float = 30) -> None:
+    """Until answered + queued + the one running (max batch 1) generations reach `expected`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = httpx.get(f"{url}/metrics", timeout=10).text
+        answered = sum(_sample(text, "steer_http_requests_total", f'route="{route}"'))
+        queued = sum(_sample(text, "steer_queue_depth"))
+        if answered + queued + 1 >= expected:
+            return
+        assert time.monotonic() < deadline, (answered, queued)
+        time.sleep(0.02)
+
+
+def _sample(text: str, name: str, label: str = "") -> list[float]:
+    return [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and (line[len(name)] in " {") and label in line
+    ]
 
 
 def wait_for_lock(store: redis.Redis, key: str, timeout_s: float = 30) -> str:
