@@ -180,6 +180,7 @@ class Choice:
     accuracy: float
     logprob: float
     table: list[dict[str, Any]]
+    exact: float | None = None  # held-out exact match, when the choice already measured it
 
 
 def choose(job: Job, dev: DevSet, candidates: Sequence[Candidate], batch_size: int = 48) -> Choice:
@@ -208,7 +209,7 @@ def by_exact_match(job: Job, dev: DevSet, candidates: Sequence[Candidate], choic
     for row, candidate in zip(table, candidates, strict=True):
         row["exact"] = dev.exact(job, dev.zero_shot, candidate.terms)
     best = max(range(len(candidates)), key=lambda i: (table[i]["exact"], table[i]["accuracy"], table[i]["logprob"]))
-    return Choice(candidates[best], table[best]["accuracy"], table[best]["logprob"], table)
+    return Choice(candidates[best], table[best]["accuracy"], table[best]["logprob"], table, table[best]["exact"])
 
 
 def baseline_metrics(job: Job, dev: DevSet) -> dict[str, float]:
@@ -272,7 +273,9 @@ def finish(vector: TaskVector, job: Job, dev: DevSet, split: Split, choice: Choi
         **baseline_metrics(job, dev),
         "dev_steered_accuracy": choice.accuracy,
         "dev_steered_logprob": choice.logprob,
-        "dev_steered_exact": dev.exact(job, dev.zero_shot, choice.candidate.terms),
+        "dev_steered_exact": (
+            choice.exact if choice.exact is not None else dev.exact(job, dev.zero_shot, choice.candidate.terms)
+        ),
         "held_out": split.held_out,
         "dev_size": len(split.dev),
         **extra,
