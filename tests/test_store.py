@@ -571,6 +571,26 @@ async def test_sqlite_locked_file_is_unavailable_quickly(tmp_path: Path) -> None
         await s.close()
 
 
+async def test_sqlite_opened_while_another_process_writes_before_wal(tmp_path: Path) -> None:
+    """The switch to WAL fails at once, without SQLite's busy handler, while another connection
+    holds a pending write (as happens when replicas open a new file together): opening must wait."""
+    path = tmp_path / "tasks.sqlite3"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("CREATE TABLE early (x)")
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO early VALUES (1)")
+    release = threading.Timer(0.3, lambda: other.execute("COMMIT"))
+    release.start()
+    s = SqliteStore(path, busy_timeout_s=5.0)
+    try:
+        assert await s.ping() is True
+        assert await s.create(make_record("t"))
+    finally:
+        release.join()
+        other.close()
+        await s.close()
+
+
 async def test_sqlite_full_is_store_full(tmp_path: Path) -> None:
     s = SqliteStore(tmp_path / "tasks.sqlite3")
     try:

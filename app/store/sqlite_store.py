@@ -72,6 +72,27 @@ def _migrate(conn: sqlite3.Connection) -> None:
     conn.execute(_STATUS_INDEX)
 
 
+def _enable_wal(conn: sqlite3.Connection, timeout_s: float) -> None:
+    """Switch the file to WAL, waiting out other processes that are opening it at the same moment.
+
+    The switch needs an exclusive lock and SQLite answers "database is locked" at once instead of
+    calling the busy handler, so several processes opening a new file together would fail without
+    this retry loop.
+    """
+    deadline = time.monotonic() + timeout_s
+    delay = 0.005
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if not any(word in str(exc).lower() for word in _TRANSIENT) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
 @contextmanager
 def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
     """A write transaction that takes the database's write lock up front (no upgrade deadlocks)."""
@@ -102,7 +123,7 @@ class SqliteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=False)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(conn, self._busy_timeout_s)
             conn.execute("PRAGMA synchronous=NORMAL")
             with _immediate(conn):
                 for stmt in _SCHEMA.split(";"):
