@@ -253,9 +253,12 @@ def run(model: str, settings: Settings, out: Path, keep_server_log: bool) -> dic
                 (out.parent / "server.log").write_text(server.log_tail(1_000_000))
 
         # 5. steered vs unsteered decode, in-process
-        plans: dict[str, Sequence[SteeringTerm]] = {}
-        for method, c in computed.items():
-            plans[method] = (SteeringTerm(c.vector, c.vector.default_strength),)
+        vectors = {method: c.vector for method, c in computed.items()}
+        if "soft_injection" in vectors:  # both of its modes, whichever the held-out split chose here
+            vectors.update(bench_engine.soft_injection_modes(vectors.pop("soft_injection")))
+        plans: dict[str, Sequence[SteeringTerm]] = {
+            method: (SteeringTerm(vector, vector.default_strength),) for method, vector in vectors.items()
+        }
         log(f"decode per token: {settings.decode_tokens} tokens, {settings.decode_reps} reps, {len(plans)} plans")
         decode = bench_engine.measure_engine_decode(lm, plans, settings.decode_tokens, settings.decode_reps, log)
         metrics.append(
@@ -267,8 +270,7 @@ def run(model: str, settings: Settings, out: Path, keep_server_log: bool) -> dic
                 detail=decode.detail("unsteered"),
             )
         )
-        for method in computed:
-            vector = computed[method].vector
+        for method, vector in vectors.items():
             all_layers = len(vector.layers) == lm.arch.num_layers
             label = {"icv": "icv_all_layers"}.get(method, method)
             threshold = 1.10 if method == "icv" else 1.05

@@ -10,7 +10,7 @@ import contextlib
 import importlib
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -72,6 +72,25 @@ class DecodeResult:
             # the fastest repetition of each is the one least disturbed by other processes
             "ratio_of_fastest": round(min(self.per_token_s[name]) / min(self.per_token_s[self.baseline]), 4),
         }
+
+
+def soft_injection_modes(vector: TaskVector) -> dict[str, TaskVector]:
+    """A soft-injection vector as `soft_injection` (last prompt token only) and `soft_injection_answer` (also
+    every answer token): the answer gates are measured even where the held-out split did not keep them (the
+    second mix reuses the first's tensors, the same cost)."""
+    last_names = ("head_means", "gate_logits")
+    last = replace(vector, mode="head_mix_last", tensors={k: vector.tensors[k] for k in last_names})
+    if vector.mode == "head_mix_answer":
+        return {"soft_injection": last, "soft_injection_answer": vector}
+    answer_tensors = {
+        **last.tensors,
+        "answer_head_means": vector.tensors["head_means"],
+        "answer_gate_logits": vector.tensors["gate_logits"],
+    }
+    return {
+        "soft_injection": last,
+        "soft_injection_answer": replace(vector, mode="head_mix_answer", tensors=answer_tensors),
+    }
 
 
 def measure_engine_decode(

@@ -24,9 +24,9 @@ from pathlib import Path
 
 from steering.answer_end import AnswerEnd
 from steering.datasets import load_task, split_task
-from steering.engine import Engine, GenerationRequest
 from steering.inject import SteeringTerm
 from steering.methods import compute_vector
+from steering.methods.common import exact_match, greedy_answers
 from steering.model import LoadedModel, load_model
 from steering.protocol import Demonstration, Template
 from steering.templates import DEFAULT_TEMPLATE, chat_template, few_shot_prompt, render_query
@@ -37,16 +37,10 @@ SHOTS = 10
 MAX_NEW_TOKENS = 32
 
 
-def exact(engine: Engine, prompts: Sequence[str], answers: Sequence[str], rule: AnswerEnd, terms=()) -> float:
-    """Exact match in %, greedy, each text ended by `rule`."""
-    requests = [
-        GenerationRequest(
-            prompt_ids=engine.encode(p), steering=tuple(terms), max_new_tokens=MAX_NEW_TOKENS, answer_end=rule
-        )
-        for p in prompts
-    ]
-    texts = [rule.apply(r.text) for r in engine.generate(requests)]
-    return 100.0 * sum(t.strip() == a.strip() for t, a in zip(texts, answers, strict=True)) / len(answers)
+def exact(lm: LoadedModel, prompts: Sequence[str], answers: Sequence[str], rule: AnswerEnd, terms=()) -> float:
+    """Exact match in %, greedy, each text ended by `rule` (all prompts in one batch)."""
+    texts = greedy_answers(lm, prompts, terms, rule, max_new_tokens=MAX_NEW_TOKENS, batch_size=max(len(prompts), 1))
+    return 100.0 * exact_match(texts, answers)
 
 
 def chat_prompt(lm: LoadedModel, text: str) -> str:
@@ -61,9 +55,7 @@ def shots_for(pool: Sequence[Demonstration], test: Sequence[Demonstration], seed
     return [rng.sample(list(pool), min(SHOTS, len(pool))) for _ in test]
 
 
-def measure_task(
-    lm: LoadedModel, engine: Engine, name: str, method: str, chat: Template, args: argparse.Namespace
-) -> dict:
+def measure_task(lm: LoadedModel, name: str, method: str, chat: Template, args: argparse.Namespace) -> dict:
     demos, test = split_task(load_task(name), args.demos, args.test, args.seed)
     answers = [d.output for d in test]
     inputs = [d.input for d in test]
@@ -87,18 +79,18 @@ def measure_task(
     if chat_q != [render_query(chat, x) for x in inputs]:
         raise SystemExit("the chat template's query does not render as the chat prompt")
     scores = {
-        "default zero-shot": exact(engine, default_q, answers, rules["default"]),
-        f"default {SHOTS}-shot": exact(engine, few_shot(DEFAULT_TEMPLATE), answers, rules["default"]),
-        "default steered": exact(engine, default_q, answers, rules["default"], term("default")),
-        "chat plain": exact(engine, chat_q, answers, rules["chat"]),
-        f"chat {SHOTS}-shot": exact(engine, few_shot(chat), answers, rules["chat"]),
-        "chat, default vector": exact(engine, chat_q, answers, rules["default"], term("default")),
+        "default zero-shot": exact(lm, default_q, answers, rules["default"]),
+        f"default {SHOTS}-shot": exact(lm, few_shot(DEFAULT_TEMPLATE), answers, rules["default"]),
+        "default steered": exact(lm, default_q, answers, rules["default"], term("default")),
+        "chat plain": exact(lm, chat_q, answers, rules["chat"]),
+        f"chat {SHOTS}-shot": exact(lm, few_shot(chat), answers, rules["chat"]),
+        "chat, default vector": exact(lm, chat_q, answers, rules["default"], term("default")),
     }
     for scale in args.scales:
         scores[f"chat, default vector x{scale:g}"] = exact(
-            engine, chat_q, answers, rules["default"], term("default", scale)
+            lm, chat_q, answers, rules["default"], term("default", scale)
         )
-    scores["chat, chat vector"] = exact(engine, chat_q, answers, rules["chat"], term("chat"))
+    scores["chat, chat vector"] = exact(lm, chat_q, answers, rules["chat"], term("chat"))
     return {
         "task": name,
         "exact": scores,
@@ -139,12 +131,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     lm = load_model(args.model)
-    engine = Engine(lm)
     chat = chat_template(lm.tokenizer)
     started = time.perf_counter()
     rows = []
     for name in [t for t in args.tasks.split(",") if t]:
-        rows.append(measure_task(lm, engine, name, args.method, chat, args))
+        rows.append(measure_task(lm, name, args.method, chat, args))
         print(f"{name}: {rows[-1]['exact']} (vectors in {rows[-1]['compute_s']} s)", flush=True)
     print()
     print(f"{args.method}, {args.demos} demonstrations, {args.test} test items per task, greedy, exact match in %")

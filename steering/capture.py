@@ -79,6 +79,49 @@ def last_token_activations(
     return result
 
 
+@contextmanager
+def _recording_heads(lm: LoadedModel, width: int, store: list[Tensor]):
+    """Record every layer's head outputs (the out-projection's input) at the last `width` positions."""
+
+    def on_heads(module, args):
+        store.append(args[0][:, -width:].float())
+
+    handles = [out_proj.register_forward_pre_hook(on_heads) for out_proj in lm.arch.attn_out]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def answer_head_means(
+    lm: LoadedModel, prompts: Sequence[str], answers: Sequence[Sequence[int]], *, batch_size: int = 16
+) -> Tensor:
+    """Every head's mean output [layers, heads, head_dim] over the answer tokens of prompts followed by their
+    answers (token ids, teacher forced): at each answer token the model writes the next one, or the answer's end.
+    """
+    arch = lm.arch
+    sequences = [ids + list(answer) for ids, answer in zip(encode(lm, prompts), answers, strict=True)]
+    total: Tensor | None = None
+    count = 0
+    for part in _chunks(len(sequences), batch_size):
+        ids, mask = left_pad(sequences[part], _pad_id(lm), lm.device)
+        width = max(len(a) for a in answers[part])
+        # Left padding aligns every sequence's end: a row's answer is its last len(answer) positions.
+        in_answer = torch.tensor(
+            [[0] * (width - len(a)) + [1] * len(a) for a in answers[part]], device=lm.device, dtype=torch.float32
+        )
+        layers: list[Tensor] = []
+        with lm.lock, torch.inference_mode(), _recording_heads(lm, width, layers):
+            lm.model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), logits_to_keep=1)
+        summed = torch.stack([(h * in_answer[..., None]).sum((0, 1)) for h in layers]).cpu()  # [layers, width]
+        total = summed if total is None else total + summed
+        count += int(in_answer.sum())
+    if total is None or count == 0:
+        raise ValueError("answer_head_means needs at least one answer token")
+    return (total / count).reshape(arch.num_layers, arch.num_heads, arch.head_dim)
+
+
 def next_token_logprobs(
     lm: LoadedModel,
     texts: Sequence[str],

@@ -89,7 +89,7 @@ def export_gguf(vector: TaskVector, path: PathLike, model_hint: str, *, drop_lay
     Only residual additive modes export. llama.cpp adds a direction at every position, prompt
     included, so the position rules of `add_from_last` and `add_last` (from / at the last prompt token)
     are lost: the exported file is an every-position (`add_all`) vector. `add_all_norm` loses its norm
-    rescaling. `replace_last` and `head_mix_last` vectors raise `ExportError` (safetensors only).
+    rescaling. `replace_last` and the head-mix modes raise `ExportError` (safetensors only).
 
     `model_hint` is the model family (`model.config.model_type`, e.g. "llama").
     """

@@ -56,6 +56,8 @@ class LayerEdit:
     all_norm_rows: bool = False  # every row takes it: no per-row selection needed
     head_coef: Tensor | None = None  # [B, heads, 1]: z <- z * (1 - coef) + head_target at the last prompt token
     head_target: Tensor | None = None  # [B, heads, head_dim]
+    answer_coef: Tensor | None = None  # [B, heads, 1]: the same mix at every token after the last prompt token
+    answer_target: Tensor | None = None  # [B, heads, head_dim]
 
     @property
     def touches_residual(self) -> bool:
@@ -109,14 +111,17 @@ class _EditSums:
         self._buffer(layer, target, (self.arch.hidden_size,))[row] += delta
 
     def _head_mix(self, spec: InjectionModeSpec, row: int, layer: int, vector: TaskVector, strength: float) -> None:
-        coef, target = spec.edit_fields
+        """One (coef, target) pair of fields per (means, gate logits) pair of tensors the mode holds."""
         arch = self.arch
-        gates = torch.sigmoid(vector.tensors["gate_logits"][layer].float()) * strength
-        means = vector.tensors["head_means"][layer].float()
-        self._buffer(layer, coef, (arch.num_heads, 1))[row] += gates.to(self.device, self.dtype)[:, None]
-        self._buffer(layer, target, (arch.num_heads, arch.head_dim))[row] += (gates[:, None] * means).to(
-            self.device, self.dtype
-        )
+        fields = spec.edit_fields
+        for i, (means_name, gates_name) in enumerate(zip(spec.tensors[::2], spec.tensors[1::2], strict=True)):
+            coef, target = fields[2 * i], fields[2 * i + 1]
+            gates = torch.sigmoid(vector.tensors[gates_name][layer].float()) * strength
+            means = vector.tensors[means_name][layer].float()
+            self._buffer(layer, coef, (arch.num_heads, 1))[row] += gates.to(self.device, self.dtype)[:, None]
+            self._buffer(layer, target, (arch.num_heads, arch.head_dim))[row] += (gates[:, None] * means).to(
+                self.device, self.dtype
+            )
 
 
 @dataclass
@@ -200,15 +205,22 @@ class BatchSteering:
     def _head_hook(self, edit: LayerEdit, num_heads: int):
         def hook(module, args):
             heads_in = args[0]
-            last = self._last_index(heads_in.shape[1])
-            if last is None:
+            batch, length, width = heads_in.shape
+            last = self._last_index(length)
+            after = max(self.prompt_len - self.offset, 0)  # the first position past the last prompt token
+            mix_last = last is not None and edit.head_coef is not None
+            mix_answer = edit.answer_coef is not None and after < length
+            if not (mix_last or mix_answer):
                 return None
-            batch, _, width = heads_in.shape
-            z = heads_in[:, last].reshape(batch, num_heads, width // num_heads)
-            z = z * (1 - edit.head_coef) + edit.head_target
-            heads_in = heads_in.clone()
-            heads_in[:, last] = z.reshape(batch, width)
-            return (heads_in, *args[1:])
+            mixed = heads_in.clone()  # written into; the mixes read the original (autograd needs it unchanged)
+            if mix_last:
+                z = heads_in[:, last].reshape(batch, num_heads, width // num_heads)
+                mixed[:, last] = (z * (1 - edit.head_coef) + edit.head_target).reshape(batch, width)
+            if mix_answer:
+                z = heads_in[:, after:].reshape(batch, length - after, num_heads, width // num_heads)
+                z = z * (1 - edit.answer_coef[:, None]) + edit.answer_target[:, None]
+                mixed[:, after:] = z.reshape(batch, length - after, width)
+            return (mixed, *args[1:])
 
         return hook
 
@@ -218,7 +230,7 @@ class BatchSteering:
         handles = []
         try:
             for layer, edit in self.edits.items():
-                if edit.head_coef is not None:
+                if edit.head_coef is not None or edit.answer_coef is not None:
                     hook = self._head_hook(edit, arch.num_heads)
                     handles.append(arch.attn_out[layer].register_forward_pre_hook(hook))
                 if edit.touches_residual:

@@ -35,6 +35,9 @@ TENSOR_SHAPES: Mapping[str, Callable[[ModelShape], tuple[int, ...]]] = {
     "head_means": lambda m: (m.num_layers, m.num_heads, m.head_dim),
     "gate_logits": lambda m: (m.num_layers, m.num_heads),
     "head_scores": lambda m: (m.num_layers, m.num_heads),
+    # Soft injection's second mix, for the answer's tokens after the first (`head_mix_answer`).
+    "answer_head_means": lambda m: (m.num_layers, m.num_heads, m.head_dim),
+    "answer_gate_logits": lambda m: (m.num_layers, m.num_heads),
 }
 TENSOR_NAMES: tuple[str, ...] = tuple(TENSOR_SHAPES)
 
@@ -60,16 +63,23 @@ class InjectionModeSpec:
         return self.positions != "last"
 
 
+HEAD_MIX_TENSORS = ("head_means", "gate_logits")
+ANSWER_MIX_TENSORS = ("answer_head_means", "answer_gate_logits")
+
+
 def _mode(
     name: str, op: Op, positions: Positions, edit_fields: tuple[str, ...], gguf: bool, strength: str
 ) -> InjectionModeSpec:
     heads = op == "head_mix"
+    tensors = ("residual",)
+    if heads:  # a head mix acting past the prompt mixes the answer's tokens with means of their own
+        tensors = HEAD_MIX_TENSORS + (ANSWER_MIX_TENSORS if positions == "from_last" else ())
     return InjectionModeSpec(
         name=name,
         op=op,
         site="heads" if heads else "residual",
         positions=positions,
-        tensors=("head_means", "gate_logits") if heads else ("residual",),
+        tensors=tensors,
         edit_fields=edit_fields,
         gguf=gguf,
         strength=strength,
@@ -107,6 +117,15 @@ MODES: Mapping[str, InjectionModeSpec] = {
             ("head_coef", "head_target"),
             False,
             "a scale of the learned gates a = sigmoid(g)·s, each head mixed as (1 - a)·z + a·mean",
+        ),
+        _mode(
+            "head_mix_answer",
+            "head_mix",
+            "from_last",
+            ("head_coef", "head_target", "answer_coef", "answer_target"),
+            False,
+            "a scale of both learned gate sets: head_mix_last's at the last prompt token, and at every later token "
+            "a = sigmoid(answer_g)·s mixing each head as (1 - a)·z + a·answer_mean",
         ),
     )
 }

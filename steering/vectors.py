@@ -42,7 +42,8 @@ class TaskVector:
 
     Residual modes keep `residual` of shape [num_layers, hidden] (one row per decoder layer, zero where
     the method computed nothing); `layers` are the rows injected by default. `head_mix_last` keeps
-    `head_means` [num_layers, heads, head_dim] and `gate_logits` [num_layers, heads].
+    `head_means` [num_layers, heads, head_dim] and `gate_logits` [num_layers, heads]; `head_mix_answer` also
+    `answer_head_means` and `answer_gate_logits` of the same shapes (`steering.modes` lists every mode).
     """
 
     method: str

@@ -76,7 +76,8 @@ def test_quick_bench_writes_every_metric(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     stdout, report = run_quick("scripts.bench", out, 600, TARGETED)
     metrics = report["metrics"]
-    expected = EXPECTED + (["compute.soft_injection_s", "decode.soft_injection_ratio"] if _has_soft() else [])
+    soft = ["compute.soft_injection_s", "decode.soft_injection_ratio", "decode.soft_injection_answer_ratio"]
+    expected = EXPECTED + (soft if _has_soft() else [])
     missing = [k for k in expected if k not in metrics]
     assert not missing, f"missing metrics: {missing}"
     for key in expected:

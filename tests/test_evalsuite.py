@@ -28,7 +28,7 @@ SMALL = {"n_demos": 16, "n_test": 6, "k_shot": 4, "max_new_tokens": 6}
 
 
 def small_config(methods: list[str], **overrides: Any) -> EvalConfig:
-    return EvalConfig(model="tiny:llama", tasks=TASKS, methods=methods, **{**SMALL, **overrides})
+    return EvalConfig(model="tiny:llama", methods=methods, **{"tasks": TASKS, **SMALL, **overrides})
 
 
 def numbers(result: dict[str, Any]) -> dict[str, Any]:
@@ -154,3 +154,26 @@ def test_auto_read_off_its_candidates_is_what_auto_computes(tiny_llama: LoadedMo
     assert derived["layers"] == real.layers and derived["strength"] == real.default_strength
     tried = {c["method"]: c["dev_exact"] for c in real.metrics["auto"]["candidates"]}
     assert tried == {c["method"]: c["dev_exact"] for c in derived["dev_metrics"]["auto"]["candidates"]}
+
+
+def test_runs_split_by_task_merge_into_the_run_of_all_tasks(tiny_llama: LoadedModel, tmp_path: Path) -> None:
+    from scripts.merge_results import merge
+
+    config = small_config(["task_vector"], multiples=[0.0, 1.0])
+    whole = run_suite(config, LocalBackend(tiny_llama))
+    parts = [
+        run_suite(small_config(["task_vector"], multiples=[0.0, 1.0], tasks=[t]), LocalBackend(tiny_llama))
+        for t in TASKS
+    ]
+    merged = merge(parts)
+    assert numbers(merged) == numbers(whole)
+    assert merged["config"] == whole["config"]
+    with pytest.raises(SystemExit, match="more than their tasks"):
+        merge(
+            [
+                parts[0],
+                run_suite(small_config(["task_vector"], multiples=[1.0], tasks=[TASKS[1]]), LocalBackend(tiny_llama)),
+            ]
+        )
+    with pytest.raises(SystemExit, match="more than one run"):
+        merge([parts[0], parts[0]])

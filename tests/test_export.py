@@ -19,6 +19,7 @@ from steering.export import (
     import_safetensors,
 )
 from steering.model import LoadedModel, load_model
+from steering.modes import expected_shapes, mode_spec
 from steering.protocol import Template
 from steering.vectors import TaskVector
 
@@ -55,16 +56,16 @@ def residual_vector(
     )
 
 
-def head_vector(tiny: LoadedModel) -> TaskVector:
-    arch = tiny.arch
+HEAD_MODES = ("head_mix_last", "head_mix_answer")
+
+
+def head_vector(tiny: LoadedModel, mode: str = "head_mix_last") -> TaskVector:
     gen = torch.Generator().manual_seed(3)
+    shapes = expected_shapes(tiny.arch)
     return TaskVector(
-        method="function_vector",
-        mode="head_mix_last",
-        tensors={
-            "head_means": torch.randn(arch.num_layers, arch.num_heads, arch.head_dim, generator=gen),
-            "gate_logits": torch.randn(arch.num_layers, arch.num_heads, generator=gen),
-        },
+        method="soft_injection",
+        mode=mode,  # type: ignore[arg-type]
+        tensors={name: torch.randn(shapes[name], generator=gen) for name in mode_spec(mode).tensors},
         layers=[0, 1],
         default_strength=1.0,
         fingerprint=tiny.fingerprint,
@@ -144,9 +145,9 @@ def test_gguf_layer_zero_is_refused_or_dropped(tiny: LoadedModel, tmp_path: Path
     assert [t.name for t in GGUFReader(tmp_path / "b.gguf").tensors] == ["direction.1"]
 
 
-@pytest.mark.parametrize("mode", ["replace_last", "head_mix_last"])
+@pytest.mark.parametrize("mode", ["replace_last", *HEAD_MODES])
 def test_gguf_refuses_non_additive_modes(tiny: LoadedModel, tmp_path: Path, mode: str) -> None:
-    vector = head_vector(tiny) if mode == "head_mix_last" else residual_vector(tiny, mode, method="task_vector")
+    vector = head_vector(tiny, mode) if mode in HEAD_MODES else residual_vector(tiny, mode, method="task_vector")
     path = tmp_path / "v.gguf"
     with pytest.raises(ExportError, match="safetensors only"):
         export_gguf(vector, path, "llama")
@@ -217,11 +218,11 @@ def assert_same_vector(a: TaskVector, b: TaskVector) -> None:
     assert a.metadata() == b.metadata()
 
 
-@pytest.mark.parametrize("mode", [*RESIDUAL_MODES, "replace_last", "head_mix_last"])
+@pytest.mark.parametrize("mode", [*RESIDUAL_MODES, "replace_last", *HEAD_MODES])
 def test_safetensors_round_trip_is_bit_identical(tiny: LoadedModel, tmp_path: Path, mode: str) -> None:
     vector = (
-        head_vector(tiny)
-        if mode == "head_mix_last"
+        head_vector(tiny, mode)
+        if mode in HEAD_MODES
         else residual_vector(tiny, mode, layers=[0, 1], strength=3.0, dtype=torch.bfloat16)
     )
     path = tmp_path / "v.safetensors"

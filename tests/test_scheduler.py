@@ -12,6 +12,7 @@ import torch
 from steering.engine import Engine, GenerationRequest, GenerationResult
 from steering.inject import SteeringError, SteeringTerm
 from steering.model import LoadedModel
+from steering.modes import MODE_NAMES, expected_shapes, mode_spec
 from steering.scheduler import BULK, MAX_BULK_PAUSE, Scheduler
 from steering.vectors import TaskVector
 
@@ -23,26 +24,21 @@ PROMPTS = [
     "Q: big dog\nA:",
     "red green",
     "Q: one two three four five\nA:",
+    "Q: cat, dog, sun\nA:",
 ]
-MODES = ("replace_last", "add_last", "add_from_last", "add_all", "add_all_norm", "head_mix_last")
 
 
 def synthetic_vector(lm: LoadedModel, mode: str, seed: int) -> TaskVector:
     """A random vector of a mode, at every layer: what matters here is where it lands, not what it means."""
-    arch, gen = lm.arch, torch.Generator().manual_seed(seed)
-    if mode == "head_mix_last":
-        tensors = {
-            "head_means": torch.randn(arch.num_layers, arch.num_heads, arch.head_dim, generator=gen),
-            "gate_logits": torch.randn(arch.num_layers, arch.num_heads, generator=gen),
-        }
-    else:
-        tensors = {"residual": torch.randn(arch.num_layers, arch.hidden_size, generator=gen)}
-    layers = list(range(arch.num_layers))
+    gen = torch.Generator().manual_seed(seed)
+    shapes = expected_shapes(lm.arch)
+    tensors = {name: torch.randn(shapes[name], generator=gen) for name in mode_spec(mode).tensors}
+    layers = list(range(lm.arch.num_layers))
     return TaskVector("synthetic", mode, tensors, layers, 1.0, lm.fingerprint)  # type: ignore[arg-type]
 
 
 def mixed_requests(lm: LoadedModel, engine: Engine) -> list[GenerationRequest]:
-    vectors = {m: synthetic_vector(lm, m, i) for i, m in enumerate(MODES)}
+    vectors = {m: synthetic_vector(lm, m, i) for i, m in enumerate(MODE_NAMES)}
     plans: list[Sequence[SteeringTerm]] = [
         (SteeringTerm(vectors["replace_last"], 0.8),),
         (),
@@ -51,8 +47,9 @@ def mixed_requests(lm: LoadedModel, engine: Engine) -> list[GenerationRequest]:
         (SteeringTerm(vectors["add_all_norm"], 2.0),),
         (SteeringTerm(vectors["add_all"], 0.5, (0,)),),
         (SteeringTerm(vectors["add_from_last"], 0.0),),
+        (SteeringTerm(vectors["head_mix_answer"], 0.9),),
     ]
-    lengths = [5, 9, 1, 12, 3, 7, 10]
+    lengths = [5, 9, 1, 12, 3, 7, 10, 6]
     requests = [
         GenerationRequest(engine.encode(p), plan, max_new_tokens=n)
         for p, plan, n in zip(PROMPTS, plans, lengths, strict=True)
@@ -100,7 +97,7 @@ def test_rows_that_join_and_leave_give_their_solo_tokens(tiny_lm: LoadedModel) -
     engine = Engine(tiny_lm)
     requests = mixed_requests(tiny_lm, engine)
     alone = [solo(engine, r) for r in requests]
-    arrivals = list(zip([0, 0, 1, 2, 2, 4, 5, 6], requests, strict=True))
+    arrivals = list(zip([0, 0, 1, 2, 2, 4, 5, 6, 7], requests, strict=True))
     results, streamed, sizes = run(engine, arrivals, chunk=16)
     assert [r.token_ids for r in results] == alone
     assert [r.text for r in results] == streamed

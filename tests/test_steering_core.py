@@ -19,8 +19,11 @@ from steering.capture import LastTokenRunner, next_token_logprobs
 from steering.engine import Engine, GenerationRequest
 from steering.inject import BatchSteering, SteeringError, SteeringTerm
 from steering.methods import compute_vector
+from steering.methods.common import Job
+from steering.methods.registry import method_spec
 from steering.model import LoadedModel
 from steering.protocol import Demonstration
+from steering.templates import DEFAULT_TEMPLATE
 from steering.vectors import FingerprintMismatch, TaskVector
 
 PAIRS = [
@@ -270,3 +273,12 @@ def test_auto_keeps_the_best_candidate_and_explains(tiny_llama: LoadedModel) -> 
     assert report["chose"] == vector.method
     scores = {c["method"]: (c["dev_accuracy"], c["dev_logprob"]) for c in report["candidates"]}
     assert scores[vector.method] == max(scores.values())
+
+
+def test_auto_measures_the_baselines_its_candidates_share_once(tiny_llama: LoadedModel) -> None:
+    job = Job(tiny_llama, DEMOS, DEFAULT_TEMPLATE)
+    vector = method_spec("auto").compute(job, {**FAST, "candidates": ["task_vector", "function_vector"]})
+    assert [key[0] for key in job.memo].count("baseline") == 1
+    alone = compute_vector(tiny_llama, DEMOS, "function_vector", options=FAST)
+    for key in ("dev_zero_shot_exact", "dev_few_shot_exact", "dev_zero_shot_accuracy", "dev_few_shot_accuracy"):
+        assert vector.metrics[key] == alone.metrics[key]

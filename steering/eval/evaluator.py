@@ -15,9 +15,8 @@ import torch
 
 from steering.answer_end import AnswerEnd, template_end
 from steering.capture import next_token_logprobs
-from steering.engine import Engine, GenerationRequest
 from steering.inject import SteeringTerm
-from steering.methods.common import answer_token
+from steering.methods.common import answer_token, exact_match, greedy_answers
 from steering.model import LoadedModel
 from steering.protocol import Demonstration, Template
 from steering.templates import few_shot_prompt, render_query
@@ -58,7 +57,6 @@ class TaskEvaluator:
     ):
         self.lm, self.template, self.test, self.batch_size = lm, template, list(test), batch_size
         self.answer_end = answer_end or template_end(template)
-        self.engine = Engine(lm)
         self.queries = [render_query(template, d.input) for d in self.test]
         self.answers = torch.tensor([answer_token(lm, template, d) for d in self.test])
 
@@ -72,18 +70,10 @@ class TaskEvaluator:
         return (logprobs.argmax(-1) == self.answers).float().mean().item()
 
     def exact(self, prompts: Sequence[str], terms: Sequence[SteeringTerm] = (), max_new_tokens: int = 12) -> float:
-        right = 0
-        for start in range(0, len(prompts), self.batch_size):
-            chunk = prompts[start : start + self.batch_size]
-            requests = [
-                GenerationRequest(
-                    self.engine.encode(p), tuple(terms), max_new_tokens=max_new_tokens, answer_end=self.answer_end
-                )
-                for p in chunk
-            ]
-            for result, item in zip(self.engine.generate(requests), self.test[start:], strict=False):
-                right += result.text.strip() == item.output.strip()
-        return right / len(prompts)
+        texts = greedy_answers(
+            self.lm, prompts, terms, self.answer_end, max_new_tokens=max_new_tokens, batch_size=self.batch_size
+        )
+        return exact_match(texts, [d.output for d in self.test])
 
     def scores(self, prompts: Sequence[str], terms: Sequence[SteeringTerm] = (), exact: bool = True) -> Scores:
         return Scores(self.first_token(prompts, terms), self.exact(prompts, terms) if exact else None)

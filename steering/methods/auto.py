@@ -86,6 +86,7 @@ def compute(job: Job, options: dict) -> TaskVector:
             job.template,
             progress=lambda info, m=method: job.progress({"candidate": m, **info}),
             should_stop=job.should_stop,
+            memo=job.memo,
         )
         vector = spec.compute(sub_job, {**shared, **opts.method_options.get(method, {})})
         if unit_cost is None:

@@ -52,6 +52,9 @@ class Job:
     progress: ProgressFn = lambda info: None
     should_stop: Callable[[], bool] = lambda: False
     started: float = field(default_factory=time.perf_counter)
+    # Results that depend only on the demonstrations, the template and the split, not on the method: `auto`
+    # hands its memo to every candidate, so their shared baselines are measured once.
+    memo: dict[tuple[Any, ...], Any] = field(default_factory=dict)
 
     def check(self) -> None:
         if self.should_stop():
@@ -109,8 +112,13 @@ def answer_token(lm: LoadedModel, template: Template, demo: Demonstration) -> in
 
 
 def job_answer_end(job: Job) -> AnswerEnd:
-    """Where answers to this job's task end, learned from its demonstrations."""
-    return learn_answer_end(job.template, job.demonstrations, lambda d: len(answer_ids(job.lm, job.template, d)))
+    """Where answers to this job's task end, learned from its demonstrations (once per job)."""
+    key = ("answer_end",)
+    if key not in job.memo:
+        job.memo[key] = learn_answer_end(
+            job.template, job.demonstrations, lambda d: len(answer_ids(job.lm, job.template, d))
+        )
+    return job.memo[key]
 
 
 @dataclass
@@ -146,20 +154,33 @@ class DevSet:
 
     def exact(self, job: Job, prompts: Sequence[str], terms: Sequence[SteeringTerm] = ()) -> float:
         """Greedy answers, ended by the task's answer rule, equal to the demonstrated outputs (stripped)."""
-        texts = greedy_answers(job, prompts, terms, self.answer_end)
-        return sum(t.strip() == o.strip() for t, o in zip(texts, self.outputs, strict=True)) / max(len(texts), 1)
+        texts = greedy_answers(job.lm, prompts, terms, self.answer_end, check=job.check)
+        return exact_match(texts, self.outputs)
+
+
+def exact_match(texts: Sequence[str], answers: Sequence[str]) -> float:
+    """The share of texts that equal their answer, whitespace stripped."""
+    return sum(t.strip() == a.strip() for t, a in zip(texts, answers, strict=True)) / max(len(texts), 1)
 
 
 def greedy_answers(
-    job: Job, prompts: Sequence[str], terms: Sequence[SteeringTerm], answer_end: AnswerEnd, batch_size: int = 16
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    terms: Sequence[SteeringTerm],
+    answer_end: AnswerEnd,
+    *,
+    max_new_tokens: int = DEFAULT_ANSWER_TOKENS,
+    check: Callable[[], None] = lambda: None,
+    batch_size: int = 16,
 ) -> list[str]:
-    engine = Engine(job.lm)
-    limit = answer_end.max_tokens or DEFAULT_ANSWER_TOKENS
+    """Each prompt's greedy continuation, every row steered by `terms`, ended by `answer_end` (or after
+    `max_new_tokens`); `check` runs before each batch (a computation's cancellation)."""
+    engine = Engine(lm)
     texts: list[str] = []
     for start in range(0, len(prompts), batch_size):
-        job.check()
+        check()
         requests = [
-            GenerationRequest(engine.encode(p), tuple(terms), max_new_tokens=limit, answer_end=answer_end)
+            GenerationRequest(engine.encode(p), tuple(terms), max_new_tokens=max_new_tokens, answer_end=answer_end)
             for p in prompts[start : start + batch_size]
         ]
         texts.extend(r.text for r in engine.generate(requests))
@@ -213,16 +234,22 @@ def by_exact_match(job: Job, dev: DevSet, candidates: Sequence[Candidate], choic
 
 
 def baseline_metrics(job: Job, dev: DevSet) -> dict[str, float]:
-    """Zero-shot and few-shot accuracy on the dev queries (first token and exact): what steering has to beat."""
-    zero = dev.score(next_token_logprobs(job.lm, dev.zero_shot))
-    few = dev.score(next_token_logprobs(job.lm, dev.few_shot, batch_size=8))
-    return {
-        "dev_zero_shot_accuracy": zero[0],
-        "dev_few_shot_accuracy": few[0],
-        "dev_zero_shot_exact": dev.exact(job, dev.zero_shot),
-        "dev_few_shot_exact": dev.exact(job, dev.few_shot),
-        "dev_few_shot_k": dev.shots,
-    }
+    """Zero-shot and few-shot accuracy on the dev queries (first token and exact): what steering has to beat.
+
+    Measured once per dev set and job: `auto`'s candidates share their held-out split and their parent's memo.
+    """
+    key = ("baseline", tuple(dev.zero_shot), tuple(dev.few_shot), tuple(dev.outputs))
+    if key not in job.memo:
+        zero = dev.score(next_token_logprobs(job.lm, dev.zero_shot))
+        few = dev.score(next_token_logprobs(job.lm, dev.few_shot, batch_size=8))
+        job.memo[key] = {
+            "dev_zero_shot_accuracy": zero[0],
+            "dev_few_shot_accuracy": few[0],
+            "dev_zero_shot_exact": dev.exact(job, dev.zero_shot),
+            "dev_few_shot_exact": dev.exact(job, dev.few_shot),
+            "dev_few_shot_k": dev.shots,
+        }
+    return dict(job.memo[key])
 
 
 def layer_grid(num_layers: int, limit: int = 32) -> list[int]:
@@ -232,12 +259,20 @@ def layer_grid(num_layers: int, limit: int = 32) -> list[int]:
     return sorted({round(i * (num_layers - 1) / (limit - 1)) for i in range(limit)})
 
 
-def few_shot_prompts(job: Job, train: Sequence[Demonstration], opts: MethodOptions) -> list[str]:
-    """`num_prompts` k-shot prompts, each ending in the query of a training demonstration."""
+def few_shot_examples(
+    job: Job, train: Sequence[Demonstration], opts: MethodOptions
+) -> tuple[list[str], list[Demonstration]]:
+    """`num_prompts` k-shot prompts, each ending in the query of a training demonstration, and those
+    demonstrations."""
     rng = random.Random(opts.seed)
     queries = [train[i % len(train)] for i in range(opts.num_prompts)]
     rng.shuffle(queries)
-    return sample_few_shot_prompts(job.template, train, queries, opts.k_shot, rng)
+    return sample_few_shot_prompts(job.template, train, queries, opts.k_shot, rng), queries
+
+
+def few_shot_prompts(job: Job, train: Sequence[Demonstration], opts: MethodOptions) -> list[str]:
+    """`num_prompts` k-shot prompts, each ending in the query of a training demonstration."""
+    return few_shot_examples(job, train, opts)[0]
 
 
 def strength_grid(fixed: float | None, grid: Sequence[float]) -> list[float]:

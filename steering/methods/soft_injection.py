@@ -1,58 +1,59 @@
-"""Soft Injection of Task Embeddings (SITE, 2025).
+"""Soft Injection of Task Embeddings (SITE; Park & Rhee, 2025, arXiv:2507.20906), extended to the answer's
+later tokens.
 
 Task embeddings are every attention head's mean output at the last token of few-shot prompts. One
 gate per (layer, head), a = sigmoid(logit), mixes each head's output at the last token of a zero-shot
 query: z <- (1 - a) z + a mean. The gates are trained with Adam on the first answer token of the
-training demonstrations asked zero-shot, with the model frozen (`answer_tokens: "all"` trains on the
-whole answer, teacher forced, and on the token that ends it: on the default model it moved held-out
-exact match by at most one item in ten on two tasks and took four to seven times as long; see
-docs/RESULTS.md). The best gates on held-out
-demonstrations are kept (early stopping); the strength is then chosen by held-out exact match. Only
-the last prompt token (and the answer) run with gradients: the prompt prefix is computed once per
-minibatch and kept in a KV cache. Head means come from 50 prompts of 10 demonstrations, as in the paper.
+training demonstrations asked zero-shot, with the model frozen (`answer_tokens: "all"` trains them on the
+whole answer, teacher forced, and on the token that ends it; on the default model it did not help, see
+docs/RESULTS.md). The best gates on held-out demonstrations are kept (early stopping); the strength is then
+chosen by held-out exact match. Head means come from 50 prompts of 10 demonstrations, as in the paper.
+
+The paper injects at the last prompt token only, which sets the answer's first token: after it, nothing
+holds the model to the task, and longer answers drift (`frog, frog, frog` for a reversed list). When some
+demonstrated answers are longer than one token (`answer_gates`), a second set of head means is read at the
+answer tokens of the same few-shot prompts (teacher forced), and a second set of gates, trained on the
+answer's later tokens and its end with the first set fixed, mixes them in at every token after the last
+prompt token (mode `head_mix_answer`). They are kept only when they raise held-out exact match.
 """
 
 from __future__ import annotations
 
-import random
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor
 
-from steering.capture import LastTokenRunner, last_token_activations
+from steering.capture import answer_head_means, last_token_activations
 from steering.inject import BatchSteering, LayerEdit, SteeringError, SteeringTerm
 from steering.methods.common import (
     Candidate,
+    Choice,
     DevSet,
     Job,
     MethodOptions,
+    Split,
+    answer_ids,
     answer_token,
     by_exact_match,
     choose,
     ended_answer_ids,
-    few_shot_prompts,
+    few_shot_examples,
     finish,
     new_vector,
     split_demonstrations,
     strength_grid,
 )
-from steering.model import LoadedModel
-from steering.protocol import Demonstration, Template
-from steering.templates import render_query
+from steering.methods.gates import Batch, Schedule, Training, query_batches, token_loss, train_gates
 from steering.vectors import TaskVector
 
 # sigmoid(CLOSED) is exactly 0.0 in float32: a layer that was not trained changes nothing even when a
 # request names it explicitly.
 CLOSED = -200.0
 STRENGTHS = (0.5, 0.75, 1.0, 1.25)
-REPORT_EVERY = 5
-MIN_DELTA = 0.01  # a dev-loss gain (nats) below this still updates the best gates but counts as stale
-IGNORE = -100  # cross-entropy's ignore_index: padding after a shorter answer
+ANSWER_SCALES = (0.5, 1.0)  # the answer gates' share tried on held-out exact match (0: not kept)
 
 
 class SoftInjectionOptions(MethodOptions):
@@ -61,36 +62,34 @@ class SoftInjectionOptions(MethodOptions):
     answer_tokens: Literal["first", "all"] = Field(
         "first", description="Train on the answer's first token, or on all of it and the token that ends it."
     )
+    answer_gates: bool = Field(
+        True,
+        description=(
+            "When some demonstrated answers are longer than one token, also train gates for the answer's later "
+            "tokens; they are kept only if held-out exact match improves."
+        ),
+    )
     steps: int = Field(100, ge=1, le=5000, description="Most optimiser steps on the gates.")
     lr: float = Field(0.2, gt=0.0, le=10.0, description="Adam learning rate of the gate logits.")
+    # A step on the answer gates runs the whole answer: fewer, larger steps halve their training time on the
+    # default model with held-out exact match as good or better (docs/RESULTS.md).
+    answer_steps: int = Field(30, ge=1, le=5000, description="Most optimiser steps on the answer gates.")
+    answer_lr: float = Field(0.5, gt=0.0, le=10.0, description="Adam learning rate of the answer gate logits.")
     batch_size: int = Field(32, ge=1, le=1024, description="Training queries per step.")
     eval_every: int = Field(5, ge=1, le=1000, description="Steps between dev-loss evaluations.")
     patience: int = Field(4, ge=1, le=1000, description="Evaluations without a better dev loss before stopping.")
     layers: list[int] | None = Field(None, description="Layers whose heads get gates (default: all).")
 
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule(self.steps, self.lr, self.eval_every, self.patience)
+
+    @property
+    def answer_schedule(self) -> Schedule:
+        return Schedule(self.answer_steps, self.answer_lr, self.eval_every, self.patience)
+
 
 OPTIONS = SoftInjectionOptions
-
-
-@dataclass
-class Batch:
-    """A fixed group of zero-shot queries: its prefix cached once, and the tokens to predict."""
-
-    runner: LastTokenRunner
-    targets: Tensor  # [rows, positions]: the answer (and its end) from the last prompt token on; IGNORE pads
-
-
-@dataclass
-class Training:
-    """What the optimisation found: the best gate logits and how it got there."""
-
-    best_logits: Tensor  # [len(layers), heads]
-    best_step: int
-    best_dev_loss: float
-    steps_run: int
-    first_loss: float
-    seconds: float
-    curve: list[dict[str, float]] = field(default_factory=list)
 
 
 def _check_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
@@ -102,94 +101,32 @@ def _check_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
     return chosen
 
 
-def _targets(lm: LoadedModel, template: Template, demo: Demonstration, whole: bool) -> list[int]:
-    return ended_answer_ids(lm, template, demo) if whole else [answer_token(lm, template, demo)]
+def _mix(gates: Tensor, means: Tensor, rows: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """(coef [rows, heads, 1], target [rows, heads, head_dim]) of one layer's head mix."""
+    a = gates.to(dtype)
+    return a[None, :, None].expand(rows, -1, 1), (a[:, None] * means)[None].expand(rows, -1, -1)
 
 
-def _batches(
-    lm: LoadedModel, template: Template, demos: Sequence[Demonstration], size: int, seed: int, whole: bool
-) -> list[Batch]:
-    """Near-equal fixed minibatches of the zero-shot queries (deterministic order)."""
-    order = list(demos)
-    random.Random(seed + 2).shuffle(order)
-    count = -(-len(order) // size)
-    batches = []
-    for group in (order[i::count] for i in range(count)):
-        targets = [_targets(lm, template, d, whole) for d in group]
-        width = max(len(t) for t in targets)
-        runner = LastTokenRunner(
-            lm, [render_query(template, d.input) for d in group], continuations=[t[:-1] for t in targets]
-        )
-        padded = [t + [IGNORE] * (width - len(t)) for t in targets]
-        batches.append(Batch(runner=runner, targets=torch.tensor(padded, device=lm.device)))
-    return batches
-
-
-def _steering(gates: Tensor, means: Tensor, layers: Sequence[int], rows: int, dtype: torch.dtype) -> BatchSteering:
-    """Head-mix edits with gates a [len(layers), heads] (differentiable) at the listed layers."""
+def _steering(
+    layers: Sequence[int],
+    rows: int,
+    dtype: torch.dtype,
+    last: tuple[Tensor, Tensor],
+    answer: tuple[Tensor, Tensor] | None = None,
+) -> BatchSteering:
+    """Head-mix edits with gates [len(layers), heads] (differentiable) at the listed layers: `last` = (gates,
+    means) at the last prompt token, `answer` the same at every later token."""
     edits = {}
     for i, layer in enumerate(layers):
-        a = gates[i].to(dtype)
-        coef = a[None, :, None].expand(rows, -1, 1)
-        target = (a[:, None] * means[layer])[None].expand(rows, -1, -1)
-        edits[layer] = LayerEdit(head_coef=coef, head_target=target)
+        edit = LayerEdit()
+        edit.head_coef, edit.head_target = _mix(last[0][i], last[1][layer], rows, dtype)
+        if answer is not None:
+            edit.answer_coef, edit.answer_target = _mix(answer[0][i], answer[1][layer], rows, dtype)
+        edits[layer] = edit
     return BatchSteering.from_edits(edits, prompt_len=0)
 
 
-def _loss(lm: LoadedModel, batch: Batch, gates: Tensor, means: Tensor, layers: Sequence[int], grad: bool) -> Tensor:
-    steering = _steering(gates, means, layers, batch.runner.rows, lm.dtype)
-    logits = batch.runner.logits_all(steering, grad=grad)
-    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE)
-
-
-def _dev_loss(lm: LoadedModel, batches: Sequence[Batch], gates: Tensor, means: Tensor, layers: Sequence[int]) -> float:
-    weights = [int((b.targets != IGNORE).sum()) for b in batches]
-    total = sum(
-        _loss(lm, b, gates, means, layers, grad=False).item() * w for b, w in zip(batches, weights, strict=True)
-    )
-    return total / sum(weights)
-
-
-def train_gates(
-    job: Job, train: list[Batch], dev: list[Batch], means: Tensor, layers: list[int], opts: SoftInjectionOptions
-) -> Training:
-    """Adam on the gate logits; every `eval_every` steps the dev loss decides the best gates so far."""
-    lm = job.lm
-    started = time.perf_counter()
-    logits = torch.zeros(len(layers), lm.arch.num_heads, device=lm.device, requires_grad=True)
-    optimiser = torch.optim.Adam([logits], lr=opts.lr)
-    best_loss = _dev_loss(lm, dev, torch.sigmoid(logits.detach()), means, layers)
-    best = Training(logits.detach().clone(), 0, best_loss, 0, float("nan"), 0.0)
-    best.curve.append({"step": 0, "dev_loss": best_loss})
-    stale, recent = 0, 0.0
-    for step in range(1, opts.steps + 1):
-        job.check()
-        with lm.lock:  # forward and backward in one slice: a backward beside a generation step slows both
-            loss = _loss(lm, train[(step - 1) % len(train)], torch.sigmoid(logits), means, layers, grad=True)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-        value = loss.item()
-        best.steps_run = step
-        if step == 1:
-            best.first_loss = value
-        recent = value if step == 1 else 0.8 * recent + 0.2 * value
-        if step % opts.eval_every == 0 or step == opts.steps:
-            dev_loss = _dev_loss(lm, dev, torch.sigmoid(logits.detach()), means, layers)
-            best.curve.append({"step": step, "loss": round(recent, 4), "dev_loss": round(dev_loss, 4)})
-            job.report(stage="training", step=step, steps=opts.steps, loss=recent, dev_loss=dev_loss)
-            stale = 0 if dev_loss < best.best_dev_loss - MIN_DELTA else stale + 1
-            if dev_loss < best.best_dev_loss:
-                best.best_logits, best.best_step, best.best_dev_loss = logits.detach().clone(), step, dev_loss
-            if stale >= opts.patience:
-                break
-        elif step % REPORT_EVERY == 0:
-            job.report(stage="training", step=step, steps=opts.steps, loss=recent)
-    best.seconds = time.perf_counter() - started
-    return best
-
-
-def _gate_logits(trained: Tensor, layers: Sequence[int], num_layers: int) -> Tensor:
+def _full_logits(trained: Tensor, layers: Sequence[int], num_layers: int) -> Tensor:
     full = torch.full((num_layers, trained.shape[1]), CLOSED, dtype=torch.float32)
     full[list(layers)] = trained.float().cpu()
     return full
@@ -209,21 +146,107 @@ def _summary(training: Training, gate_logits: Tensor, layers: Sequence[int]) -> 
     }
 
 
+QuerySplit = tuple[list[Batch], list[Batch]]  # training and held-out batches of zero-shot queries
+
+
+def _query_split(job: Job, opts: SoftInjectionOptions, split: Split, whole: bool) -> QuerySplit:
+    """The queries of both halves of the split, predicting the answer's first token or (`whole`) all of it and
+    the token that ends it."""
+    lm, template = job.lm, job.template
+
+    def targets(demo) -> list[int]:
+        return ended_answer_ids(lm, template, demo) if whole else [answer_token(lm, template, demo)]
+
+    train = query_batches(lm, template, split.train, targets, opts.batch_size, opts.seed)
+    dev = query_batches(lm, template, split.dev, targets, max(opts.batch_size, len(split.dev)), opts.seed)
+    return train, dev
+
+
+def _first_token_stage(
+    job: Job, opts: SoftInjectionOptions, batches: QuerySplit, means: Tensor, layers: list[int]
+) -> Training:
+    """The paper's gates: trained at the last prompt token on the answer's first token (or all of it)."""
+    lm = job.lm
+
+    def loss(batch: Batch, gates: Tensor, grad: bool) -> tuple[Tensor, int]:
+        steering = _steering(layers, batch.runner.rows, lm.dtype, (gates, means))
+        return token_loss(batch.runner.logits_all(steering, grad=grad), batch.targets)
+
+    return train_gates(job, *batches, (len(layers), lm.arch.num_heads), loss, opts.schedule)
+
+
+def _answer_vectors(
+    job: Job, opts: SoftInjectionOptions, batches: QuerySplit, examples: tuple[list[str], list], vector: TaskVector
+) -> tuple[list[TaskVector], dict[str, Any]]:
+    """Head means at the answer tokens and gates trained on the answer's later tokens, the first gates fixed at
+    the chosen strength: one `head_mix_answer` vector per share in `ANSWER_SCALES`."""
+    lm, template, layers = job.lm, job.template, list(vector.layers)
+    strength = vector.default_strength
+    job.report(stage="reading answer activations")
+    prompts, queries = examples
+    answer_means = answer_head_means(lm, prompts, [answer_ids(lm, template, q) for q in queries])
+    answer_means = answer_means.to(lm.device, lm.dtype)
+    first = torch.sigmoid(vector.tensors["gate_logits"][layers]).to(lm.device) * strength
+    means = vector.tensors["head_means"].to(lm.device, lm.dtype)
+
+    def loss(batch: Batch, gates: Tensor, grad: bool) -> tuple[Tensor, int]:
+        steering = _steering(layers, batch.runner.rows, lm.dtype, (first, means), (gates, answer_means))
+        logits = batch.runner.logits_all(steering, grad=grad)
+        return token_loss(logits[:, 1:], batch.targets[:, 1:])  # the first token is the first gates' job
+
+    job.report(stage="training answer gates")
+    training = train_gates(job, *batches, (len(layers), lm.arch.num_heads), loss, opts.answer_schedule)
+    trained = torch.sigmoid(training.best_logits.float().cpu())
+    vectors = []
+    for share in ANSWER_SCALES:
+        # Stored so that the default strength (which scales both gate sets) gives the trained gates x share.
+        gates = (trained * share / strength).clamp(max=1.0 - 1e-6)
+        tensors = {
+            **vector.tensors,
+            "answer_head_means": answer_means.float().cpu().contiguous(),
+            "answer_gate_logits": _full_logits(torch.logit(gates).clamp(min=CLOSED), layers, lm.arch.num_layers),
+        }
+        answer = new_vector(job, opts, "soft_injection", "head_mix_answer", tensors, layers, strength)
+        vectors.append(answer)
+    full = _full_logits(training.best_logits, layers, lm.arch.num_layers)
+    return vectors, {"answer_gates": _summary(training, full, layers)}
+
+
+def _with_answer_gates(
+    job: Job, opts: SoftInjectionOptions, batches: QuerySplit, dev: DevSet, examples, vector: TaskVector, chosen: Choice
+) -> tuple[TaskVector, Choice, dict[str, Any]]:
+    """The vector with answer gates when they raise held-out exact match over `chosen`; else `vector` as it is.
+    `batches` predict whole answers."""
+    vectors, report = _answer_vectors(job, opts, batches, examples, vector)
+    job.report(stage="choosing answer gates")
+    exact = {0.0: chosen.exact}
+    for share, candidate in zip(ANSWER_SCALES, vectors, strict=True):
+        exact[share] = dev.exact(job, dev.zero_shot, [SteeringTerm(candidate, candidate.default_strength)])
+    best = max(exact, key=lambda share: (exact[share], -share))  # ties: the fewer changes
+    report["answer_gates"].update(exact_by_share={f"{k:g}": v for k, v in exact.items()}, share=best)
+    # Flat copies for summaries that keep only scalar metrics (`steer eval`'s tables, the verdict's numbers).
+    report.update(answer_gates_share=best, answer_gates_seconds=report["answer_gates"]["train_seconds"])
+    if best == 0.0:
+        return vector, chosen, report
+    kept = vectors[ANSWER_SCALES.index(best)]
+    return kept, Choice(chosen.candidate, chosen.accuracy, chosen.logprob, chosen.table, exact[best]), report
+
+
 def compute(job: Job, options: dict) -> TaskVector:
     opts = SoftInjectionOptions(**options)
     lm, arch = job.lm, job.lm.arch
     layers = _check_layers(opts.layers, arch.num_layers)
     split = split_demonstrations(job.demonstrations, opts.dev_fraction, opts.seed)
     job.report(stage="reading activations")
-    heads = last_token_activations(lm, few_shot_prompts(job, split.train, opts), heads=True)["heads"]
+    examples = few_shot_examples(job, split.train, opts)
+    heads = last_token_activations(lm, examples[0], heads=True)["heads"]
     means = heads.mean(0).to(lm.device, lm.dtype)  # [layers, heads, head_dim]
     job.check()
     job.report(stage="caching queries")
     whole = opts.answer_tokens == "all"
-    train = _batches(lm, job.template, split.train, opts.batch_size, opts.seed, whole)
-    dev_batches = _batches(lm, job.template, split.dev, max(opts.batch_size, len(split.dev)), opts.seed, whole)
-    training = train_gates(job, train, dev_batches, means, layers, opts)
-    gate_logits = _gate_logits(training.best_logits, layers, arch.num_layers)
+    batches = _query_split(job, opts, split, whole)
+    training = _first_token_stage(job, opts, batches, means, layers)
+    gate_logits = _full_logits(training.best_logits, layers, arch.num_layers)
     tensors = {"head_means": means.float().cpu().contiguous(), "gate_logits": gate_logits}
     vector = new_vector(job, opts, "soft_injection", "head_mix_last", tensors, layers)
     dev = DevSet.build(job, split, opts.seed)
@@ -231,8 +254,12 @@ def compute(job: Job, options: dict) -> TaskVector:
     strengths = strength_grid(opts.strength, STRENGTHS)
     candidates = [Candidate((SteeringTerm(vector, s),), {"strength": s}) for s in strengths]
     # A strength that starts answers right but runs them on is not the best one: rank by exact match.
-    by_strength = by_exact_match(job, dev, candidates, choose(job, dev, candidates))
-    vector.default_strength = by_strength.candidate.params["strength"]
+    chosen = by_exact_match(job, dev, candidates, choose(job, dev, candidates))
+    vector.default_strength = chosen.candidate.params["strength"]
+    extra: dict[str, Any] = {}
+    if opts.answer_gates and any(len(answer_ids(lm, job.template, d)) > 1 for d in split.train):
+        answer_batches = batches if whole else _query_split(job, opts, split, whole=True)  # the same when whole
+        vector, chosen, extra = _with_answer_gates(job, opts, answer_batches, dev, examples, vector, chosen)
     return finish(
-        vector, job, dev, split, by_strength, strength_scan=by_strength.table, **_summary(training, gate_logits, layers)
+        vector, job, dev, split, chosen, strength_scan=chosen.table, **_summary(training, gate_logits, layers), **extra
     )
