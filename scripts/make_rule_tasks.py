@@ -18,6 +18,7 @@ from pathlib import Path
 
 SEED = 1234
 N_LIST_ITEMS = 150
+N_SEQUENCE_ITEMS = 120
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "steering" / "data" / "tasks"
 
 
@@ -98,6 +99,20 @@ def list_task(rng: random.Random, lo: int, hi: int, fn: Callable[[list[str]], st
     return pairs
 
 
+def sequence_task(rng: random.Random) -> list[Pair]:
+    """Arithmetic progressions of 3 or 4 numbers -> the next number (`3, 5, 7` -> `9`)."""
+    seen: set[str] = set()
+    pairs: list[Pair] = []
+    while len(pairs) < N_SEQUENCE_ITEMS:
+        start, step, count = rng.randint(1, 60), rng.randint(1, 9), rng.choice((3, 4))
+        text = ", ".join(str(start + i * step) for i in range(count))
+        if text in seen:
+            continue
+        seen.add(text)
+        pairs.append((text, str(start + count * step)))
+    return pairs
+
+
 def build_tasks(seed: int = SEED) -> dict[str, list[Pair]]:
     rng = random.Random(seed)
     letters = string.ascii_lowercase
@@ -111,6 +126,8 @@ def build_tasks(seed: int = SEED) -> dict[str, list[Pair]]:
         "first_item": list_task(rng, 3, 5, lambda xs: xs[0]),
         "last_item": list_task(rng, 3, 5, lambda xs: xs[-1]),
         "reverse_list": list_task(rng, 3, 3, lambda xs: ", ".join(reversed(xs))),
+        # Its own generator, added last: the tasks above come out byte for byte as before it existed.
+        "next_number": sequence_task(random.Random(seed + 1)),
     }
     for name, pairs in tasks.items():
         rng.shuffle(pairs)
