@@ -74,7 +74,9 @@ def test_generation_goes_ahead_of_a_waiting_computation() -> None:
     computing = in_thread(compute)
     time.sleep(0.05)
     generating = in_thread(generate)
-    time.sleep(0.05)
+    deadline = time.monotonic() + 10
+    while not lock.generation_waiting and time.monotonic() < deadline:  # not a fixed sleep: CI may be slow
+        time.sleep(0.01)
     lock.release()
     generating.join(2)
     computing.join(2)
