@@ -201,9 +201,11 @@ def _shots(verdict: Verdict) -> str:
 
 
 def verdict_scores(verdict: Verdict) -> str:
-    """`steered 40 % · 10-shot 60 % · zero-shot 0 % (exact match, 20 held out)`."""
+    """`steered 40 % · 10-shot 60 % · zero-shot 0 % (exact match, 20 held out, gaps under 29 points may be chance)`."""
     metric = "exact match" if verdict.metric == "exact" else "first token"
     where = f"{verdict.held_out} held out" if verdict.held_out else "on training demonstrations"
+    if verdict.margin is not None:
+        where += f", gaps under {100 * verdict.margin:.0f} points may be chance"
     return (
         f"steered {_pct(verdict.steered)} · {_shots(verdict)} {_pct(verdict.few_shot)} · "
         f"zero-shot {_pct(verdict.zero_shot)} ({metric}, {where})"

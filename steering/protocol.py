@@ -160,6 +160,11 @@ class Verdict(BaseModel):
     few_shot: float
     few_shot_k: int | None = None
     held_out: int = Field(..., description="Held-out demonstrations scored (0: scored on the training ones).")
+    margin: float | None = Field(
+        None,
+        description="Half-width of the 95 % interval of steered minus few-shot on this many held-out "
+        "demonstrations: a smaller gap may be chance. None when nothing was held out.",
+    )
 
 
 class TaskInfo(BaseModel):

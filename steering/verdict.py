@@ -2,17 +2,34 @@
 
 Every method records, on the demonstrations it held out, zero-shot, few-shot and steered accuracy
 (exact match where measured, else first-token). The verdict reads those metrics, so it can be given
-for any stored vector, and says plainly when steering is weaker than prompting and what to try.
+for any stored vector, and says plainly when steering is weaker than prompting and what to try, and
+when the held-out demonstrations are too few to tell a gap from chance.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from steering.protocol import Verdict, VerdictRating
 
 STYLE_METHODS = {"icv", "contrastive"}
 MIN_HELD_OUT = 8  # demonstrations to post so that some are held out (see `common.split_demonstrations`)
+Z_95 = 1.959964
+
+
+def chance_margin(steered: float, few: float, n: int) -> float:
+    """Half-width of the 95 % interval of the gap between two rates, each measured on `n` items.
+
+    The Agresti-Caffo interval (Agresti & Caffo, The American Statistician 54(4), 2000): one success
+    and one failure are added to each rate, so that even 10/10 against 10/10 keeps a width. It treats
+    the two rates as independent; both are measured on the same items, so the true interval is
+    usually narrower and this errs on the side of calling a gap chance.
+    """
+    if n <= 0:
+        return 1.0
+    ps, pf = (steered * n + 1) / (n + 2), (few * n + 1) / (n + 2)
+    return Z_95 * math.sqrt((ps * (1 - ps) + pf * (1 - pf)) / (n + 2))
 
 
 def _pct(value: float) -> str:
@@ -80,6 +97,16 @@ def _advice(method: str, rating: VerdictRating, metrics: dict[str, Any], metric:
     return " ".join(parts) or None
 
 
+def _chance_note(rating: VerdictRating, gap: float, margin: float | None, held_out: int, shots: str) -> str | None:
+    """Said when the vector is called better or worse than prompting by a gap this few items cannot settle."""
+    if margin is None or rating not in ("better_than_few_shot", "below_few_shot") or gap >= margin:
+        return None
+    return (
+        f"On {held_out} held-out demonstrations a gap of {100 * gap:.0f} points to {shots} prompting is within "
+        f"chance (95 % margin ±{100 * margin:.0f} points); post more demonstrations for a firmer verdict."
+    )
+
+
 def verdict(method: str, metrics: dict[str, Any] | None) -> Verdict | None:
     """The verdict on a vector from its metrics; None when it recorded no held-out comparison (e.g. GGUF files)."""
     metrics = metrics or {}
@@ -92,6 +119,7 @@ def verdict(method: str, metrics: dict[str, Any] | None) -> Verdict | None:
     shots = f"{k}-shot" if isinstance(k, int) else "few-shot"
     size = int(metrics.get("dev_size", 0) or 0)
     held_out = size if metrics.get("held_out") else 0
+    margin = chance_margin(steered, few, held_out) if held_out else None
     where = f"{size} held-out demonstrations" if held_out else f"{size} training demonstrations"
     chose = (metrics.get("auto") or {}).get("chose")
     who = f"auto chose {chose}, which" if chose else method
@@ -106,14 +134,17 @@ def verdict(method: str, metrics: dict[str, Any] | None) -> Verdict | None:
         f"{who} answers {_pct(steered)} of {where} {measure}; {shots} prompting {_pct(few)}, "
         f"zero-shot {_pct(zero)}: {conclusion}."
     )
+    advice = _advice(chose or method, rating, metrics, metric, shots)
+    chance = _chance_note(rating, abs(steered - few), margin, held_out, shots)
     return Verdict(
         rating=rating,
         summary=summary,
-        advice=_advice(chose or method, rating, metrics, metric, shots),
+        advice=" ".join(filter(None, [advice, chance])) or None,
         metric=metric,
         steered=steered,
         zero_shot=zero,
         few_shot=few,
         few_shot_k=k if isinstance(k, int) else None,
         held_out=held_out,
+        margin=margin,
     )

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from steering.answer_end import AnswerEnd, learn_answer_end, template_end
 from steering.protocol import Demonstration, Template
 from steering.templates import DEFAULT_TEMPLATE, answer_text
-from steering.verdict import verdict
+from steering.verdict import chance_margin, verdict
 
 words = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc", "Zs", "Zl", "Zp")), min_size=1)
 outputs = st.lists(st.lists(words, min_size=1, max_size=4).map(" ".join), min_size=1, max_size=30)
@@ -103,10 +103,38 @@ def metrics(steered: float, zero: float, few: float, **extra: object) -> dict:
     [(0.8, 0.6, "better_than_few_shot"), (0.6, 0.6, "as_good_as_few_shot"), (0.4, 0.6, "below_few_shot")],
 )
 def test_verdict_compares_with_prompting(steered: float, few: float, rating: str) -> None:
-    found = verdict("soft_injection", metrics(steered, 0.0, few))
+    found = verdict("soft_injection", metrics(steered, 0.0, few, dev_size=400))
     assert found is not None and found.rating == rating
     assert f"{100 * steered:.0f} %" in found.summary and "10-shot prompting" in found.summary
     assert (found.advice is not None) == (rating == "below_few_shot")
+    assert found.margin is not None and (steered == few or found.margin < abs(steered - few))
+
+
+@pytest.mark.parametrize(("steered", "few"), [(0.8, 0.6), (0.5, 0.7)])
+def test_verdict_says_when_few_held_out_items_cannot_settle_the_gap(steered: float, few: float) -> None:
+    few_items = verdict("soft_injection", metrics(steered, 0.0, few, dev_size=10))
+    many_items = verdict("soft_injection", metrics(steered, 0.0, few, dev_size=400))
+    assert few_items is not None and many_items is not None
+    assert few_items.rating == many_items.rating  # the rating still compares the figures measured
+    assert few_items.advice is not None and "within chance" in few_items.advice
+    assert many_items.advice is None or "within chance" not in many_items.advice
+    assert few_items.margin is not None and many_items.margin is not None and few_items.margin > many_items.margin
+
+
+def test_verdict_on_training_demonstrations_has_no_margin() -> None:
+    found = verdict("task_vector", {**metrics(0.9, 0.0, 0.5), "held_out": False, "dev_size": 3})
+    assert found is not None and found.margin is None and "within chance" not in (found.advice or "")
+
+
+@given(
+    steered=st.floats(0, 1),
+    few=st.floats(0, 1),
+    n=st.integers(1, 10_000),
+)
+def test_chance_margin_is_a_width_that_shrinks_with_more_items(steered: float, few: float, n: int) -> None:
+    margin = chance_margin(steered, few, n)
+    assert 0 < margin <= 1
+    assert chance_margin(steered, few, 4 * n) < margin
 
 
 def test_verdict_names_what_auto_tried_when_even_the_best_is_weak() -> None:

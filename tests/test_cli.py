@@ -185,6 +185,7 @@ WEAK_VERDICT = {  # a weak vector's verdict as the server words it (also drawn b
     "few_shot": 0.6,
     "few_shot_k": 10,
     "held_out": 10,
+    "margin": 0.37,
 }
 WEAK = TaskInfo.model_validate(
     {
@@ -203,7 +204,10 @@ def test_a_weak_verdict_is_shown_with_its_advice() -> None:
     shown = render(task_table(WEAK))
     assert "layers 0-29 " in shown and "0,1" not in shown
     assert "verdict " + words(WEAK.verdict.summary) in shown
-    assert "scores steered 20 % · 10-shot 60 % · zero-shot 0 % (exact match, 10 held out)" in shown
+    assert (
+        "scores steered 20 % · 10-shot 60 % · zero-shot 0 % "
+        "(exact match, 10 held out, gaps under 37 points may be chance)" in shown
+    )
     assert "advice " + WEAK.verdict.advice in shown  # markup in text is printed as written
     assert 'answers end stop "\\n" · at , [ " -" · max 2 words · max 1 char · max 7 tokens' in shown
     listed = render(tasks_table([WEAK]))

@@ -229,7 +229,7 @@ def test_verdict_on_the_card(server: ServerProcess, page) -> None:
     expect(verdict).to_be_visible()
     expect(verdict).to_have_class("verdict rating-below_few_shot")
     expect(verdict.locator(".verdict-label")).to_have_text("below 10-shot")
-    expect(verdict.locator(".verdict-measure")).to_have_text("exact match, 10 held out")
+    expect(verdict.locator(".verdict-measure")).to_have_text("exact match, 10 held out, ±37 points")
     for condition, name, value, width in (
         ("steered", "steered", "20%", "20%"),
         ("few", "10-shot", "60%", "60%"),
