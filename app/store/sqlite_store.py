@@ -56,8 +56,10 @@ _STATUS_INDEX = "CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status)"
 _UPSERT_VECTOR = "INSERT INTO vectors (id, data) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET data = excluded.data"
 _UNFINISHED_SQL = ", ".join(f"'{s}'" for s in sorted(UNFINISHED))
 
-# "database is locked" / "busy": another process holds the write lock; the connection itself is fine.
-_TRANSIENT = ("locked", "busy")
+
+def _is_transient(exc: sqlite3.Error) -> bool:
+    """True for "database is locked" / "busy": another process holds the lock; the connection itself is fine."""
+    return any(word in str(exc).lower() for word in ("locked", "busy"))
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -75,9 +77,9 @@ def _migrate(conn: sqlite3.Connection) -> None:
 def _enable_wal(conn: sqlite3.Connection, timeout_s: float) -> None:
     """Switch the file to WAL, waiting out other processes that are opening it at the same moment.
 
-    The switch needs an exclusive lock and SQLite answers "database is locked" at once instead of
-    calling the busy handler, so several processes opening a new file together would fail without
-    this retry loop.
+    The switch needs an exclusive lock, and while another connection holds a pending write SQLite
+    answers "database is locked" at once instead of calling the busy handler: several processes
+    opening a new file together would fail without this retry loop.
     """
     deadline = time.monotonic() + timeout_s
     delay = 0.005
@@ -87,7 +89,7 @@ def _enable_wal(conn: sqlite3.Connection, timeout_s: float) -> None:
                 conn.execute("PRAGMA journal_mode=WAL")
             return
         except sqlite3.OperationalError as exc:
-            if not any(word in str(exc).lower() for word in _TRANSIENT) or time.monotonic() >= deadline:
+            if not _is_transient(exc) or time.monotonic() >= deadline:
                 raise
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
@@ -142,7 +144,7 @@ class SqliteStore:
             return fn(self._conn)
         except sqlite3.Error as exc:
             conn = self._conn
-            if not any(word in str(exc).lower() for word in _TRANSIENT):
+            if not _is_transient(exc):
                 self._drop_connection()
             elif conn is not None and conn.in_transaction:  # e.g. a COMMIT that found the file busy
                 try:
