@@ -14,12 +14,13 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM
 
+from steering.answer_end import AnswerEnd
 from steering.arch import resolve_architecture
 from steering.capture import LastTokenRunner, next_token_logprobs
 from steering.engine import Engine, GenerationRequest
 from steering.inject import BatchSteering, SteeringError, SteeringTerm
 from steering.methods import compute_vector
-from steering.methods.common import Job
+from steering.methods.common import DEFAULT_ANSWER_TOKENS, Job, greedy_answers
 from steering.methods.registry import method_spec
 from steering.model import LoadedModel
 from steering.protocol import Demonstration
@@ -237,6 +238,15 @@ def test_stop_strings_end_generation_and_are_not_returned(tiny_llama: LoadedMode
     stopped = engine.generate([GenerationRequest(engine.encode(PROMPTS[0]), max_new_tokens=12, stop=[stop])])[0]
     assert stop not in stopped.text and stopped.finish_reason == "stop"
     assert free.text.startswith(stopped.text)
+
+
+def test_greedy_answers_run_to_the_answer_rules_own_bound(tiny_llama: LoadedModel) -> None:
+    """A task whose demonstrated answers are long is scored on whole answers, not cut at the default bound."""
+    engine = Engine(tiny_llama)
+    rule = AnswerEnd(max_tokens=DEFAULT_ANSWER_TOKENS + 8)
+    whole = engine.generate([GenerationRequest(engine.encode(PROMPTS[0]), max_new_tokens=rule.max_tokens)])[0]
+    assert len(whole.token_ids) > DEFAULT_ANSWER_TOKENS  # the model does not end the answer by itself first
+    assert greedy_answers(tiny_llama, [PROMPTS[0]], [], rule) == [whole.text]
 
 
 def test_streaming_yields_the_same_text(tiny_llama: LoadedModel) -> None:

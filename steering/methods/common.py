@@ -169,12 +169,15 @@ def greedy_answers(
     terms: Sequence[SteeringTerm],
     answer_end: AnswerEnd,
     *,
-    max_new_tokens: int = DEFAULT_ANSWER_TOKENS,
+    max_new_tokens: int | None = None,
     check: Callable[[], None] = lambda: None,
     batch_size: int = 16,
 ) -> list[str]:
-    """Each prompt's greedy continuation, every row steered by `terms`, ended by `answer_end` (or after
-    `max_new_tokens`); `check` runs before each batch (a computation's cancellation)."""
+    """Each prompt's greedy continuation, every row steered by `terms`, ended by `answer_end` or after
+    `max_new_tokens` (by default the rule's own bound, else DEFAULT_ANSWER_TOKENS); `check` runs before
+    each batch (a computation's cancellation)."""
+    if max_new_tokens is None:
+        max_new_tokens = answer_end.max_tokens or DEFAULT_ANSWER_TOKENS
     engine = Engine(lm)
     texts: list[str] = []
     for start in range(0, len(prompts), batch_size):
