@@ -369,11 +369,13 @@ function renderVerdict(box, info) {
   const shots = v.few_shot_k ? `${v.few_shot_k}-shot` : "few-shot";
   box.className = "verdict rating-" + v.rating;
   const label = (RATING_LABELS[v.rating] || (() => v.rating))(shots);
-  const margin = v.margin != null ? `, ±${Math.round(v.margin * 100)} points` : "";
-  const measure = `${v.metric === "exact" ? "exact match" : "first token"}, ${v.held_out ? v.held_out + " held out" : "training demos"}${margin}`;
+  const marginPoints = v.margin != null ? Math.round(v.margin * 100) : null;
+  const measure =
+    `${v.metric === "exact" ? "exact match" : "first token"}, ${v.held_out ? v.held_out + " held out" : "training demos"}` +
+    (marginPoints != null ? `, ±${marginPoints} points` : "");
   const head = el("div", "verdict-head");
   const measureEl = el("span", "verdict-measure", measure);
-  if (margin) measureEl.title = `a gap to ${shots} prompting under ${Math.round(v.margin * 100)} points may be chance (95 %)`;
+  if (marginPoints != null) measureEl.title = `a gap to ${shots} prompting under ${marginPoints} points may be chance (95 %)`;
   head.append(el("span", "verdict-label", label), measureEl);
   const bars = el("div", "verdict-bars");
   for (const [condition, name, value] of [["steered", "steered", v.steered], ["few", shots, v.few_shot], ["zero", "zero-shot", v.zero_shot]]) {
