@@ -34,20 +34,25 @@ def _pad_id(lm: LoadedModel) -> int:
 
 
 @contextmanager
-def _recording(lm: LoadedModel, heads: bool, store: dict[str, list[Tensor]]):
-    """Record the last position of every decoder layer's output (and of every head's output)."""
+def _recording(
+    lm: LoadedModel, store: dict[str, list[Tensor]], *, heads: bool, residual: bool = True, width: int | None = None
+):
+    """Record every decoder layer's output (`residual`) and every head's output (`heads`, the out-projection's
+    input) at the last position, or at the last `width` positions."""
+    at = -1 if width is None else slice(-width, None)
     handles = []
 
     def on_layer(module, args, output):
         hidden = output[0] if isinstance(output, tuple) else output
-        store["residual"].append(hidden[:, -1].float())
+        store["residual"].append(hidden[:, at].float())
 
     def on_heads(module, args):
-        store["heads"].append(args[0][:, -1].float())
+        store["heads"].append(args[0][:, at].float())
 
     try:
-        for layer in lm.arch.layers:
-            handles.append(layer.register_forward_hook(on_layer))
+        if residual:
+            for layer in lm.arch.layers:
+                handles.append(layer.register_forward_hook(on_layer))
         if heads:
             for out_proj in lm.arch.attn_out:
                 handles.append(out_proj.register_forward_pre_hook(on_heads))
@@ -67,7 +72,7 @@ def last_token_activations(
     for part in _chunks(len(texts), batch_size):
         ids, mask = left_pad(token_ids[part], _pad_id(lm), lm.device)
         store: dict[str, list[Tensor]] = {"residual": [], "heads": []}
-        with lm.lock, torch.inference_mode(), _recording(lm, heads, store):
+        with lm.lock, torch.inference_mode(), _recording(lm, store, heads=heads):
             lm.model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), logits_to_keep=1)
         out["residual"].append(torch.stack(store["residual"], dim=1).cpu())
         if heads:
@@ -77,21 +82,6 @@ def last_token_activations(
     if heads:
         result["heads"] = torch.cat(out["heads"])
     return result
-
-
-@contextmanager
-def _recording_heads(lm: LoadedModel, width: int, store: list[Tensor]):
-    """Record every layer's head outputs (the out-projection's input) at the last `width` positions."""
-
-    def on_heads(module, args):
-        store.append(args[0][:, -width:].float())
-
-    handles = [out_proj.register_forward_pre_hook(on_heads) for out_proj in lm.arch.attn_out]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def answer_head_means(
@@ -111,10 +101,10 @@ def answer_head_means(
         in_answer = torch.tensor(
             [[0] * (width - len(a)) + [1] * len(a) for a in answers[part]], device=lm.device, dtype=torch.float32
         )
-        layers: list[Tensor] = []
-        with lm.lock, torch.inference_mode(), _recording_heads(lm, width, layers):
+        store: dict[str, list[Tensor]] = {"heads": []}
+        with lm.lock, torch.inference_mode(), _recording(lm, store, heads=True, residual=False, width=width):
             lm.model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), logits_to_keep=1)
-        summed = torch.stack([(h * in_answer[..., None]).sum((0, 1)) for h in layers]).cpu()  # [layers, width]
+        summed = torch.stack([(h * in_answer[..., None]).sum((0, 1)) for h in store["heads"]]).cpu()
         total = summed if total is None else total + summed
         count += int(in_answer.sum())
     if total is None or count == 0:
