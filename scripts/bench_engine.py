@@ -20,6 +20,7 @@ from scripts.bench_common import interleaved, median, paired_ratios, timed
 from steering.engine import Engine, GenerationRequest, GenerationResult
 from steering.inject import SteeringTerm
 from steering.model import LoadedModel
+from steering.modes import ANSWER_MIX_TENSORS, HEAD_MIX_TENSORS
 from steering.protocol import Demonstration
 from steering.templates import few_shot_prompt, render_query, stop_strings
 from steering.vectors import TaskVector
@@ -78,14 +79,12 @@ def soft_injection_modes(vector: TaskVector) -> dict[str, TaskVector]:
     """A soft-injection vector as `soft_injection` (last prompt token only) and `soft_injection_answer` (also
     every answer token): the answer gates are measured even where the held-out split did not keep them (the
     second mix reuses the first's tensors, the same cost)."""
-    last_names = ("head_means", "gate_logits")
-    last = replace(vector, mode="head_mix_last", tensors={k: vector.tensors[k] for k in last_names})
+    last = replace(vector, mode="head_mix_last", tensors={k: vector.tensors[k] for k in HEAD_MIX_TENSORS})
     if vector.mode == "head_mix_answer":
         return {"soft_injection": last, "soft_injection_answer": vector}
     answer_tensors = {
         **last.tensors,
-        "answer_head_means": vector.tensors["head_means"],
-        "answer_gate_logits": vector.tensors["gate_logits"],
+        **{answer: vector.tensors[name] for name, answer in zip(HEAD_MIX_TENSORS, ANSWER_MIX_TENSORS, strict=True)},
     }
     return {
         "soft_injection": last,
