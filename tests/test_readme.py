@@ -1,0 +1,67 @@
+"""What the README tells a newcomer to type works in a fresh checkout: the files its commands read exist, and
+it says where `make serve` put the `steer` command."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+from steering.datasets import read_demonstrations
+from steering.verdict import MIN_HELD_OUT
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pytest itself depends on tomli before 3.11
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+EXAMPLE_DEMOS = ROOT / "examples" / "antonyms.txt"
+
+
+def code_blocks(markdown: str) -> list[str]:
+    return re.findall(r"^```[a-z]*\n(.*?)^```", markdown, flags=re.MULTILINE | re.DOTALL)
+
+
+def section(markdown: str, heading: str) -> str:
+    """The text under a `## heading` up to the next heading of the same or a higher level."""
+    match = re.search(rf"^(#+) {re.escape(heading)}\n(.*?)(?=^#{{1,2}} )", markdown, flags=re.MULTILINE | re.DOTALL)
+    assert match, f"no section {heading!r} in the README"
+    return match.group(2)
+
+
+def test_the_example_demonstrations_parse_with_the_cli_reader() -> None:
+    """`steer tasks register` reads files with `read_demonstrations`; the example holds enough to hold some out."""
+    demos = read_demonstrations(EXAMPLE_DEMOS)
+    assert len(demos) >= MIN_HELD_OUT
+    assert all(d.input and d.output and "->" not in d.output for d in demos)
+
+
+def test_every_file_the_readme_commands_read_exists() -> None:
+    code = "\n".join(code_blocks(README.read_text()))
+    demo_files = re.findall(r"steer tasks register (\S+)", code) + re.findall(r"\.register\(\s*\"([^\"]+)\"", code)
+    assert demo_files, "the README registers no task from a file"
+    for name in demo_files:
+        path = ROOT / name
+        assert path.is_file(), f"the README's commands read {name}, which the repository does not ship"
+        assert read_demonstrations(path)
+    for module in re.findall(r"python -m (scripts\.\w+)", code):
+        assert importlib.util.find_spec(module) is not None, f"the README runs {module}, which does not exist"
+
+
+def test_every_local_link_in_the_readme_exists() -> None:
+    for target in re.findall(r"\]\(((?!https?:|#)[^)#]+)", README.read_text()):
+        assert (ROOT / target).exists(), f"the README links to {target}, which does not exist"
+
+
+def test_the_readme_says_where_the_steer_command_is() -> None:
+    """`make serve` installs into the Makefile's venv; the Quick start names the command there and how to activate."""
+    venv = re.search(r"^VENV \?= (\S+)$", (ROOT / "Makefile").read_text(), flags=re.MULTILINE)
+    assert venv
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert "steer" in scripts
+    quick_start = section(README.read_text(), "Quick start")
+    assert f"{venv.group(1)}/bin/steer" in quick_start
+    assert f". {venv.group(1)}/bin/activate" in "\n".join(code_blocks(quick_start))
