@@ -23,12 +23,37 @@ Modules: `config` (what to evaluate), `backends` (where), `scoring`, `suite`, `p
 (outputs), `command` (`steer eval`); `evaluator` holds the in-process `TaskEvaluator` used by the slow tests.
 """
 
-from steering.eval.backends import Backend, LocalBackend, RemoteBackend, open_backend
-from steering.eval.config import EvalConfig, parse_method_options
-from steering.eval.progress import NullReporter, Reporter, RichReporter
-from steering.eval.report import markdown, write_outputs
-from steering.eval.scoring import exact_right, first_token_right
-from steering.eval.suite import run_suite
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from steering.eval.backends import Backend, LocalBackend, RemoteBackend, open_backend
+    from steering.eval.config import EvalConfig, parse_method_options
+    from steering.eval.progress import NullReporter, Reporter, RichReporter
+    from steering.eval.report import markdown, write_outputs
+    from steering.eval.scoring import exact_right, first_token_right
+    from steering.eval.suite import run_suite
+
+# Each public name and the module that holds it, imported on first use: `steer` imports this package for its
+# `eval` command's options, and the suite pulls in torch, which no other command needs (seconds at start-up).
+_HOMES = {
+    "Backend": "backends",
+    "LocalBackend": "backends",
+    "RemoteBackend": "backends",
+    "open_backend": "backends",
+    "EvalConfig": "config",
+    "parse_method_options": "config",
+    "NullReporter": "progress",
+    "Reporter": "progress",
+    "RichReporter": "progress",
+    "markdown": "report",
+    "write_outputs": "report",
+    "exact_right": "scoring",
+    "first_token_right": "scoring",
+    "run_suite": "suite",
+}
 
 __all__ = [
     "Backend",
@@ -46,3 +71,10 @@ __all__ = [
     "run_suite",
     "write_outputs",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{home}"), name)

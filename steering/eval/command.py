@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 
 from steering.datasets import task_names
-from steering.eval.backends import open_backend
 from steering.eval.config import (
     DEFAULT_METHODS,
     DEFAULT_MULTIPLES,
@@ -19,9 +18,6 @@ from steering.eval.config import (
     parse_method_options,
     parse_multiples,
 )
-from steering.eval.progress import RichReporter
-from steering.eval.report import errors_list, markdown_summary, write_outputs
-from steering.eval.suite import run_suite
 from steering.method_names import METHOD_NAMES
 
 
@@ -53,6 +49,11 @@ def eval_command(
 ) -> None:
     """Accuracy of zero-shot, k-shot and every steering method on held-out items; writes JSON, Markdown and plots."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts: idle threads must not spin
+    # Imported here, not at the top: the suite pulls in torch, and every other `steer` command starts without it.
+    from steering.eval.backends import open_backend
+    from steering.eval.progress import RichReporter
+    from steering.eval.report import errors_list, markdown_summary, write_outputs
+    from steering.eval.suite import run_suite
 
     method_list = parse_list(methods, METHOD_NAMES, "method")
     config = EvalConfig(
