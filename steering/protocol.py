@@ -52,8 +52,10 @@ def _stop_strings(value: str | list[str]) -> str | list[str]:
 
 
 Stop = Annotated[str | list[str], AfterValidator(_stop_strings)]
+# A field (of the OpenAI API) this server cannot honour, given a value other than its neutral one.
+UNSUPPORTED_PARAMETER = "unsupported_parameter"
 # Validation errors of these types keep their type in the error body (others are "invalid_request").
-NAMED_ERRORS = frozenset({"invalid_stop", "invalid_text"})
+NAMED_ERRORS = frozenset({"invalid_stop", "invalid_text", UNSUPPORTED_PARAMETER})
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 Layers = Annotated[list[int], AfterValidator(_unique)]  # within the model's range: app/bounds.py
 

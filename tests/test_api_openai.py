@@ -198,3 +198,116 @@ def test_errors_reach_the_client_as_openai_errors(
         client.chat.completions.create(model=model_name, messages=[{"role": "user", "content": "x"}], n=2)
     with pytest.raises(openai.UnprocessableEntityError):
         client.completions.create(model=model_name, prompt=PROMPT, max_tokens=100_000)
+
+
+def test_a_model_not_served_here_is_model_not_found(client: openai.OpenAI, http: httpx.Client, model_name: str) -> None:
+    chat = [{"role": "user", "content": "hot"}]
+    for call in (
+        lambda: client.completions.create(model="gpt-4", prompt=PROMPT, max_tokens=2),
+        lambda: client.chat.completions.create(model="gpt-4", messages=chat, max_tokens=2),
+        lambda: list(client.chat.completions.create(model="gpt-4", messages=chat, max_tokens=2, stream=True)),
+        lambda: client.completions.create(model=model_name + "x", prompt=PROMPT, max_tokens=2),
+    ):
+        with pytest.raises(openai.NotFoundError) as refused:
+            call()
+        assert refused.value.code == "model_not_found" and refused.value.param == "model"
+        assert "gpt-4" in refused.value.message or model_name in refused.value.message
+    # The served id (as /v1/models lists it) and a request that names no model are both the served model.
+    assert client.completions.create(model=model_name, prompt=PROMPT, max_tokens=2).model == model_name
+    unnamed = http.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 2})
+    assert unnamed.status_code == 200 and unnamed.json()["model"] == model_name
+
+
+def test_model_aliases() -> None:
+    from app.openai.serving import model_names
+
+    hub = "HuggingFaceTB/SmolLM2-360M-Instruct"
+    assert model_names(hub, hub) == {hub, "SmolLM2-360M-Instruct"}
+    assert model_names("/models/my-llama/", "/models/my-llama/") == {"/models/my-llama/", "my-llama"}
+    assert model_names("SmolLM2-135M-Instruct", "default") == {"SmolLM2-135M-Instruct", "default"}
+    assert model_names("tiny:llama", "tiny:llama") == {"tiny:llama"}
+
+
+# Every OpenAI field the server cannot honour, with a value that asks for it, and its neutral value.
+UNHONOURED_COMPLETION_FIELDS: list[tuple[str, Any, Any]] = [
+    ("best_of", 3, 1),
+    ("suffix", " and so on", ""),
+    ("n", 2, 1),
+    ("logprobs", 2, None),
+    ("frequency_penalty", 0.5, 0),
+    ("presence_penalty", -0.5, 0.0),
+    ("logit_bias", {"50256": -100}, {}),
+]
+UNHONOURED_CHAT_FIELDS: list[tuple[str, Any, Any]] = [
+    ("n", 3, 1),
+    ("logprobs", True, False),
+    ("top_logprobs", 2, 0),
+    ("frequency_penalty", 1.0, 0),
+    ("presence_penalty", 1.0, 0),
+    ("logit_bias", {"1": 5}, {}),
+    ("tools", [{"type": "function", "function": {"name": "f"}}], []),
+    ("tool_choice", "required", "none"),
+    ("functions", [{"name": "f"}], []),
+    ("function_call", "auto", "none"),
+    ("response_format", {"type": "json_object"}, {"type": "text"}),
+    ("modalities", ["text", "audio"], ["text"]),
+    ("audio", {"voice": "alloy", "format": "wav"}, None),
+    ("prediction", {"type": "content", "content": "cold"}, None),
+    ("reasoning_effort", "high", None),
+    ("verbosity", "low", None),
+    ("web_search_options", {}, None),
+    ("moderation", {"model": "omni-moderation-latest"}, None),
+    ("store", True, False),
+    ("service_tier", "flex", "auto"),
+]
+UNHONOURED_MESSAGE_FIELDS: list[tuple[str, Any, Any]] = [
+    ("name", "bob", None),
+    ("tool_calls", [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}], []),
+    ("function_call", {"name": "f", "arguments": "{}"}, None),
+    ("audio", {"id": "a1"}, None),
+    ("refusal", "no", None),
+]
+
+
+def test_openai_fields_the_server_cannot_honour_are_refused_by_name(http: httpx.Client, model_name: str) -> None:
+    completion = {"model": model_name, "prompt": PROMPT, "max_tokens": 2, "temperature": 0}
+    chat = {**completion, "messages": [{"role": "user", "content": "hot"}]}
+    del chat["prompt"]
+    cases = [
+        ("/v1/completions", completion, field, asks, neutral) for field, asks, neutral in UNHONOURED_COMPLETION_FIELDS
+    ]
+    cases += [("/v1/chat/completions", chat, field, asks, neutral) for field, asks, neutral in UNHONOURED_CHAT_FIELDS]
+    for path, body, field, asks, neutral in cases:
+        refused = http.post(path, json={**body, field: asks})
+        assert refused.status_code == 422, (path, field, refused.text)
+        error = refused.json()["error"]
+        assert error["type"] == "unsupported_parameter" and error["message"].startswith(f"{field}: "), error
+        accepted = http.post(path, json={**body, field: neutral})
+        assert accepted.status_code == 200, (path, field, accepted.text)
+    for field, asks, neutral in UNHONOURED_MESSAGE_FIELDS:
+        message = {"role": "assistant", "content": "cold"}
+        messages = [{"role": "user", "content": "hot"}, {**message, field: asks}]
+        refused = http.post("/v1/chat/completions", json={**chat, "messages": messages})
+        assert refused.status_code == 422, (field, refused.text)
+        assert refused.json()["error"]["message"].startswith(f"messages.1.{field}: "), refused.text
+        messages[1] = {**message, field: neutral}
+        assert http.post("/v1/chat/completions", json={**chat, "messages": messages}).status_code == 200, field
+
+    # stream_options goes with a stream only (as OpenAI answers); labels and caching hints change no output.
+    options = {"stream_options": {"include_usage": True}}
+    assert http.post("/v1/chat/completions", json={**chat, **options}).status_code == 422
+    with http.stream("POST", "/v1/chat/completions", json={**chat, **options, "stream": True}) as streamed:
+        assert streamed.status_code == 200 and "[DONE]" in streamed.read().decode()
+    labels = {"user": "u-1", "metadata": {"team": "a"}, "safety_identifier": "s", "prompt_cache_key": "k"}
+    labelled = http.post("/v1/chat/completions", json={**chat, **labels, "parallel_tool_calls": False})
+    assert labelled.status_code == 200, labelled.text
+    # Fields outside the OpenAI API are still accepted and ignored (clients and frameworks send many).
+    assert http.post("/v1/completions", json={**completion, "top_k": 5}).status_code == 200
+
+
+def test_echo_in_a_stream_sends_the_prompt_first(client: openai.OpenAI, model_name: str) -> None:
+    kwargs = {"model": model_name, "prompt": PROMPT, "max_tokens": 8, "temperature": 0, "echo": True}
+    whole = client.completions.create(**kwargs).choices[0].text
+    chunks = list(client.completions.create(stream=True, **kwargs))
+    assert chunks[0].choices[0].text == PROMPT
+    assert "".join(c.choices[0].text for c in chunks) == whole

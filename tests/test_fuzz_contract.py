@@ -473,6 +473,11 @@ EDGE_LAYERS = st.one_of(
     st.lists(st.integers(min_value=-2, max_value=6), max_size=6),
     st.builds(lambda layer, n: [layer] * n, st.integers(min_value=0, max_value=3), st.sampled_from([2, 100, 5000])),
 )
+# What a repaired OpenAI body keeps: the fields the engine honours. The others (`model`, `best_of`, penalties,
+# tools, ...) are refused unless neutral, so a generated value would stop the request before the engine.
+OPENAI_FIELDS_THE_ENGINE_USES = frozenset(
+    {"max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stop", "stream", "echo", "steering"}
+)
 PART_TEXT = st.one_of(st.text(max_size=12), ODD_JSON)
 CONTENT_PARTS = st.lists(
     st.one_of(
@@ -571,6 +576,8 @@ def _repaired(draw: st.DrawFn, body: dict[str, Any], path: str, tasks: list[str]
     server's, a task id that does not exist) and never reach the batcher, the engine or the steering hooks.
     """
     body = {k: v for k, v in body.items() if k not in ("prompt", "input", "messages")}
+    if path != "/v1/generate":  # the OpenAI fields the server refuses unless neutral, and a model it serves
+        body = {k: v for k, v in body.items() if k in OPENAI_FIELDS_THE_ENGINE_USES}
     text = draw(st.text(min_size=1, max_size=20))
     if path == "/v1/generate":
         which = draw(st.sampled_from(["prompt", "input", "messages"]))

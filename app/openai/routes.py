@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import TypeVar
 
 from fastapi import APIRouter, Depends, Request
@@ -34,7 +35,8 @@ async def completions(
     def respond(header: serving.Header, result: GenerationResult) -> Completion:
         return serving.completion(header, (body.text() + result.text) if body.echo else result.text, result)
 
-    return await _answer(body, http, svc, who, body.text(), None, "cmpl", serving.completion_chunks, respond)
+    chunks = partial(serving.completion_chunks, echo=body.text() if body.echo else "")
+    return await _answer(body, http, svc, who, body.text(), None, "cmpl", chunks, respond)
 
 
 @router.post("/chat/completions", response_model=ChatCompletion)
@@ -56,7 +58,8 @@ async def _answer(
     chunks: Callable[[GenerationService, Pending, serving.Header], AsyncIterator[BaseModel]],
     respond: Callable[[serving.Header, GenerationResult], T],
 ) -> T | EventSourceResponse:
-    """What both endpoints do: prepare the request, then stream its chunks or answer its whole body."""
+    """What both endpoints do: check the model, prepare the request, then stream its chunks or answer its body."""
+    serving.check_model(body.model, svc.lm.name, svc.settings.model)
     request = await svc.generation.prepare(
         prompt=prompt,
         input_text=None,

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
 from app.batcher import Pending
+from app.errors import ApiError
 from app.generation import GenerationService, Sampling
 from app.openai.protocol import ChatCompletionRequest, CompletionRequest
 from app.openai.responses import (
@@ -66,6 +67,29 @@ def model_list(name: str) -> ModelList:
     return ModelList(data=[ModelCard(id=name)])
 
 
+def model_names(served: str, configured: str) -> frozenset[str]:
+    """The names a request's `model` may give: the id /v1/models lists, the model setting the server was
+    started with (`STEER_MODEL`: "default", a hub id, a folder), and the last path part of either (a hub
+    id's model name, a folder's name)."""
+    names = {served, configured}
+    names |= {name.rstrip("/").rsplit("/", 1)[-1] for name in names}
+    return frozenset(name for name in names if name)
+
+
+def check_model(requested: str | None, served: str, configured: str) -> None:
+    """404 `model_not_found` for a model this server does not serve (as OpenAI and vLLM answer); unset is
+    the served model."""
+    if requested is None or requested in model_names(served, configured):
+        return
+    raise ApiError(
+        404,
+        "model_not_found",
+        f"model: {requested!r} is not served here; this server serves {served!r} (GET /v1/models)",
+        param="model",
+        code="model_not_found",
+    )
+
+
 def completion(header: Header, text: str, result: GenerationResult) -> Completion:
     choice = CompletionChoice(text=text, finish_reason=finish_reason(result))
     return Completion(
@@ -74,12 +98,16 @@ def completion(header: Header, text: str, result: GenerationResult) -> Completio
 
 
 async def completion_chunks(
-    generation: GenerationService, pending: Pending, header: Header
+    generation: GenerationService, pending: Pending, header: Header, echo: str = ""
 ) -> AsyncIterator[CompletionChunk]:
+    """The completion's pieces; with `echo` (the prompt of an `echo: true` request) that text first."""
+
     def chunk(text: str, finish: FinishReason | None, usage: Usage | None = None) -> CompletionChunk:
         choice = CompletionChoice(text=text, finish_reason=finish)
         return CompletionChunk(id=header.id, created=header.created, model=header.model, choices=[choice], usage=usage)
 
+    if echo:
+        yield chunk(echo, None)
     async for piece in generation.pieces(pending):
         yield chunk(piece, None)
     result = await pending.future
