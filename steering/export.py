@@ -33,7 +33,7 @@ import torch
 from gguf import GGMLQuantizationType, GGUFWriter
 
 from steering.gguf_reader import parse_gguf
-from steering.modes import mode_spec
+from steering.modes import GGUF_EXPORTABLE_MODES, InjectionModeSpec, mode_spec
 from steering.protocol import Template
 from steering.vector_errors import ModelMismatch, VectorImportError
 from steering.vectors import TaskVector, check_layers
@@ -49,6 +49,11 @@ GGUFSource = bytes | bytearray | memoryview | PathLike
 _DIRECTION = re.compile(r"direction\.(0|[1-9][0-9]{0,5})")
 
 
+# The methods whose vectors export to GGUF: every mode they produce has `gguf` set in `steering.modes` (a test
+# computes each method and holds this to the modes it produces). `auto` exports as the method it chose.
+GGUF_METHODS: tuple[str, ...] = ("function_vector", "icv", "contrastive")
+
+
 class ExportError(ValueError):
     """A vector that cannot be written in the requested format."""
 
@@ -56,13 +61,37 @@ class ExportError(ValueError):
 # --------------------------------------------------------------------------------------------- GGUF
 
 
+def _why_not_additive(spec: InjectionModeSpec) -> str:
+    if spec.op == "replace":
+        return (
+            f"{spec.name} replaces the residual state at the last prompt token, h <- (1 - s)·h + s·v: the change "
+            "it makes, s·(v - h), depends on each prompt's own state h, so it has no additive form that a fixed "
+            "row can hold"
+        )
+    if spec.site == "heads":
+        return (
+            f"{spec.name} mixes attention heads' outputs with learned per-head gates inside the attention block, "
+            "which no row added to the residual stream reproduces"
+        )
+    return f"{spec.name} is not one row added to the residual stream per layer"
+
+
+def gguf_refusal(vector: TaskVector) -> str:
+    """Why `vector` cannot be a GGUF control vector, and which vectors can."""
+    spec = mode_spec(vector.mode)
+    return (
+        f"a {vector.method} vector (mode {spec.name}) cannot be exported as a GGUF control vector: a control "
+        f"vector is one row per layer that llama.cpp adds to the residual stream at every position, and "
+        f"{_why_not_additive(spec)}. GGUF takes the additive residual modes ({', '.join(GGUF_EXPORTABLE_MODES)}), "
+        f"which {', '.join(GGUF_METHODS[:-1])} and {GGUF_METHODS[-1]} compute; this vector exports as "
+        "safetensors only, which the service and the library import back"
+    )
+
+
 def gguf_rows(vector: TaskVector, *, drop_layer_zero: bool = False) -> dict[int, torch.Tensor]:
     """The float32 rows a GGUF export writes: `{layer: residual[layer] * default_strength}`."""
     if not mode_spec(vector.mode).gguf:  # one residual row added per layer: the only shape of a control vector
-        raise ExportError(
-            f"a {vector.mode} vector ({vector.method}) is not an additive residual vector and cannot be "
-            "exported as a GGUF control vector; it exports as safetensors only (export_safetensors)"
-        )
+        raise ExportError(gguf_refusal(vector))
     layers = sorted(set(vector.layers))
     if 0 in layers:
         if not drop_layer_zero:

@@ -269,6 +269,7 @@ def test_export_import(steer, task_id: str, tmp_path: Path) -> None:
     assert out.stat().st_size > 0 and "safetensors" in exported.stderr
     gguf = steer("export", task_id, "--format", "gguf", "-o", str(tmp_path / "x.gguf"))
     assert gguf.exit_code == EXIT_USAGE and "safetensors only" in gguf.stderr
+    assert "no additive form" in words(gguf.stderr) and "function_vector, icv and contrastive" in words(gguf.stderr)
     imported = steer("--json", "import", str(out), "--name", "copy")
     assert imported.exit_code == 0, imported.output
     info = json.loads(imported.stdout)

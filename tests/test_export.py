@@ -11,6 +11,7 @@ from gguf import GGUFReader, GGUFWriter
 from safetensors.torch import save_file
 
 from steering.export import (
+    GGUF_METHODS,
     ExportError,
     VectorImportError,
     export_gguf,
@@ -18,9 +19,11 @@ from steering.export import (
     import_gguf,
     import_safetensors,
 )
+from steering.method_names import METHOD_NAMES
+from steering.methods import compute_vector
 from steering.model import LoadedModel, load_model
-from steering.modes import expected_shapes, mode_spec
-from steering.protocol import Template
+from steering.modes import GGUF_EXPORTABLE_MODES, expected_shapes, mode_spec
+from steering.protocol import Demonstration, Template
 from steering.vectors import TaskVector
 
 RESIDUAL_MODES = ("add_all", "add_from_last", "add_all_norm", "add_last")
@@ -152,6 +155,46 @@ def test_gguf_refuses_non_additive_modes(tiny: LoadedModel, tmp_path: Path, mode
     with pytest.raises(ExportError, match="safetensors only"):
         export_gguf(vector, path, "llama")
     assert not path.exists()
+
+
+@pytest.mark.parametrize(
+    ("mode", "reason"),
+    [("replace_last", "no additive form"), ("head_mix_last", "per-head gates"), ("head_mix_answer", "per-head gates")],
+)
+def test_gguf_refusal_says_why_and_which_vectors_export(
+    tiny: LoadedModel, tmp_path: Path, mode: str, reason: str
+) -> None:
+    vector = head_vector(tiny, mode) if mode in HEAD_MODES else residual_vector(tiny, mode, method="task_vector")
+    with pytest.raises(ExportError) as refused:
+        export_gguf(vector, tmp_path / "v.gguf", "llama")
+    message = str(refused.value)
+    assert f"{vector.method} vector (mode {mode})" in message and reason in message
+    for exportable in (*GGUF_EXPORTABLE_MODES, *GGUF_METHODS):
+        assert exportable in message
+
+
+ANTONYMS = [
+    Demonstration(input=a, output=b)
+    for a, b in [("hot", "cold"), ("big", "small"), ("up", "down"), ("fast", "slow"), ("day", "night"), ("in", "out")]
+]
+FAST = {"num_prompts": 4, "k_shot": 2}
+METHOD_OPTIONS = {
+    "task_vector": FAST,
+    "function_vector": {**FAST, "num_corrupted": 2},
+    "soft_injection": {**FAST, "steps": 2, "eval_every": 1, "batch_size": 4},
+    "icv": FAST,
+    "contrastive": FAST,
+}
+
+
+def test_gguf_methods_are_the_methods_whose_vectors_export(tiny: LoadedModel) -> None:
+    """`GGUF_METHODS`, which the refusal and the README name, against the modes each method really produces."""
+    assert set(METHOD_OPTIONS) == set(METHOD_NAMES) - {"auto"}
+    runs = list(METHOD_OPTIONS.items())
+    runs.append(("function_vector", {**METHOD_OPTIONS["function_vector"], "positions": "from_last"}))
+    for method, options in runs:
+        vector = compute_vector(tiny, ANTONYMS, method, options=options)
+        assert mode_spec(vector.mode).gguf == (method in GGUF_METHODS), (method, vector.mode)
 
 
 def test_gguf_wrong_hidden_size_is_refused(tiny: LoadedModel, tmp_path: Path) -> None:

@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 
 from steering.datasets import read_demonstrations
+from steering.export import GGUF_METHODS
+from steering.method_names import METHOD_NAMES
+from steering.modes import GGUF_EXPORTABLE_MODES
 from steering.verdict import MIN_HELD_OUT
 
 if sys.version_info >= (3, 11):
@@ -65,3 +68,14 @@ def test_the_readme_says_where_the_steer_command_is() -> None:
     quick_start = section(README.read_text(), "Quick start")
     assert f"{venv.group(1)}/bin/steer" in quick_start
     assert f". {venv.group(1)}/bin/activate" in "\n".join(code_blocks(quick_start))
+
+
+def test_the_readme_says_which_vectors_export_to_gguf() -> None:
+    """The README's GGUF paragraph names exactly what `steering.export` exports, and the methods it refuses."""
+    paragraph = re.search(r"^\*\*GGUF export\.\*\*(.*?)\n\n", README.read_text(), flags=re.MULTILINE | re.DOTALL)
+    assert paragraph, "the README has no GGUF export paragraph"
+    text = " ".join(paragraph.group(1).split())
+    for exportable in (*GGUF_EXPORTABLE_MODES, *GGUF_METHODS):
+        assert f"`{exportable}`" in text
+    refused = [m for m in METHOD_NAMES if m != "auto" and m not in GGUF_METHODS]
+    assert refused and all(f"`{m}`" in text for m in refused) and "safetensors only" in text

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from steering.export import export_gguf, read_gguf_directions
+from steering.export import GGUF_METHODS, export_gguf, read_gguf_directions
 from steering.model import LoadedModel
+from steering.modes import GGUF_EXPORTABLE_MODES
 from steering.protocol import Template
 from steering.vectors import TaskVector
 from tests.conftest import ServerProcess, start_server
@@ -140,6 +141,9 @@ def test_task_vector_exports_as_safetensors_only(http: httpx.Client) -> None:
     assert response.status_code == 422
     error = response.json()["error"]
     assert error["type"] == "not_exportable" and "safetensors only" in error["message"]
+    # why this one cannot, and which can
+    assert "replace_last" in error["message"] and "no additive form" in error["message"]
+    assert all(name in error["message"] for name in (*GGUF_EXPORTABLE_MODES, *GGUF_METHODS))
 
 
 def test_head_level_vector_imports_and_refuses_gguf(http: httpx.Client, tiny_llama: LoadedModel) -> None:
