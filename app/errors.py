@@ -23,6 +23,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         400: "The body is not valid JSON or not UTF-8.",
         401: "A valid API key is needed (Authorization: Bearer <key>).",
         404: "No such task for this key.",
+        408: "The request body arrived too slowly.",
         409: "The task is not ready, or was made for another model.",
         413: "The body is too large.",
         422: "The request is invalid (the message says where).",
@@ -81,6 +82,7 @@ def install_error_handlers(app: FastAPI) -> None:
             404: "not_found",
             405: "method_not_allowed",
             401: "unauthorized",
+            408: "request_timeout",
             413: "body_too_large",
         }.get(exc.status_code, "http_error")
         return error_response(exc.status_code, kind, str(exc.detail), getattr(exc, "headers", None))

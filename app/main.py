@@ -17,11 +17,12 @@ from fastapi.staticfiles import StaticFiles
 from app.auth import KeyChecker
 from app.batcher import Batcher
 from app.bounds import Bounds
+from app.connections import uvicorn_config
 from app.continuous_batcher import ContinuousBatcher
 from app.errors import ERROR_RESPONSES, install_error_handlers
 from app.generation import GenerationService
 from app.metrics import Metrics
-from app.middleware import BodyLimit, RequestId, RequestMetrics
+from app.middleware import BodyLimit, BodyReading, RequestId, RequestMetrics
 from app.routes import generate, health, openai, tasks, vectors
 from app.services import Services
 from app.settings import Settings
@@ -114,6 +115,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         per_path={"/v1/tasks/import": settings.max_vector_bytes},
     )
     app.add_middleware(RequestId)
+    app.add_middleware(
+        BodyReading,
+        timeout_s=settings.body_timeout_s,
+        min_rate=settings.body_min_rate,
+        discard_bytes=settings.discard_body_bytes,
+        discard_timeout_s=settings.discard_body_timeout_s,
+    )
     return app
 
 
@@ -155,21 +163,12 @@ def is_loopback(host: str) -> bool:
 
 def run() -> None:
     """Start the server with uvicorn on the configured host and port (`steer serve`, `make serve`)."""
-    import uvicorn
-
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
     refuse_open_public_server(settings)
     app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level="info",
-        timeout_graceful_shutdown=max(1, round(settings.drain_timeout_s)),
-    )
-    DrainingServer(config, app).run()
+    DrainingServer(uvicorn_config(app, settings), app).run()
 
 
 app = create_app()

@@ -1,11 +1,13 @@
-"""ASGI middleware: request ids, a body-size limit (413) and per-route request metrics."""
+"""ASGI middleware: request ids, the time a body may take (408), a body-size limit (413), per-route request metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
 
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -35,6 +37,112 @@ class RequestId:
             await send(message)
 
         await self.app(scope, receive, tagged)
+
+
+class BodyReading:
+    """A request body must arrive in time (408), and one answered before it was read is dropped before closing.
+
+    The body must arrive within `timeout_s`, plus one second for every `min_rate` bytes received (the rule of
+    Apache's mod_reqtimeout): a large upload on a slow link goes on, a trickle is cut. A response that starts
+    before its request's body was read whole (a 413, a 401) closes the connection, and before its last bytes
+    go out up to `discard_bytes` of the rest are read and dropped (for at most `discard_timeout_s`): a client
+    that sends its whole body before reading (Python's urllib, which also asks for `Connection: close`) would
+    otherwise meet a reset instead of the answer.
+    """
+
+    def __init__(
+        self, app: ASGIApp, timeout_s: float, min_rate: int, discard_bytes: int, discard_timeout_s: float
+    ) -> None:
+        self.app = app
+        self.timeout_s, self.min_rate = timeout_s, min_rate
+        self.discard_bytes, self.discard_timeout_s = discard_bytes, discard_timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        body = _RequestBody(self, Headers(scope=scope), receive, send)
+        try:
+            await self.app(scope, body.receive, body.send)
+        except _BodyTimeout as exc:
+            if body.response_started:
+                raise
+            await error_response(408, "request_timeout", str(exc.detail))(scope, body.receive, body.send)
+
+
+class _RequestBody:
+    """One request's body as `BodyReading` sees it: how much came, whether all of it, whether it was answered."""
+
+    def __init__(self, limits: BodyReading, headers: Headers, receive: Receive, send: Send) -> None:
+        self.limits, self._receive, self._send = limits, receive, send
+        declared = headers.get("content-length")
+        self.declared = int(declared) if declared is not None and declared.isdigit() else None
+        self.complete = self.declared == 0 or (self.declared is None and "transfer-encoding" not in headers)
+        self.awaits_continue = headers.get("expect", "").lower() == "100-continue"
+        self.received = 0
+        self.timed_out = False
+        self.response_started = False
+        self.answered_early = False
+        self.started = asyncio.get_running_loop().time()
+
+    async def receive(self) -> Message:
+        if self.complete:  # the body is in: what follows is the wait for a disconnect (streaming responses)
+            return await self._receive()
+        deadline = self.started + self.limits.timeout_s + self.received / self.limits.min_rate
+        try:
+            async with asyncio.timeout_at(deadline):
+                message = await self._receive()
+        except TimeoutError:
+            self.timed_out = True
+            raise _BodyTimeout(self.received, asyncio.get_running_loop().time() - self.started, self.limits) from None
+        self._count(message)
+        return message
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.response_started = True
+            if not self.complete:
+                self.answered_early = True
+                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+        last = message["type"] == "http.response.body" and not message.get("more_body", False)
+        if last and self.answered_early and not self.timed_out:
+            await self._discard_rest()
+        await self._send(message)
+
+    async def _discard_rest(self) -> None:
+        """Read and drop what is left of the body, within the bounds; the connection closes after the answer."""
+        if self.awaits_continue and self.received == 0:
+            return  # the client waits for "100 Continue", which it will not get: it sends no body
+        if self.declared is not None and self.declared - self.received > self.limits.discard_bytes:
+            return
+        dropped = 0
+        try:
+            async with asyncio.timeout(self.limits.discard_timeout_s):
+                while not self.complete and dropped <= self.limits.discard_bytes:
+                    before = self.received
+                    self._count(await self._receive())
+                    dropped += self.received - before
+        except TimeoutError:
+            pass
+
+    def _count(self, message: Message) -> None:
+        if message["type"] != "http.request":
+            self.complete = True  # a disconnect: nothing more will come
+            return
+        self.received += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            self.complete = True
+
+
+class _BodyTimeout(HTTPException):
+    """An HTTPException, so that FastAPI's body parsing passes it on (it turns other errors into a 400)."""
+
+    def __init__(self, received: int, elapsed_s: float, limits: BodyReading) -> None:
+        super().__init__(
+            408,
+            f"the request body came too slowly: {received} bytes in {elapsed_s:.0f} s (allowed: "
+            f"{limits.timeout_s:g} s, plus 1 s per {limits.min_rate} bytes)",
+        )
 
 
 class BodyLimit:

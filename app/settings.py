@@ -49,6 +49,34 @@ class Settings(BaseSettings):
         30.0, description="A streaming client that reads nothing for this long is cut."
     )
 
+    # Connections: how long reading a request may take, and how many connections are held
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A request line and headers must arrive within this long of the connection opening (or of "
+        "the request's first byte on a kept-alive connection); else the connection closes (408 if a request began).",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A request body must arrive within this long, plus 1 s per body_min_rate bytes; else 408.",
+    )
+    body_min_rate: int = Field(
+        50_000, ge=1, description="Bytes per second that earn a slow body more time (large uploads on slow links)."
+    )
+    discard_body_bytes: int = Field(
+        4_000_000,
+        ge=0,
+        description="After an answer given before the body was read (413, 401, 400), up to this many bytes of the "
+        "rest are read and dropped before the connection closes, so clients that send before reading see the answer.",
+    )
+    discard_body_timeout_s: float = Field(
+        5.0, ge=0, description="The longest that dropping the rest of a body may take."
+    )
+    max_connections: int = Field(
+        1_000, ge=2, description="Open connections and requests in flight; beyond it requests get 503 at once."
+    )
+
     # Role: `api` serves and never computes vectors; `worker` computes and does not serve generation; `both`
     role: Literal["api", "worker", "both"] = "both"
 
