@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from app.settings import Settings
 from steering.datasets import read_demonstrations
 from steering.export import GGUF_METHODS
 from steering.method_names import METHOD_NAMES
@@ -79,3 +84,28 @@ def test_the_readme_says_which_vectors_export_to_gguf() -> None:
         assert f"`{exportable}`" in text
     refused = [m for m in METHOD_NAMES if m != "auto" and m not in GGUF_METHODS]
     assert refused and all(f"`{m}`" in text for m in refused) and "safetensors only" in text
+
+
+def test_the_quick_start_says_how_to_change_the_port_and_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its `make serve` lines set STEER_PORT and STEER_HOST, which the settings read and the Makefile passes on."""
+    quick_start = "\n".join(code_blocks(section(README.read_text(), "Quick start")))
+    assignments = [
+        re.findall(r"\b(STEER_\w+)=(\S+)", line.split("#")[0])
+        for line in quick_start.splitlines()
+        if re.search(r"\bmake serve\b", line)
+    ]
+    assert {"STEER_PORT", "STEER_HOST"} <= {name for line in assignments for name, _ in line}
+    for line in filter(None, assignments):
+        for name, value in line:
+            monkeypatch.setenv(name, value)
+        settings = Settings(_env_file=None)
+        for name, value in line:
+            if name == "STEER_PORT":
+                assert settings.port == int(value)
+            if name == "STEER_HOST":
+                assert settings.host == value
+        for name, _ in line:
+            monkeypatch.delenv(name)
+    if shutil.which("make"):
+        serve = subprocess.run(["make", "-n", "serve"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        assert "-m app" in serve and "STEER_PORT" not in serve and "STEER_HOST" not in serve
