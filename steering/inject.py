@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from steering.arch import Architecture
-from steering.modes import DECODE_MODES, RESIDUAL_EDIT_FIELDS, InjectionModeSpec, mode_spec
+from steering.modes import DECODE_MODES, RESIDUAL_EDIT_FIELDS, InjectionModeSpec, ModelShape, mode_spec
 from steering.vectors import TaskVector
 
 
@@ -68,10 +68,27 @@ class SteeringError(ValueError):
     """A steering plan that cannot be applied to this model (bad layer, wrong vector shape)."""
 
 
+def replace_state(hidden: Tensor, coef: Tensor, target: Tensor) -> Tensor:
+    """`replace`: (1 - s)·h + s·v, with `coef` = s and `target` = s·v."""
+    return hidden * (1 - coef) + target
+
+
+def add_keeping_norm(hidden: Tensor, delta: Tensor) -> Tensor:
+    """`add_norm` (ICV): h + delta rescaled to the norm h had (over the last dimension)."""
+    norms = torch.linalg.vector_norm(hidden, dim=-1, keepdim=True)
+    shifted = hidden + delta
+    return shifted * (norms / torch.linalg.vector_norm(shifted, dim=-1, keepdim=True).clamp_min(1e-6))
+
+
+def mix_heads(heads: Tensor, coef: Tensor, target: Tensor) -> Tensor:
+    """`head_mix`: each head z <- (1 - a)·z + a·mean, with `coef` = a and `target` = a·mean ([..., heads, dim])."""
+    return heads * (1 - coef) + target
+
+
 class _EditSums:
     """The `LayerEdit`s of one batch while its rows' terms are summed in, one op of `steering.modes` each."""
 
-    def __init__(self, batch: int, arch: Architecture, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, batch: int, arch: ModelShape, device: torch.device, dtype: torch.dtype) -> None:
         self.batch, self.arch, self.device, self.dtype = batch, arch, device, dtype
         self.edits: dict[int, LayerEdit] = {}
         self.ops = {"add": self._add, "add_norm": self._add_norm, "replace": self._replace, "head_mix": self._head_mix}
@@ -124,6 +141,29 @@ class _EditSums:
             )
 
 
+def row_edits(
+    plans: Sequence[Sequence[SteeringTerm]], model: ModelShape, device: torch.device, dtype: torch.dtype
+) -> dict[int, LayerEdit]:
+    """Every row's terms summed into per-layer [rows, ...] tensors (row i is `plans[i]`); empty when nothing
+    would change. A plan the model cannot take raises `SteeringError`."""
+    edits = _EditSums(len(plans), model, device, dtype)
+    for row, terms in enumerate(plans):
+        for term in terms:
+            if term.strength == 0.0:
+                continue
+            vector, strength = term.vector, float(term.strength)
+            if vector.num_layers != model.num_layers:
+                raise SteeringError("the vector was computed for a model with another layer count")
+            spec = mode_spec(vector.mode)
+            for layer in term.resolved_layers():
+                if not 0 <= layer < model.num_layers:
+                    raise SteeringError(f"layer {layer} is out of range: the model has {model.num_layers}")
+                edits.add_term(spec, row, layer, vector, strength)
+    for edit in edits.edits.values():
+        edit.all_norm_rows = edit.norm_rows is not None and bool(edit.norm_rows.all())
+    return edits.edits
+
+
 @dataclass
 class BatchSteering:
     """Per-layer edits for one batch, and the position bookkeeping its hooks read."""
@@ -142,24 +182,8 @@ class BatchSteering:
         dtype: torch.dtype,
     ) -> BatchSteering | None:
         """Sum every row's terms into per-layer batch tensors; None when nothing would change."""
-        edits = _EditSums(len(plans), arch, device, dtype)
-        for row, terms in enumerate(plans):
-            for term in terms:
-                if term.strength == 0.0:
-                    continue
-                vector, strength = term.vector, float(term.strength)
-                if vector.num_layers != arch.num_layers:
-                    raise SteeringError("the vector was computed for a model with another layer count")
-                spec = mode_spec(vector.mode)
-                for layer in term.resolved_layers():
-                    if not 0 <= layer < arch.num_layers:
-                        raise SteeringError(f"layer {layer} is out of range: the model has {arch.num_layers}")
-                    edits.add_term(spec, row, layer, vector, strength)
-        if not edits.edits:
-            return None
-        for edit in edits.edits.values():
-            edit.all_norm_rows = edit.norm_rows is not None and bool(edit.norm_rows.all())
-        return cls(edits=edits.edits, prompt_len=prompt_len)
+        edits = row_edits(plans, arch, device, dtype)
+        return cls(edits=edits, prompt_len=prompt_len) if edits else None
 
     @classmethod
     def from_edits(cls, edits: dict[int, LayerEdit], prompt_len: int) -> BatchSteering:
@@ -184,7 +208,7 @@ class BatchSteering:
         if last is not None and (edit.replace_coef is not None or edit.add_last is not None):
             row = hidden[:, last]
             if edit.replace_coef is not None:
-                row = row * (1 - edit.replace_coef) + edit.replace_target
+                row = replace_state(row, edit.replace_coef, edit.replace_target)
             if edit.add_last is not None:
                 row = row + edit.add_last
             hidden = hidden.clone()
@@ -196,9 +220,7 @@ class BatchSteering:
         if edit.add_all is not None:
             hidden = hidden + edit.add_all[:, None]
         if edit.add_all_norm is not None:
-            norms = torch.linalg.vector_norm(hidden, dim=-1, keepdim=True)
-            shifted = hidden + edit.add_all_norm[:, None]
-            shifted = shifted * (norms / torch.linalg.vector_norm(shifted, dim=-1, keepdim=True).clamp_min(1e-6))
+            shifted = add_keeping_norm(hidden, edit.add_all_norm[:, None])
             hidden = shifted if edit.all_norm_rows else torch.where(edit.norm_rows[:, None, None], shifted, hidden)
         return hidden
 
@@ -215,10 +237,10 @@ class BatchSteering:
             mixed = heads_in.clone()  # written into; the mixes read the original (autograd needs it unchanged)
             if mix_last:
                 z = heads_in[:, last].reshape(batch, num_heads, width // num_heads)
-                mixed[:, last] = (z * (1 - edit.head_coef) + edit.head_target).reshape(batch, width)
+                mixed[:, last] = mix_heads(z, edit.head_coef, edit.head_target).reshape(batch, width)
             if mix_answer:
                 z = heads_in[:, after:].reshape(batch, length - after, num_heads, width // num_heads)
-                z = z * (1 - edit.answer_coef[:, None]) + edit.answer_target[:, None]
+                z = mix_heads(z, edit.answer_coef[:, None], edit.answer_target[:, None])
                 mixed[:, after:] = z.reshape(batch, length - after, width)
             return (mixed, *args[1:])
 

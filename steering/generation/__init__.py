@@ -1,0 +1,1 @@
+"""Generation engines: the transformers engine (ours, the reference) and the vLLM engine."""

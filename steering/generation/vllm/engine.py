@@ -1,0 +1,310 @@
+"""`VllmEngine`: the project's generation requests on vLLM's in-process async engine (`AsyncLLM`), steered.
+
+A `GenerationRequest` (prompt ids, steering terms with `TaskVector`s, sampling, seed, stop strings, the
+tasks' `AnswerEnd`, a cancel event) becomes one vLLM request: the terms' vectors are loaded into the
+workers' slots by content id (`slots.py`, `worker.SteeringWorkerExtension.steer_load`), the plan travels in
+`SamplingParams.extra_args` (`plan.py`), and the prompt carries a `cache_salt` derived from the plan so a
+steered prompt never shares KV blocks with a plain or differently steered one. vLLM returns token ids only
+(no detokenizing there); each goes through the transformers engine's own `RowState`, so end tokens, stop
+strings, the answer end, the token limit and cancelling end a row exactly where the transformers engine
+ends it, and the text is decoded the same way. A row ended on our side is aborted in vLLM.
+
+A plan this engine cannot run raises `SteeringError` before anything reaches vLLM (the service answers
+422), never a silently unsteered row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+import uuid
+import weakref
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from steering.generation.vllm.plan import EXTRA_ARGS_KEY, PlannedTerm, cache_salt, encode_plan
+from steering.generation.vllm.slots import VectorSlots
+from steering.inject import SteeringError, SteeringTerm
+from steering.modes import mode_spec
+from steering.rows import GenerationRequest, GenerationResult, RowState
+from steering.vector_errors import VectorImportError
+from steering.vectors import TaskVector, check_for_model
+
+log = logging.getLogger(__name__)
+
+WORKER_EXTENSION = "steering.generation.vllm.worker.SteeringWorkerExtension"
+SUPPORTED_OPS = frozenset({"add", "add_norm", "replace", "head_mix"})  # what `token_steering` applies
+SUPPORTED_POSITIONS = frozenset({"last", "from_last", "all"})
+_CANCEL_POLL_S = 0.05
+
+
+@dataclass(frozen=True)
+class VllmOptions:
+    """How the vLLM engine is started (defaults fit a small CPU machine)."""
+
+    tensor_parallel_size: int = 1
+    max_num_seqs: int = 8  # requests decoding at once
+    max_num_batched_tokens: int | None = None  # tokens per step; smaller splits long prompts into prefill chunks
+    max_model_len: int | None = None
+    max_slots: int = 32  # vectors held by the workers at once
+    kv_cache_bytes: int = 1 << 30
+    dtype: str = "auto"
+    enable_prefix_caching: bool = True
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The whole model's shape as the workers report it (`steering.modes.ModelShape`)."""
+
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    head_dim: int
+
+
+def vector_id(vector: TaskVector) -> str:
+    """A vector's content id: the hash of its safetensors bytes (ids never change meaning)."""
+    return hashlib.sha256(vector.to_bytes()).hexdigest()
+
+
+class _VectorIds:
+    """Content ids of the vectors seen lately, by object (a vector's bytes are hashed once while it lives)."""
+
+    def __init__(self) -> None:
+        self._ids: dict[int, tuple[weakref.ref[TaskVector], str, bytes]] = {}
+
+    def get(self, vector: TaskVector) -> tuple[str, bytes]:
+        entry = self._ids.get(id(vector))
+        if entry is not None and entry[0]() is vector:
+            return entry[1], entry[2]
+        data = vector.to_bytes()
+        content_id = hashlib.sha256(data).hexdigest()
+        key = id(vector)
+        self._ids[key] = (weakref.ref(vector, lambda _: self._ids.pop(key, None)), content_id, data)
+        return content_id, data
+
+
+class VllmEngine:
+    """Generates `GenerationRequest`s on vLLM with per-request steering. Start with `VllmEngine.start`."""
+
+    def __init__(
+        self,
+        llm: Any,
+        tokenizer: Any,
+        dims: ModelDims,
+        *,
+        fingerprint: str | None,
+        eos_ids: set[int],
+        options: VllmOptions,
+    ) -> None:
+        self.llm, self.tokenizer, self.dims, self.fingerprint = llm, tokenizer, dims, fingerprint
+        self.eos_ids, self.options = eos_ids, options
+        self._slots = VectorSlots(options.max_slots)
+        self._slot_change = asyncio.Condition()
+        self._ids = _VectorIds()
+        self.in_flight = 0
+
+    @classmethod
+    async def start(
+        cls,
+        model_folder: str | Path,
+        tokenizer: Any,
+        *,
+        eos_ids: set[int],
+        fingerprint: str | None,
+        options: VllmOptions | None = None,
+    ) -> VllmEngine:
+        """Start vLLM on `model_folder` in eager mode with the steering extension in its workers; `eos_ids` are
+        the tokens that end a row (the transformers engine's `Engine.eos_ids`)."""
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        options = options or VllmOptions()
+        args = AsyncEngineArgs(
+            model=str(model_folder),
+            tokenizer=str(model_folder),
+            dtype=options.dtype,
+            enforce_eager=True,  # Python hooks never run inside a compiled graph
+            enable_prefix_caching=options.enable_prefix_caching,
+            max_num_seqs=options.max_num_seqs,
+            max_num_batched_tokens=options.max_num_batched_tokens,
+            max_model_len=options.max_model_len,
+            kv_cache_memory_bytes=options.kv_cache_bytes,
+            tensor_parallel_size=options.tensor_parallel_size,
+            worker_extension_cls=WORKER_EXTENSION,
+            seed=options.seed,
+            disable_log_stats=True,
+        )
+        llm = AsyncLLM.from_engine_args(args)
+        try:
+            config = llm.vllm_config
+            if not config.model_config.enforce_eager or config.use_v2_model_runner:
+                raise RuntimeError("the steering plugin needs vLLM in eager mode on the V1 model runner")
+            info = (await llm.collective_rpc("steer_install", args=(options.max_slots,)))[0]
+        except BaseException:
+            llm.shutdown()
+            raise
+        dims = ModelDims(info["num_layers"], info["hidden_size"], info["num_heads"], info["head_dim"])
+        log.info("vLLM engine started on %s (TP %d, %d slots)", model_folder, info["tp_size"], options.max_slots)
+        return cls(llm, tokenizer, dims, fingerprint=fingerprint, eos_ids=set(eos_ids), options=options)
+
+    @property
+    def capacity(self) -> int:
+        """Requests vLLM decodes at once; more wait in vLLM's own queue."""
+        return self.options.max_num_seqs
+
+    def close(self) -> None:
+        self.llm.shutdown()
+
+    # ------------------------------------------------------------------------------------------ checks
+
+    def plan(self, terms: Sequence[SteeringTerm]) -> tuple[list[PlannedTerm], dict[str, bytes]]:
+        """The request's plan by content id, and the bytes of each vector it names; `SteeringError` for a plan
+        this engine cannot run on this model."""
+        planned: list[PlannedTerm] = []
+        blobs: dict[str, bytes] = {}
+        for term in terms:
+            if term.strength == 0.0:
+                continue
+            self.check_vector(term.vector)
+            layers = term.resolved_layers()
+            for layer in layers:
+                if not 0 <= layer < self.dims.num_layers:
+                    raise SteeringError(f"layer {layer} is out of range: the model has {self.dims.num_layers}")
+            content_id, data = self._ids.get(term.vector)
+            blobs[content_id] = data
+            planned.append(PlannedTerm(content_id, float(term.strength), tuple(layers)))
+        if len(blobs) > self.options.max_slots:
+            raise SteeringError(
+                f"the request names {len(blobs)} vectors; this server holds at most {self.options.max_slots} at once"
+            )
+        return planned, blobs
+
+    def check_vector(self, vector: TaskVector) -> None:
+        try:
+            spec = mode_spec(vector.mode)
+        except ValueError as exc:
+            raise SteeringError(str(exc)) from None
+        if spec.op not in SUPPORTED_OPS or spec.positions not in SUPPORTED_POSITIONS:
+            raise SteeringError(f"injection mode {vector.mode!r} cannot run on the vLLM engine")
+        if self.fingerprint is not None and vector.fingerprint != self.fingerprint:
+            raise SteeringError(
+                f"this vector was computed on model {vector.fingerprint}, not on the served model {self.fingerprint}"
+            )
+        try:
+            check_for_model(vector, self.dims)
+        except VectorImportError as exc:
+            raise SteeringError(str(exc)) from None
+
+    # ------------------------------------------------------------------------------------------ slots
+
+    async def _hold(self, blobs: dict[str, bytes]) -> None:
+        """Pin these vectors in the workers' slots, loading them first where needed (waits while all are pinned)."""
+        async with self._slot_change:
+            reservation = self._slots.reserve(blobs)
+            while reservation is None:
+                await self._slot_change.wait()
+                reservation = self._slots.reserve(blobs)
+            try:
+                if reservation.evict:
+                    await self.llm.collective_rpc("steer_unload", args=(list(reservation.evict),))
+                for content_id in reservation.load:
+                    await self.llm.collective_rpc("steer_load", args=(content_id, blobs[content_id]))
+            except BaseException:
+                self._slots.release(blobs)
+                self._slots.forget(reservation.load)
+                self._slot_change.notify_all()
+                raise
+
+    async def _release(self, blobs: dict[str, bytes]) -> None:
+        async with self._slot_change:
+            self._slots.release(blobs)
+            self._slot_change.notify_all()
+
+    # ------------------------------------------------------------------------------------------ generation
+
+    def sampling_params(self, request: GenerationRequest, plan: str | None) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        sampled = request.temperature > 0.0
+        return SamplingParams(
+            n=1,
+            max_tokens=request.token_limit(),
+            temperature=request.temperature if sampled else 0.0,
+            top_p=request.top_p if sampled else 1.0,
+            seed=request.seed if sampled else None,
+            stop_token_ids=sorted(self.eos_ids),
+            detokenize=False,  # text comes from RowState, as in the transformers engine
+            output_kind=RequestOutputKind.DELTA,
+            extra_args={EXTRA_ARGS_KEY: plan} if plan is not None else None,
+        )
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[str | GenerationResult]:
+        """Text pieces as they are decided, then the `GenerationResult` (always last)."""
+        if not request.prompt_ids:
+            raise ValueError("every request needs at least one prompt token")
+        planned, blobs = self.plan(request.steering)
+        plan = encode_plan(planned)
+        prompt: dict[str, Any] = {"prompt_token_ids": list(request.prompt_ids)}
+        if plan is not None:
+            prompt["cache_salt"] = cache_salt(plan)
+        params = self.sampling_params(request, plan)
+        state = RowState(request, self.tokenizer, self.eos_ids)
+        await self._hold(blobs)
+        self.in_flight += 1
+        started = time.perf_counter()
+        outputs = self.llm.generate(prompt, params, uuid.uuid4().hex)
+        try:
+            while state.finish is None:
+                output = await _next_unless_cancelled(outputs, request.cancel)
+                if output is None:
+                    delta = state.end("cancelled")
+                    if delta is not None and delta.text:
+                        yield delta.text
+                    break
+                completion = output.outputs[0]
+                for token in completion.token_ids:
+                    delta = state.push(int(token))
+                    if delta is not None and delta.text:
+                        yield delta.text
+                    if state.finish is not None:
+                        break
+                if output.finished and state.finish is None:
+                    delta = state.end("length" if completion.finish_reason == "length" else "stop")
+                    if delta is not None and delta.text:
+                        yield delta.text
+        finally:
+            await outputs.aclose()  # aborts the vLLM request if it is still running
+            self.in_flight -= 1
+            await self._release(blobs)
+        yield state.result(started, time.perf_counter())
+
+    async def complete(self, request: GenerationRequest) -> GenerationResult:
+        """`generate` without the pieces."""
+        result = None
+        async for item in self.generate(request):
+            if isinstance(item, GenerationResult):
+                result = item
+        assert result is not None
+        return result
+
+
+async def _next_unless_cancelled(outputs: AsyncIterator[Any], cancel: Any) -> Any | None:
+    """vLLM's next output, or None once `cancel` (a threading.Event) is set or the stream has ended."""
+    step = asyncio.ensure_future(anext(outputs, None))
+    while True:
+        done, _ = await asyncio.wait({step}, timeout=_CANCEL_POLL_S)
+        if done:
+            return step.result()
+        if cancel is not None and cancel.is_set():
+            step.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await step
+            return None
