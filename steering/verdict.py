@@ -97,13 +97,23 @@ def _advice(method: str, rating: VerdictRating, metrics: dict[str, Any], metric:
     return " ".join(parts) or None
 
 
-def _chance_note(rating: VerdictRating, gap: float, margin: float | None, held_out: int, shots: str) -> str | None:
-    """Said when the vector is called better or worse than prompting by a gap this few items cannot settle."""
-    if margin is None or rating not in ("better_than_few_shot", "below_few_shot") or gap >= margin:
+def _chance_note(
+    rating: VerdictRating, steered: float, few: float, margin: float | None, held_out: int, shots: str
+) -> str | None:
+    """Said whenever the gap to prompting is inside the margin: a tie included, since a tie settles nothing either."""
+    gap = abs(steered - few)
+    if margin is None or rating == "no_effect" or gap >= margin:
         return None
+    firmer = "post more demonstrations for a firmer verdict."
+    if rating == "as_good_as_few_shot":
+        return (
+            f"On {held_out} held-out demonstrations steering and {shots} prompting both answer {_pct(steered)}, "
+            f"but a true gap of up to {100 * margin:.0f} points either way is within chance here (95 % margin "
+            f"±{100 * margin:.0f} points), so the tie is not firm; {firmer}"
+        )
     return (
-        f"On {held_out} held-out demonstrations a gap of {100 * gap:.0f} points to {shots} prompting is within "
-        f"chance (95 % margin ±{100 * margin:.0f} points); post more demonstrations for a firmer verdict."
+        f"On {held_out} held-out demonstrations a gap of {100 * gap:.0f} points to {shots} prompting "
+        f"({_pct(steered)} against {_pct(few)}) is within chance (95 % margin ±{100 * margin:.0f} points); {firmer}"
     )
 
 
@@ -135,7 +145,7 @@ def verdict(method: str, metrics: dict[str, Any] | None) -> Verdict | None:
         f"zero-shot {_pct(zero)}: {conclusion}."
     )
     advice = _advice(chose or method, rating, metrics, metric, shots)
-    chance = _chance_note(rating, abs(steered - few), margin, held_out, shots)
+    chance = _chance_note(rating, steered, few, margin, held_out, shots)
     return Verdict(
         rating=rating,
         summary=summary,

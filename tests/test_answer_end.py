@@ -106,7 +106,8 @@ def test_verdict_compares_with_prompting(steered: float, few: float, rating: str
     found = verdict("soft_injection", metrics(steered, 0.0, few, dev_size=400))
     assert found is not None and found.rating == rating
     assert f"{100 * steered:.0f} %" in found.summary and "10-shot prompting" in found.summary
-    assert (found.advice is not None) == (rating == "below_few_shot")
+    # below: what to try; as good: a tie is still within chance (±7 points on 400); better by 20 points: nothing
+    assert (found.advice is not None) == (rating != "better_than_few_shot")
     assert found.margin is not None and (steered == few or found.margin < abs(steered - few))
 
 

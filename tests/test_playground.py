@@ -163,6 +163,27 @@ def test_progress_is_shown(server: ServerProcess, page) -> None:
 
 
 @pytest.mark.browser
+def test_the_method_menu_shows_its_options_in_full(server: ServerProcess, page) -> None:
+    """The closed menu is at least as wide as the browser makes a menu that fits its longest option."""
+    page.goto(server.url + "/")
+    options = page.locator("#method option").all_inner_texts()
+    assert "auto (recommended)" in options
+    widths = page.evaluate(
+        """() => {
+            const menu = document.querySelector("#method");
+            const fitted = menu.cloneNode(true);  // same options, same CSS, sized by its content
+            fitted.removeAttribute("id");
+            Object.assign(fitted.style, {width: "auto", position: "absolute", visibility: "hidden"});
+            menu.parentElement.appendChild(fitted);
+            const needed = fitted.getBoundingClientRect().width;
+            fitted.remove();
+            return {needed, shown: menu.getBoundingClientRect().width};
+        }"""
+    )
+    assert widths["shown"] >= widths["needed"], widths
+
+
+@pytest.mark.browser
 def test_layers_are_written_as_ranges(server: ServerProcess, page) -> None:
     page.goto(server.url + "/")
     cases = [
