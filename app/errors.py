@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -42,6 +43,35 @@ class ApiError(Exception):
         self.status, self.type, self.message, self.headers, self.detail = status, type_, message, headers, detail
 
 
+QUOTED_CHARS = 40
+
+
+def quoted(value: str) -> str:
+    """A caller's value (an id, a name, a header) as an error message quotes it: its repr, cut to a short
+    prefix when long, so an answer never carries a 5,000-character id back whole."""
+    if len(value) <= QUOTED_CHARS:
+        return repr(value)
+    return f"{value[:QUOTED_CHARS]!r}... ({len(value)} characters)"
+
+
+def shortened(value: str) -> str:
+    """`quoted` without the quotes, for a place in a path (a field name in `loc`)."""
+    return value if len(value) <= QUOTED_CHARS else f"{value[:QUOTED_CHARS]}... ({len(value)} characters)"
+
+
+def unparsable_body(cause: BaseException | None) -> str | None:
+    """What is wrong with a body that FastAPI could not parse (it says only "There was an error parsing the
+    body"), from the exception its 400 was raised from; None when that says nothing more."""
+    if isinstance(cause, UnicodeDecodeError) and isinstance(cause.object, bytes):
+        at = cause.start
+        if cause.encoding.replace("-", "").lower() == "utf8":
+            return f"the body is not valid UTF-8 (byte 0x{cause.object[at]:02x} at position {at})"
+        return f"the body is not valid UTF-8 (its first bytes make it {cause.encoding}, which fails at position {at})"
+    if isinstance(cause, RecursionError):
+        return f"the JSON is nested too deeply: the parser stops before {sys.getrecursionlimit()} levels"
+    return None
+
+
 def not_found(what: str) -> ApiError:
     return ApiError(404, "not_found", f"{what} not found")
 
@@ -68,7 +98,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
-            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()
+            {
+                "loc": [shortened(p) if isinstance(p, str) else p for p in e.get("loc", ())],
+                "msg": e.get("msg", ""),
+                "type": e.get("type", ""),
+            }
+            for e in exc.errors()
         ]
         first = errors[0] if errors else {"loc": [], "msg": "invalid request", "type": ""}
         where = ".".join(str(p) for p in first["loc"] if p != "body")
@@ -85,7 +120,8 @@ def install_error_handlers(app: FastAPI) -> None:
             408: "request_timeout",
             413: "body_too_large",
         }.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, kind, str(exc.detail), getattr(exc, "headers", None))
+        message = (unparsable_body(exc.__cause__) if exc.status_code == 400 else None) or str(exc.detail)
+        return error_response(exc.status_code, kind, message, getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:

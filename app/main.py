@@ -22,7 +22,7 @@ from app.continuous_batcher import ContinuousBatcher
 from app.errors import ERROR_RESPONSES, install_error_handlers
 from app.generation import GenerationService
 from app.metrics import Metrics
-from app.middleware import BodyLimit, BodyReading, RequestId, RequestMetrics
+from app.middleware import BodyEncoding, BodyLimit, BodyReading, RequestId, RequestMetrics
 from app.routes import generate, health, openai, tasks, vectors
 from app.services import Services
 from app.settings import Settings
@@ -114,6 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_bytes=settings.max_body_bytes,
         per_path={"/v1/tasks/import": settings.max_vector_bytes},
     )
+    app.add_middleware(BodyEncoding)
     app.add_middleware(RequestId)
     app.add_middleware(
         BodyReading,

@@ -6,12 +6,13 @@ import asyncio
 import re
 import time
 import uuid
+from email.message import Message as MimeHeader
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import error_response
+from app.errors import error_response, quoted
 from app.metrics import Metrics
 
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -143,6 +144,41 @@ class _BodyTimeout(HTTPException):
             f"the request body came too slowly: {received} bytes in {elapsed_s:.0f} s (allowed: "
             f"{limits.timeout_s:g} s, plus 1 s per {limits.min_rate} bytes)",
         )
+
+
+class BodyEncoding:
+    """A body comes as it is, in UTF-8: a compressed one or another charset is refused up front, with a 400
+    that says so (the server decompresses nothing, and its JSON parser would only say it could not parse)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        problem = _encoding_problem(Headers(scope=scope))
+        if problem is None:
+            await self.app(scope, receive, send)
+            return
+        await error_response(400, "invalid_request", problem)(scope, receive, send)
+
+
+_UTF8_CHARSETS = {"utf-8", "utf8", "us-ascii", "ascii"}  # ASCII is UTF-8
+
+
+def _encoding_problem(headers: Headers) -> str | None:
+    if headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers:
+        return None  # no body: nothing to be encoded
+    coding = headers.get("content-encoding", "identity").strip()
+    if coding.lower() != "identity":
+        return f"request bodies must not be compressed (Content-Encoding {quoted(coding)}): send them as they are"
+    content_type = MimeHeader()
+    content_type["content-type"] = headers.get("content-type", "")
+    charset = content_type.get_content_charset()  # lower case, None when not given
+    if charset is not None and charset not in _UTF8_CHARSETS:
+        return f"charset {quoted(charset)} is not supported; send UTF-8"
+    return None
 
 
 class BodyLimit:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from app.bounds import Bounds
-from app.errors import ApiError, not_found, task_not_ready
+from app.errors import ApiError, not_found, quoted, task_not_ready
 from app.metrics import Metrics
 from app.settings import Settings
 from app.store import StoreUnavailable, TaskRecord, TaskStore
@@ -102,7 +102,9 @@ class TaskService:
         try:
             model = options_model(body.method)
         except (ImportError, ValueError):
-            raise ApiError(422, "unknown_method", f"method {body.method!r} is not available on this server") from None
+            raise ApiError(
+                422, "unknown_method", f"method {quoted(body.method)} is not available on this server"
+            ) from None
         try:
             options = model(**body.options).model_dump()
         except (ValidationError, TypeError) as exc:
@@ -202,7 +204,7 @@ class TaskService:
     async def get(self, task_id: str, owner: str | None) -> TaskRecord:
         record = await self.store.get(task_id)
         if record is None or record.owner != owner:
-            raise not_found(f"task {task_id!r}")
+            raise not_found(f"task {quoted(task_id)}")
         return record
 
     async def list(self, owner: str | None, offset: int, limit: int) -> tuple[list[TaskRecord], int]:
@@ -225,7 +227,7 @@ class TaskService:
                 raise
             record = cached.record
         if record is None or record.owner != owner:
-            raise not_found(f"task {task_id!r}")
+            raise not_found(f"task {quoted(task_id)}")
         if record.fingerprint != self.lm.fingerprint:
             raise ApiError(
                 409,

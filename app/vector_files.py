@@ -23,7 +23,7 @@ from typing import Literal
 
 from fastapi import Request
 
-from app.errors import ApiError, task_not_ready
+from app.errors import ApiError, quoted, task_not_ready
 from app.import_slots import ImportSlots, import_slots
 from app.services import Services, services
 from app.store import TaskRecord
@@ -190,8 +190,8 @@ def _from_gguf(body: bytes, lm: LoadedModel) -> TaskVector:
         raise ApiError(
             409,
             "model_mismatch",
-            f"the control vector is for model family {hint!r}; this server runs {model_hint(lm)!r} "
-            f"(family {lm.arch.family!r})",
+            f"the control vector is for model family {quoted(hint) if hint is not None else None}; "
+            f"this server runs {model_hint(lm)!r} (family {lm.arch.family!r})",
         )
     try:
         # A GGUF has no fingerprint: its layers and row sizes are the only sign of the model it was made for.

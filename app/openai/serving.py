@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
 from app.batcher import Pending
-from app.errors import ApiError
+from app.errors import ApiError, quoted
 from app.generation import GenerationService, Sampling
 from app.openai.protocol import ChatCompletionRequest, CompletionRequest
 from app.openai.responses import (
@@ -84,7 +84,7 @@ def check_model(requested: str | None, served: str, configured: str) -> None:
     raise ApiError(
         404,
         "model_not_found",
-        f"model: {requested!r} is not served here; this server serves {served!r} (GET /v1/models)",
+        f"model: {quoted(requested)} is not served here; this server serves {served!r} (GET /v1/models)",
         param="model",
         code="model_not_found",
     )
