@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 import uuid
@@ -89,11 +90,11 @@ class _RequestBody:
     async def receive(self) -> Message:
         if self.complete:  # the body is in: what follows is the wait for a disconnect (streaming responses)
             return await self._receive()
-        deadline = self.started + self.limits.timeout_s + self.received / self.limits.min_rate
+        now = asyncio.get_running_loop().time()
+        left_s = self.started + self.limits.timeout_s + self.received / self.limits.min_rate - now
         try:
-            async with asyncio.timeout_at(deadline):
-                message = await self._receive()
-        except TimeoutError:
+            message = await asyncio.wait_for(self._receive(), max(left_s, 0.0))
+        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
             self.timed_out = True
             raise _BodyTimeout(self.received, asyncio.get_running_loop().time() - self.started, self.limits) from None
         self._count(message)
@@ -116,15 +117,15 @@ class _RequestBody:
             return  # the client waits for "100 Continue", which it will not get: it sends no body
         if self.declared is not None and self.declared - self.received > self.limits.discard_bytes:
             return
+        with contextlib.suppress(asyncio.TimeoutError):  # not the builtin TimeoutError before Python 3.11
+            await asyncio.wait_for(self._drop_rest(), self.limits.discard_timeout_s)
+
+    async def _drop_rest(self) -> None:
         dropped = 0
-        try:
-            async with asyncio.timeout(self.limits.discard_timeout_s):
-                while not self.complete and dropped <= self.limits.discard_bytes:
-                    before = self.received
-                    self._count(await self._receive())
-                    dropped += self.received - before
-        except TimeoutError:
-            pass
+        while not self.complete and dropped <= self.limits.discard_bytes:
+            before = self.received
+            self._count(await self._receive())
+            dropped += self.received - before
 
     def _count(self, message: Message) -> None:
         if message["type"] != "http.request":
