@@ -15,7 +15,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STEER_", env_file=".env", extra="ignore")
 
     # Model
-    model: str = Field("default", description="'default' (packaged SmolLM2), 'tiny:<family>', a hub id or a folder.")
+    model: str = Field(
+        "default",
+        description="'default' (packaged SmolLM2), another packaged model's short name (steering/packaged_models.py), "
+        "a local .gguf file, 'tiny:<family>', a hub id or a folder.",
+    )
     device: str = "auto"
     dtype: str = "auto"
     torch_threads: int | None = Field(None, description="torch intra-op threads; unset = torch's choice.")

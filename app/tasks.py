@@ -15,13 +15,13 @@ from app.bounds import Bounds
 from app.errors import ApiError, not_found, quoted, task_not_ready
 from app.metrics import Metrics
 from app.settings import Settings
-from app.store import StoreUnavailable, TaskRecord, TaskStore
+from app.store import NameTaken, StoreUnavailable, TaskRecord, TaskStore
 from app.vector_cache import VectorCache
 from app.worker import VectorWorker
 from steering.inject import SteeringTerm
 from steering.methods import options_model
 from steering.model import LoadedModel
-from steering.protocol import SteeringEntry, TaskCreate, TaskInfo, Template
+from steering.protocol import TASK_ID_PREFIX, SteeringEntry, TaskCreate, TaskInfo, Template
 from steering.templates import DEFAULT_TEMPLATE, NoChatTemplate, chat_template
 from steering.vectors import TaskVector
 from steering.verdict import verdict
@@ -34,6 +34,16 @@ def _options_message(exc: Exception) -> str:
         first = exc.errors()[0]
         return f"options.{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
     return f"options: {exc}"
+
+
+def name_taken(exc: NameTaken) -> ApiError:
+    return ApiError(
+        409,
+        "name_taken",
+        f"name: {quoted(exc.name)} is the name of task {exc.holder!r} of this key: rename or delete that task, or "
+        'send "take_name": true to move the name to this one',
+        task=exc.holder,
+    )
 
 
 def task_id_for(owner: str | None, fingerprint: str, body: TaskCreate, options: dict) -> str:
@@ -160,11 +170,12 @@ class TaskService:
             if existing is None:
                 await self._check_quotas(owner)
                 record = self._new_record(task_id, body, options, owner)
-                if await self.store.create(record):
+                if await self.create(record, take_name=body.take_name):
                     self.worker.submit(task_id)
                     return record, True
                 existing = await self.store.get(task_id)
             if existing is not None:
+                existing = await self.name_again(existing, body.name, body.take_name)
                 if existing.status == "failed":  # posting a failed task again retries it
                     existing = (
                         await self.store.update(task_id, status="pending", error=None, progress=None, orphaned=0)
@@ -201,24 +212,81 @@ class TaskService:
             updated_at=now,
         )
 
-    async def get(self, task_id: str, owner: str | None) -> TaskRecord:
-        record = await self.store.get(task_id)
+    async def create(self, record: TaskRecord, vector: bytes | None = None, *, take_name: bool = False) -> bool:
+        """Store a new task with its name (False: the id exists). 409 `name_taken` when another task of the key
+        holds the name, unless `take_name`: then the task is stored unnamed and takes the name right after."""
+        try:
+            return await self.store.create(record, vector)
+        except NameTaken as exc:
+            if not take_name or record.name is None:
+                raise name_taken(exc) from None
+        if not await self.store.create(record.model_copy(update={"name": None}), vector):
+            return False
+        await self.store.take_name(record.id, record.name)
+        return True
+
+    async def name_again(self, record: TaskRecord, name: str | None, take_name: bool) -> TaskRecord:
+        """A task posted (or imported) again under another name takes that name; no name keeps its own."""
+        if name is None or name == record.name:
+            return record
+        return await self._rename(record, name, take_name)
+
+    async def rename(self, ref: str, owner: str | None, name: str | None, take_name: bool) -> TaskRecord:
+        """Give the task `name` (None: no name). 409 `name_taken` when another task of the key holds it,
+        unless `take_name`: then that task loses it in the same step."""
+        return await self._rename(await self.get(ref, owner), name, take_name)
+
+    async def _rename(self, record: TaskRecord, name: str | None, take_name: bool) -> TaskRecord:
+        try:
+            if take_name and name is not None:
+                renamed = await self.store.take_name(record.id, name)
+            else:
+                renamed = await self.store.update(record.id, name=name)
+        except NameTaken as exc:
+            raise name_taken(exc) from None
+        if renamed is None:
+            raise not_found(f"task {record.id!r}")
+        cached = self.vectors.get(record.id)
+        if cached is not None:
+            self.vectors.put(renamed, cached.vector)
+        return renamed
+
+    async def task_id(self, ref: str, owner: str | None) -> str:
+        """The id of the owner's task that `ref` names: an id as it is, else one of the owner's names (404)."""
+        if ref.startswith(TASK_ID_PREFIX):
+            return ref
+        found = await self.store.find_name(owner, ref)
+        if found is None:
+            raise not_found(f"task {quoted(ref)}")
+        return found
+
+    async def get(self, ref: str, owner: str | None) -> TaskRecord:
+        """The owner's task that `ref` (an id or a name) names."""
+        record = await self.store.get(await self.task_id(ref, owner))
         if record is None or record.owner != owner:
-            raise not_found(f"task {quoted(task_id)}")
+            raise not_found(f"task {quoted(ref)}")
         return record
 
     async def list(self, owner: str | None, offset: int, limit: int) -> tuple[list[TaskRecord], int]:
         """One page of the owner's tasks, newest first, and how many the owner has in all."""
         return await self.store.list(owner=owner, offset=offset, limit=limit), await self.store.count(owner)
 
-    async def delete(self, task_id: str, owner: str | None) -> None:
-        await self.get(task_id, owner)
+    async def delete(self, ref: str, owner: str | None) -> None:
+        task_id = (await self.get(ref, owner)).id
         self.worker.cancel(task_id)
         self.vectors.drop(task_id)
         await self.store.delete(task_id)
 
-    async def ready_vector(self, task_id: str, owner: str | None) -> tuple[TaskRecord, TaskVector]:
-        """A ready task's record and vector. While the store is unreachable, what this replica holds serves."""
+    async def ready_vector(self, ref: str, owner: str | None) -> tuple[TaskRecord, TaskVector]:
+        """A ready task's record and vector (`ref`: its id or name). While the store is unreachable, what this
+        replica holds serves."""
+        try:
+            task_id = await self.task_id(ref, owner)
+        except StoreUnavailable:
+            named = self.vectors.named(owner, ref)
+            if named is None:
+                raise
+            task_id = named.record.id
         cached = self.vectors.get(task_id)
         try:
             record = await self.store.get(task_id)

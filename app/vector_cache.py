@@ -39,6 +39,12 @@ class VectorCache:
             self._items.move_to_end(task_id)
         return entry
 
+    def named(self, owner: str | None, name: str) -> CachedVector | None:
+        """The owner's cached task called `name`, for when the store cannot say (a rename elsewhere may have
+        moved the name since: the most recently updated record that has it wins)."""
+        matches = [e for e in self._items.values() if e.record.owner == owner and e.record.name == name]
+        return max(matches, key=lambda e: e.record.updated_at, default=None)
+
     def put(self, record: TaskRecord, vector: TaskVector) -> None:
         """Keep `vector` unless it alone is larger than the whole cache; evict the least recently used."""
         self.drop(record.id)

@@ -56,6 +56,7 @@ class VectorFiles:
     ) -> tuple[bytes, str]:
         """The file's bytes and its name."""
         record = await self.svc.tasks.get(task_id, owner)
+        task_id = record.id  # the path may have given the task's name
         if record.status != "ready":
             raise task_not_ready(record)
         data = await self.svc.store.get_vector(task_id)
@@ -111,9 +112,9 @@ class VectorFiles:
             updated_at=now,
             summary=vector_summary(vector),
         )
-        created = await svc.store.create(record, vector=data)  # record and vector in one atomic write
-        if not created:
-            record = await svc.store.get(task_id) or record
+        created = await svc.tasks.create(record, vector=data)  # record, name and vector in one atomic write
+        if not created:  # imported before: a new name renames it, as posting a task again does
+            record = await svc.tasks.name_again(await svc.store.get(task_id) or record, name, take_name=False)
         svc.tasks.vectors.put(record, vector)
         return record, created
 

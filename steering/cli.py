@@ -2,7 +2,7 @@
 
     steer serve
     steer tasks register antonyms.txt --method task_vector --name antonyms
-    steer generate --task task-...:1.5 --input hot
+    steer generate --task antonyms:1.5 --input hot   # a task by its name (or its id), at strength 1.5
     steer export task-... --format safetensors -o antonyms.safetensors
 
 Human output by default (tables on stdout, progress and notes on stderr); `--json` for scripts.
@@ -427,7 +427,9 @@ def tasks_list(ctx: typer.Context, json_out: JsonFlag = False) -> None:
 @tasks_app.command("show", epilog=EPILOG)
 @handled
 def tasks_show(
-    ctx: typer.Context, task_id: Annotated[str, typer.Argument(help="The task's id.")], json_out: JsonFlag = False
+    ctx: typer.Context,
+    task_id: Annotated[str, typer.Argument(help="The task's id or name.")],
+    json_out: JsonFlag = False,
 ) -> None:
     """Show one task: status, progress, chosen layers and strength, metrics."""
     state = _state(ctx, json_out)
@@ -439,7 +441,9 @@ def tasks_show(
 @tasks_app.command("delete", epilog=EPILOG)
 @handled
 def tasks_delete(
-    ctx: typer.Context, task_id: Annotated[str, typer.Argument(help="The task's id.")], json_out: JsonFlag = False
+    ctx: typer.Context,
+    task_id: Annotated[str, typer.Argument(help="The task's id or name.")],
+    json_out: JsonFlag = False,
 ) -> None:
     """Delete a task and its vector."""
     state = _state(ctx, json_out)
@@ -452,7 +456,7 @@ def tasks_delete(
 
 
 def parse_task(spec: str) -> SteeringEntry:
-    """`ID` or `ID:STRENGTH` (the strength may be negative)."""
+    """`TASK` or `TASK:STRENGTH`, TASK an id or a name (names hold no ':'; the strength may be negative)."""
     task, sep, strength = spec.rpartition(":")
     if sep and task:
         try:
@@ -468,7 +472,8 @@ def generate(
     ctx: typer.Context,
     text: Annotated[str | None, typer.Argument(help="A raw prompt, sent as is.", show_default=False)] = None,
     task: Annotated[
-        list[str] | None, typer.Option("--task", "-t", help="ID or ID:STRENGTH to steer with (repeatable).")
+        list[str] | None,
+        typer.Option("--task", "-t", help="A task (id or name), or TASK:STRENGTH, to steer with (repeatable)."),
     ] = None,
     input_text: Annotated[
         str | None,
@@ -541,7 +546,7 @@ def _print_summary(response: GenerateResponse) -> None:
 @handled
 def export(
     ctx: typer.Context,
-    task_id: Annotated[str, typer.Argument(help="The task's id.")],
+    task_id: Annotated[str, typer.Argument(help="The task's id or name.")],
     format: Annotated[
         str | None, typer.Option("--format", "-f", help="safetensors or gguf (default: from -o's suffix).")
     ] = None,

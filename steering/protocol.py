@@ -55,9 +55,41 @@ Stop = Annotated[str | list[str], AfterValidator(_stop_strings)]
 # A field (of the OpenAI API) this server cannot honour, given a value other than its neutral one.
 UNSUPPORTED_PARAMETER = "unsupported_parameter"
 # Validation errors of these types keep their type in the error body (others are "invalid_request").
-NAMED_ERRORS = frozenset({"invalid_stop", "invalid_text", UNSUPPORTED_PARAMETER})
+NAMED_ERRORS = frozenset({"invalid_stop", "invalid_text", "invalid_name", UNSUPPORTED_PARAMETER})
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 Layers = Annotated[list[int], AfterValidator(_unique)]  # within the model's range: app/bounds.py
+
+
+TASK_ID_PREFIX = "task-"  # every task id starts so (`task-` and 24 hex digits); no name may
+MAX_NAME_CHARS = 100
+_NOT_IN_NAMES = "/:\\"  # paths (`/v1/tasks/{name}`), `--task NAME:STRENGTH`
+
+
+def _task_name(value: str) -> str:
+    """A name a task is called by within its key: 1 to MAX_NAME_CHARS printable characters, no `/`, `:` or
+    `\\`, no space at either end, and never an id's `task-` prefix (so a name and an id are never confused)."""
+    if not 0 < len(value) <= MAX_NAME_CHARS:
+        problem = f"a name has 1 to {MAX_NAME_CHARS} characters"
+    elif value != value.strip() or not value.isprintable():
+        problem = "a name is printable text without spaces at either end"
+    elif any(c in value for c in _NOT_IN_NAMES):
+        problem = "a name cannot contain '/', ':' or '\\'"
+    elif value.lower().startswith(TASK_ID_PREFIX):
+        problem = f"a name cannot start with {TASK_ID_PREFIX!r}, as task ids do"
+    else:
+        return value
+    raise PydanticCustomError("invalid_name", problem)
+
+
+TaskName = Annotated[
+    str,
+    AfterValidator(_task_name),
+    Field(
+        description=f"What the task is called within its key (unique per key): 1 to {MAX_NAME_CHARS} printable "
+        "characters without '/', ':' or '\\', not starting with 'task-'. Requests may name the task by it.",
+        examples=["antonyms"],
+    ),
+]
 
 
 def valid_text(data: Any) -> Any:
@@ -131,7 +163,12 @@ class Template(BaseModel):
 class TaskCreate(WireModel):
     demonstrations: list[Demonstration] = Field(..., min_length=1)
     method: Method = "auto"
-    name: str | None = Field(None, max_length=200)
+    name: TaskName | None = None
+    take_name: bool = Field(
+        False,
+        description="When another task of this key has `name`, move the name here (that task stays, unnamed) "
+        "instead of answering 409 `name_taken`.",
+    )
     template: Template | Literal["chat"] | None = Field(
         None,
         description=(
@@ -145,6 +182,18 @@ class TaskCreate(WireModel):
 class TaskCreated(BaseModel):
     id: str
     status: TaskStatus
+    name: str | None = Field(None, exclude_if=lambda name: name is None, description="Left out when it has none.")
+
+
+class TaskUpdate(WireModel):
+    """PATCH /v1/tasks/{task}: rename a task."""
+
+    name: TaskName | None = Field(..., description="The new name; null removes the task's name.")
+    take_name: bool = Field(
+        False,
+        description="When another task of this key has `name`, move the name here (that task stays, unnamed) "
+        "instead of answering 409 `name_taken`.",
+    )
 
 
 VerdictRating = Literal["better_than_few_shot", "as_good_as_few_shot", "below_few_shot", "no_effect"]
@@ -200,7 +249,7 @@ class TaskList(BaseModel):
 
 
 class SteeringEntry(WireModel):
-    task: str = Field(..., max_length=200, description="A registered task's id.")
+    task: str = Field(..., max_length=200, description="A registered task's id, or its name (within the caller's key).")
     strength: float | None = Field(None, description="Scale of the vector; the task's chosen default if unset.")
     layers: Annotated[Layers, Field(max_length=MAX_LAYERS_PER_ENTRY)] | None = Field(
         None, description="Restrict (or move) the injection to these layers; each layer counts once."

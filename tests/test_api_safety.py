@@ -156,7 +156,8 @@ BAD_TASKS: list[tuple[Any, int, str | None]] = [
     ({**task_body(), "template": {"example": "{input} {output}", "query": "no placeholder"}}, 422, "invalid_request"),
     ({**task_body(), "template": {"example": "{input} {output}", "query": "{input}", "x": 1}}, 422, "invalid_request"),
     ({**task_body(), "template": "Q: {input}"}, 422, "invalid_request"),
-    ({**task_body(), "name": "n" * 201}, 422, "invalid_request"),
+    ({**task_body(), "name": "n" * 201}, 422, "invalid_name"),
+    ({**task_body(), "name": "task-0123"}, 422, "invalid_name"),
     ({**task_body(), "unexpected": True}, 422, "invalid_request"),
     ([task_body()], 422, "invalid_request"),
     ("a string", 422, "invalid_request"),
@@ -326,3 +327,24 @@ def test_body_size_limit_over_real_http(tmp_path: Path) -> None:
         ok = httpx.post(f"{server.url}/v1/generate", json={"prompt": "hi", "max_new_tokens": 2}, timeout=30)
         assert ok.status_code == 200
         assert httpx.get(f"{server.url}/v1/tasks", timeout=30).json()["tasks"] == []
+
+
+async def test_names_are_per_key(keyed: Keyed) -> None:
+    """A name is looked up within the caller's key only: the same name in two keys is two tasks."""
+    named = await keyed.client.patch(f"/v1/tasks/{keyed.task}", json={"name": "mine"}, headers=ALPHA)
+    assert named.status_code == 200 and named.json()["name"] == "mine"
+    assert_error(await keyed.client.get("/v1/tasks/mine", headers=BETA), 404, "not_found")
+    assert_error(await keyed.client.patch("/v1/tasks/mine", json={"name": "x"}, headers=BETA), 404, "not_found")
+    assert_error(await keyed.client.delete("/v1/tasks/mine", headers=BETA), 404, "not_found")
+    use = {"prompt": "Q: hot\nA:", "max_new_tokens": 4, "steering": [{"task": "mine"}]}
+    assert_error(await keyed.post("/v1/generate", use, BETA), 404, "not_found")
+    assert (await keyed.post("/v1/generate", use)).status_code == 200
+
+    theirs = await keyed.post("/v1/tasks", task_body(CAPITALS, name="mine"), BETA)  # free in beta's key
+    assert theirs.status_code == 202 and theirs.json()["name"] == "mine"
+    assert (await keyed.client.get("/v1/tasks/mine", headers=BETA)).json()["id"] == theirs.json()["id"]
+    assert (await keyed.client.get("/v1/tasks/mine", headers=ALPHA)).json()["id"] == keyed.task
+    assert (await keyed.client.delete("/v1/tasks/mine", headers=BETA)).status_code == 204
+    assert (await keyed.client.get("/v1/tasks/mine", headers=ALPHA)).json()["id"] == keyed.task
+    restored = await keyed.client.patch(f"/v1/tasks/{keyed.task}", json={"name": None}, headers=ALPHA)
+    assert restored.status_code == 200 and restored.json()["name"] is None

@@ -76,7 +76,7 @@ async def test_post_then_ready_and_same_id_again(api: Api) -> None:
     first = await api.client.post("/v1/tasks", json=body)
     assert first.status_code == 202, first.text
     created = first.json()
-    assert set(created) == {"id", "status"} and created["status"] == "pending"
+    assert set(created) == {"id", "status", "name"} and created["status"] == "pending"
     task_id = created["id"]
     assert first.headers["location"] == f"/v1/tasks/{task_id}"
 
@@ -104,9 +104,12 @@ async def test_post_then_ready_and_same_id_again(api: Api) -> None:
     before = await api.computations()
     again = await api.client.post("/v1/tasks", json=body)
     assert again.status_code == 200, again.text
-    assert again.json() == {"id": task_id, "status": "ready"}
+    assert again.json() == {"id": task_id, "status": "ready", "name": "antonyms"}
     renamed = await api.client.post("/v1/tasks", json={**body, "name": "another name"})
     assert renamed.status_code == 200 and renamed.json()["id"] == task_id  # the name is not part of the content
+    assert renamed.json()["name"] == "another name"  # but posting under another (free) name renames the task
+    unnamed = await api.client.post("/v1/tasks", json={k: v for k, v in body.items() if k != "name"})
+    assert unnamed.json()["name"] == "another name"  # no name: it keeps its own
     assert await api.computations() == before  # nothing recomputed
 
     # Defaults written out explicitly are the same content.
@@ -117,9 +120,10 @@ async def test_post_then_ready_and_same_id_again(api: Api) -> None:
 
     # Anything in the content changes the id.
     other_ids = set()
+    content = {k: v for k, v in body.items() if k != "name"}  # the name is the first task's
     for variant in (
-        {**body, "options": {"seed": 1}},
-        {**body, "template": {"example": "{input} -> {output}", "query": "{input} ->"}},
+        {**content, "options": {"seed": 1}},
+        {**content, "template": {"example": "{input} -> {output}", "query": "{input} ->"}},
         task_body(ANTONYMS[:-1]),
         task_body([*ANTONYMS[:-1], ("happy", "glad")]),
     ):
@@ -311,3 +315,101 @@ async def test_store_down_answers_503_and_generation_goes_on(tmp_path: Path) -> 
             assert int(response.headers["retry-after"]) >= 1
         plain = await client.post("/v1/generate", json={"prompt": "Q: hot\nA:", "max_new_tokens": 4})
         assert plain.status_code == 200
+
+
+async def _ready(api: Api, body: dict) -> str:
+    response = await api.client.post("/v1/tasks", json=body)
+    assert response.status_code in (200, 202), response.text
+    task_id = response.json()["id"]
+    assert (await wait_task(api.client, task_id))["status"] == "ready"
+    return task_id
+
+
+async def test_a_task_is_used_by_its_name_wherever_its_id_is(api: Api) -> None:
+    task_id = await _ready(api, task_body(ANTONYMS, name="opposites", options={"seed": 41}))
+    by_id = {"prompt": "Q: hot\nA:", "max_new_tokens": 4, "steering": [{"task": task_id, "strength": 1.5}]}
+    by_name = {**by_id, "steering": [{"task": "opposites", "strength": 1.5}]}
+    expected = (await api.client.post("/v1/generate", json=by_id)).json()["text"]
+    named = await api.client.post("/v1/generate", json=by_name)
+    assert named.status_code == 200 and named.json()["text"] == expected, named.text
+    completion = {"prompt": "Q: hot\nA:", "max_tokens": 4, "temperature": 0, "steering": by_name["steering"]}
+    assert (await api.client.post("/v1/completions", json=completion)).json()["choices"][0]["text"] == expected
+    chat = {"messages": [{"role": "user", "content": "hot"}], "max_tokens": 4, "steering": by_name["steering"]}
+    assert (await api.client.post("/v1/chat/completions", json=chat)).status_code == 200
+
+    info = await api.client.get("/v1/tasks/opposites")
+    assert info.status_code == 200 and info.json()["id"] == task_id and info.json()["name"] == "opposites"
+    exported = await api.client.get("/v1/tasks/opposites/vector")
+    assert exported.status_code == 200
+    assert exported.content == (await api.client.get(f"/v1/tasks/{task_id}/vector")).content
+    for missing in ("nobody", "task-" + "0" * 24):
+        assert_error(await api.client.get(f"/v1/tasks/{missing}"), 404, "not_found")
+        use = {**by_id, "steering": [{"task": missing}]}
+        assert missing in assert_error(await api.client.post("/v1/generate", json=use), 404, "not_found")["message"]
+
+    assert (await api.client.delete("/v1/tasks/opposites")).status_code == 204  # deleted by name: the name is free
+    assert_error(await api.client.get(f"/v1/tasks/{task_id}"), 404, "not_found")
+    assert_error(await api.client.post("/v1/generate", json=by_name), 404, "not_found")
+    other = await api.client.post("/v1/tasks", json=task_body(CAPITALS, name="opposites", options={"seed": 41}))
+    assert other.status_code == 202 and other.json()["name"] == "opposites"
+    assert (await api.client.delete(f"/v1/tasks/{other.json()['id']}")).status_code == 204
+    await wait_idle(api)
+
+
+async def test_a_name_belongs_to_one_task_of_a_key(api: Api) -> None:
+    first = await _ready(api, task_body(ANTONYMS, name="words", options={"seed": 42}))
+    second_body = task_body(CAPITALS, name="words", options={"seed": 42})
+    store = services_of(api.app).store
+    before = await store.count(None)
+
+    # Taken by another task: 409 naming that task, and nothing stored.
+    taken = assert_error(await api.client.post("/v1/tasks", json=second_body), 409, "name_taken")
+    assert first in taken["message"] and taken["task"] == first and "take_name" in taken["message"]
+    assert await store.count(None) == before
+    second = await _ready(api, {**second_body, "name": "capitals"})
+    refused = assert_error(await api.client.post("/v1/tasks", json=second_body), 409, "name_taken")  # posted again
+    assert refused["task"] == first and (await api.client.get(f"/v1/tasks/{second}")).json()["name"] == "capitals"
+    patched = await api.client.patch(f"/v1/tasks/{second}", json={"name": "words"})
+    assert_error(patched, 409, "name_taken")
+
+    # take_name moves it: the task that had it stays, unnamed.
+    moved = await api.client.post("/v1/tasks", json={**second_body, "take_name": True})
+    assert moved.status_code == 200 and moved.json() == {"id": second, "status": "ready", "name": "words"}
+    assert (await api.client.get(f"/v1/tasks/{first}")).json()["name"] is None
+    assert (await api.client.get("/v1/tasks/words")).json()["id"] == second
+
+    # PATCH renames, takes, and removes a name.
+    renamed = await api.client.patch(f"/v1/tasks/{first}", json={"name": "antonyms v2"})
+    assert renamed.status_code == 200 and renamed.json()["name"] == "antonyms v2"
+    took = await api.client.patch("/v1/tasks/antonyms v2", json={"name": "words", "take_name": True})
+    assert took.status_code == 200 and took.json()["id"] == first and took.json()["name"] == "words"
+    assert (await api.client.get(f"/v1/tasks/{second}")).json()["name"] is None
+    cleared = await api.client.patch("/v1/tasks/words", json={"name": None})
+    assert cleared.status_code == 200 and cleared.json()["name"] is None
+    assert_error(await api.client.get("/v1/tasks/words"), 404, "not_found")
+    assert_error(await api.client.patch("/v1/tasks/words", json={"name": "x"}), 404, "not_found")
+    assert_error(await api.client.patch(f"/v1/tasks/{first}", json={}), 422, "invalid_request")
+
+    # Names that could pass for ids (or break a path or `--task NAME:STRENGTH`) are refused, naming the field.
+    for bad in ("task-1234", "Task-x", "a:b", "a/b", " padded", "", "n" * 101, "tab\there"):
+        for response in (
+            await api.client.post("/v1/tasks", json={**second_body, "name": bad}),
+            await api.client.patch(f"/v1/tasks/{first}", json={"name": bad}),
+        ):
+            assert assert_error(response, 422, "invalid_name")["message"].startswith("name: "), bad
+    assert (await api.client.get(f"/v1/tasks/{first}")).json()["name"] is None
+    assert await store.count(None) == before + 1
+    for task_id in (first, second):
+        assert (await api.client.delete(f"/v1/tasks/{task_id}")).status_code == 204
+
+
+async def test_concurrent_registrations_of_one_name_one_winner(api: Api) -> None:
+    bodies = [task_body(ANTONYMS[: 4 + i], name="contested", options={"seed": 43}) for i in range(6)]
+    responses = await asyncio.gather(*(api.client.post("/v1/tasks", json=b) for b in bodies))
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [202] + [409] * 5, [r.text for r in responses]
+    winner = next(r.json()["id"] for r in responses if r.status_code == 202)
+    assert all(r.json()["error"]["task"] == winner for r in responses if r.status_code == 409)
+    assert (await api.client.get("/v1/tasks/contested")).json()["id"] == winner
+    assert (await api.client.delete("/v1/tasks/contested")).status_code == 204
+    await wait_idle(api)

@@ -246,6 +246,16 @@ def test_generate(steer, server: ServerProcess, task_id: str) -> None:
     assert prompt.exit_code == 0
 
 
+def test_tasks_by_name(steer, task_id: str) -> None:
+    by_id = steer("--json", "generate", "--task", f"{task_id}:0.75", "-i", "tall", "--max-new-tokens", "6")
+    by_name = steer("--json", "generate", "--task", "antonyms:0.75", "-i", "tall", "--max-new-tokens", "6")
+    assert by_name.exit_code == 0, by_name.output
+    assert json.loads(by_name.stdout)["text"] == json.loads(by_id.stdout)["text"]
+    shown = steer("--json", "tasks", "show", "antonyms")
+    assert shown.exit_code == 0 and json.loads(shown.stdout)["id"] == task_id
+    assert steer("generate", "-t", "nobody:1", "-i", "x").exit_code == EXIT_NOT_FOUND
+
+
 def test_usage_errors(steer, demos_file: Path, task_id: str, tmp_path: Path) -> None:
     assert steer("generate", "-t", task_id).exit_code == EXIT_USAGE  # neither --input nor TEXT
     assert steer("generate", "text", "--input", "x").exit_code == EXIT_USAGE  # both

@@ -157,6 +157,28 @@ def test_export_and_import(client: Client, task: TaskInfo, tmp_path: Path) -> No
     assert "safetensors only" in info.value.message
 
 
+def test_tasks_by_name(client: Client, task: TaskInfo) -> None:
+    assert client.get("antonyms").id == task.id
+    by_name = client.generate(input="tall", steering=[("antonyms", 1.0)], max_new_tokens=8)
+    assert by_name.text == client.generate(input="tall", steering=[(task.id, 1.0)], max_new_tokens=8).text
+    other = client.register("p -> q\nr -> s\nt -> u", method="task_vector", name="two words", wait=True, timeout=60)
+    with pytest.raises(Conflict) as taken:
+        client.register("p -> q\nr -> s", method="task_vector", name="antonyms")
+    assert taken.value.type == "name_taken" and task.id in taken.value.message
+    with pytest.raises(Conflict):
+        client.rename(other.id, "antonyms")
+    moved = client.rename("two words", "antonyms", take_name=True)
+    assert moved.id == other.id and moved.name == "antonyms" and client.get(task.id).name is None
+    odd = client.rename("antonyms", "what? #1 at 100%")  # any printable name travels in a path
+    assert odd.id == other.id and client.get("what? #1 at 100%").id == other.id
+    assert client.rename(task.id, "antonyms").name == "antonyms"
+    client.delete("what? #1 at 100%")
+    with pytest.raises(NotFound):
+        client.get(other.id)
+    with pytest.raises(ValueError, match="task ids do"):  # checked before sending, as every request body is
+        client.rename(task.id, "task-looks-like-an-id")
+
+
 def test_environment_defaults(server: ServerProcess, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STEER_URL", server.url + "/")
     monkeypatch.setenv("STEER_API_KEY", "from-env")
@@ -201,6 +223,8 @@ async def test_async_client(server: ServerProcess, task: TaskInfo, tmp_path: Pat
         assert copy.status == "ready" and (await client.export_vector(copy.id)) == data
         with pytest.raises(NotFound):
             await client.get("task-nope")
+        assert (await client.get("antonyms")).id == task.id
+        assert (await client.rename(copy.id, "async copy 2")).name == "async copy 2"
         other = await client.register("p -> q\nr -> s\nt -> u", method="task_vector", wait=True, timeout=60)
         await client.delete(other.id)
         with pytest.raises(NotFound):

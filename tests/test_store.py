@@ -19,6 +19,7 @@ import pytest
 import redis
 
 from app.store import (
+    NameTaken,
     RedisStore,
     SqliteStore,
     StoreFull,
@@ -48,7 +49,7 @@ def make_record(task_id: str = "t1", **overrides: Any) -> TaskRecord:
     fields: dict[str, Any] = {
         "id": task_id,
         "owner": None,
-        "name": "antonyms",
+        "name": f"antonyms {task_id}",  # names are unique per owner
         "method": "task_vector",
         "spec": {"demonstrations": [{"input": "hot", "output": "cold"}], "options": {"k": 3}, "empty": []},
         "fingerprint": "fp-abc",
@@ -775,3 +776,154 @@ async def test_redis_large_vector_round_trip(redis_url: str) -> None:
     finally:
         await s.delete("big")
         await s.close()
+
+
+# names: unique per owner, written with the record
+
+
+async def test_a_name_is_unique_per_owner(store: TaskStore) -> None:
+    assert await store.create(make_record("a1", owner="alice", name="antonyms"))
+    with pytest.raises(NameTaken) as taken:
+        await store.create(make_record("a2", owner="alice", name="antonyms"), b"vector")
+    assert (taken.value.name, taken.value.holder) == ("antonyms", "a1")
+    assert await store.get("a2") is None and await store.get_vector("a2") is None  # nothing of it written
+    assert await store.count("alice") == 1 and await store.list(owner="alice") == [await store.get("a1")]
+    assert await store.create(make_record("b1", owner="bob", name="antonyms"))  # another owner's name
+    assert await store.create(make_record("n1", owner=None, name="antonyms"))  # the open server's tasks too
+    with pytest.raises(NameTaken):
+        await store.create(make_record("n2", owner=None, name="antonyms"))
+    assert await store.create(make_record("a1", owner="alice", name="other")) is False  # the id exists: no error
+    assert await store.create(make_record("u1", owner="alice", name=None))
+    assert await store.create(make_record("u2", owner="alice", name=None))  # any number of unnamed tasks
+    found = [await store.find_name(o, "antonyms") for o in ("alice", "bob", None, "carol")]
+    assert found == ["a1", "b1", "n1", None]
+
+
+async def test_renaming_claims_the_new_name_and_frees_the_old(store: TaskStore) -> None:
+    await store.create(make_record("a1", owner="alice", name="x"))
+    await store.create(make_record("a2", owner="alice", name="y"))
+    renamed = await store.update("a1", name="z")
+    assert renamed is not None and renamed.name == "z"
+    assert (await store.find_name("alice", "x"), await store.find_name("alice", "z")) == (None, "a1")
+    before = await store.get("a2")
+    with pytest.raises(NameTaken):
+        await store.update("a2", name="z", status="running")  # nothing of the update lands
+    assert await store.get("a2") == before
+    assert (await store.update("a2", name="x")).name == "x"  # a freed name is free
+    assert (await store.update("a1", name=None)).name is None
+    assert await store.find_name("alice", "z") is None
+    assert (await store.update("a2", progress={"step": 1})).name == "x"  # other updates keep the name
+    assert await store.find_name("alice", "x") == "a2"
+
+
+async def test_deleting_a_task_frees_its_name(store_backend: StoreBackend, store: TaskStore) -> None:
+    await store.create(make_record("a1", owner="alice", name="x"))
+    assert await store.delete("a1")
+    assert await store.find_name("alice", "x") is None
+    assert await store.create(make_record("a2", owner="alice", name="x"))
+    # A record that cannot be read is still deleted with its name.
+    await _corrupt(store_backend, "a2", "{not json")
+    assert await store.delete("a2")
+    assert await store.create(make_record("a3", owner="alice", name="x"))
+    assert await store.find_name("alice", "x") == "a3"
+
+
+async def test_take_name_moves_it_in_one_step(store: TaskStore) -> None:
+    await store.create(make_record("a1", owner="alice", name="antonyms"))
+    await store.create(make_record("a2", owner="alice", name="draft"))
+    await store.create(make_record("b1", owner="bob", name="antonyms"))
+    moved = await store.take_name("a2", "antonyms")
+    assert moved is not None and moved.name == "antonyms"
+    assert (await store.get("a1")).name is None and (await store.get("a2")).name == "antonyms"
+    assert await store.find_name("alice", "antonyms") == "a2" and await store.find_name("alice", "draft") is None
+    assert await store.find_name("bob", "antonyms") == "b1"  # another owner's task keeps it
+    assert (await store.take_name("a2", "antonyms")).name == "antonyms"  # its own name: nothing changes
+    assert (await store.take_name("a1", "free")).name == "free"  # nobody holds it: a plain rename
+    assert await store.take_name("missing", "antonyms") is None
+    assert await store.find_name("alice", "antonyms") == "a2"
+
+
+async def test_concurrent_claims_of_one_name_one_winner(store: TaskStore) -> None:
+    async def create(i: int) -> str | None:
+        try:
+            return f"c{i}" if await store.create(make_record(f"c{i}", owner="alice", name="race")) else None
+        except NameTaken:
+            return None
+
+    winners = [w for w in await asyncio.gather(*(create(i) for i in range(12))) if w]
+    assert len(winners) == 1 and await store.find_name("alice", "race") == winners[0]
+    assert await store.count("alice") == 1
+
+    for i in range(8):
+        await store.create(make_record(f"r{i}", owner="bob", name=f"r{i}"))
+
+    async def rename(i: int) -> str | None:
+        try:
+            return f"r{i}" if await store.update(f"r{i}", name="race") else None
+        except NameTaken:
+            return None
+
+    renamed = [w for w in await asyncio.gather(*(rename(i) for i in range(8))) if w]
+    assert len(renamed) == 1 and await store.find_name("bob", "race") == renamed[0]
+    names = sorted(r.name for r in await store.list(owner="bob"))
+    assert names == sorted(["race"] + [f"r{i}" for i in range(8) if f"r{i}" not in renamed])
+
+    takers = await asyncio.gather(*(store.take_name(f"r{i}", "taken") for i in range(8)))
+    assert all(t is not None and t.name == "taken" for t in takers)  # each took it in turn: one holds it now
+    holders = [r.id for r in await store.list(owner="bob") if r.name == "taken"]
+    assert holders == [await store.find_name("bob", "taken")]
+
+
+async def test_sqlite_file_from_before_names(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "tasks.sqlite3"
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute(
+            "CREATE TABLE tasks (id TEXT PRIMARY KEY, owner TEXT, created_at REAL NOT NULL, data TEXT NOT NULL, "
+            "status TEXT)"
+        )
+        for task_id, owner, created_at in (("new", None, 2.0), ("old", None, 1.0), ("bob", "bob", 3.0)):
+            rec = make_record(task_id, owner=owner, name="shared", created_at=created_at)
+            conn.execute(
+                "INSERT INTO tasks VALUES (?, ?, ?, ?, 'pending')", (task_id, owner, created_at, rec.to_json())
+            )
+    conn.close()
+    s = SqliteStore(path)
+    try:
+        with caplog.at_level(logging.WARNING, logger="app.store"):
+            assert await s.find_name(None, "shared") == "old"  # the oldest keeps a shared name
+        assert "new" in caplog.text
+        assert (await s.get("new")).name is None and (await s.get("old")).name == "shared"
+        assert await s.find_name("bob", "shared") == "bob"
+        with pytest.raises(NameTaken):
+            await s.update("new", name="shared")
+    finally:
+        await s.close()
+
+
+async def test_redis_store_from_before_names(redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    prefix = f"old:{time.time_ns()}:"
+    client = redis.Redis.from_url(redis_url)
+    recs = [
+        make_record("new", name="shared", created_at=2.0),
+        make_record("old", name="shared", created_at=1.0),
+        make_record("bob", owner="bob", name="shared", created_at=3.0),
+    ]
+    for rec in recs:  # what the previous version wrote: records and their indexes, no names
+        client.set(f"{prefix}task:{rec.id}", rec.to_json())
+        client.zadd(f"{prefix}tasks", {rec.id: rec.created_at})
+        client.zadd(f"{prefix}owner:{rec.owner or '-'}", {rec.id: rec.created_at})
+    client.set(f"{prefix}schema", "2")
+    s = RedisStore(redis_url, prefix=prefix)
+    try:
+        with caplog.at_level(logging.WARNING, logger="app.store"):
+            assert await s.find_name(None, "shared") == "old"  # the oldest keeps a shared name
+        assert "new" in caplog.text
+        assert (await s.get("new")).name is None and (await s.get("old")).name == "shared"
+        assert await s.find_name("bob", "shared") == "bob"
+        with pytest.raises(NameTaken):
+            await s.update("new", name="shared")
+    finally:
+        await s.close()
+        client.delete(*client.keys(f"{prefix}*"))
+        client.close()

@@ -287,3 +287,24 @@ def test_owner_rules_apply_to_vectors(server_factory, tiny_llama: LoadedModel) -
 
 def anon_status(url: str, path: str) -> int:
     return httpx.get(url + path, timeout=30).status_code
+
+
+def test_import_and_export_by_name(http: httpx.Client) -> None:
+    task_id = register_ready(http, name="imp-src", options={"seed": 61})
+    exported = http.get("/v1/tasks/imp-src/vector")  # by name: the file of the task that has it
+    assert exported.status_code == 200 and task_id in exported.headers["content-disposition"]
+    assert exported.content == http.get(f"/v1/tasks/{task_id}/vector").content
+
+    taken = import_bytes(http, exported.content, name="imp-src")
+    assert taken.status_code == 409 and taken.json()["error"]["type"] == "name_taken", taken.text
+    assert taken.json()["error"]["task"] == task_id
+    refused = import_bytes(http, exported.content, name="task-0001")
+    assert refused.status_code == 422 and refused.json()["error"]["type"] == "invalid_name", refused.text
+    copy = import_bytes(http, exported.content, name="imp-copy")
+    assert copy.status_code == 201 and copy.json()["name"] == "imp-copy", copy.text
+    again = import_bytes(http, exported.content, name="imp-copy 2")  # the same file again: renamed, as a repost is
+    assert again.status_code == 200 and again.json()["id"] == copy.json()["id"]
+    assert again.json()["name"] == "imp-copy 2"
+    assert http.get("/v1/tasks/imp-copy 2").json()["id"] == copy.json()["id"]
+    for ref in ("imp-copy 2", "imp-src"):
+        assert http.delete(f"/v1/tasks/{ref}").status_code == 204

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from app.services import owner
 from app.tasks import task_info
 from app.vector_files import VectorFiles, VectorFormat, vector_files
-from steering.protocol import TaskInfo
+from steering.protocol import TaskInfo, TaskName
 
 router = APIRouter(prefix="/v1/tasks", tags=["vectors"])
 
@@ -56,7 +56,7 @@ async def import_vector(
     request: Request,
     response: Response,
     format: VectorFormat | None = Query(None, description="gguf or safetensors; guessed from the bytes if unset."),
-    name: str | None = Query(None, max_length=200),
+    name: TaskName | None = Query(None, description="A name for the task, unique within the key (409 when taken)."),
     files: VectorFiles = Depends(vector_files),
     who: str | None = Depends(owner),
 ) -> TaskInfo:

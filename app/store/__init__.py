@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import StoreFull, StoreUnavailable, TaskRecord, TaskStatus, TaskStore
+from .base import NameTaken, StoreFull, StoreUnavailable, TaskRecord, TaskStatus, TaskStore
 from .redis_store import RedisStore
 from .sqlite_store import SqliteStore
 
@@ -28,6 +28,7 @@ def open_store(redis_url: str | None, data_dir: Path, *, prefix: str = "steer:")
 
 __all__ = [
     "SQLITE_FILENAME",
+    "NameTaken",
     "RedisStore",
     "SqliteStore",
     "StoreFull",

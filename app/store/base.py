@@ -47,6 +47,14 @@ class StoreUnavailable(Exception):
     """The backend cannot serve the call (down, timed out, full, read-only, locked, I/O error): answer 503."""
 
 
+class NameTaken(Exception):
+    """Another task of the same owner holds the name (nothing was written): names are unique per owner."""
+
+    def __init__(self, name: str, holder: str) -> None:
+        super().__init__(f"the name {name!r} belongs to task {holder!r}")
+        self.name, self.holder = name, holder
+
+
 class StoreFull(StoreUnavailable):
     """The backend refuses writes for lack of space (Redis maxmemory with noeviction, a full disk).
 
@@ -94,11 +102,25 @@ class TaskStore(Protocol):
         ...
 
     async def create(self, record: TaskRecord, vector: bytes | None = None) -> bool:
-        """Atomic put-if-absent of the record and, when given, its vector; False if the id already exists."""
+        """Atomic put-if-absent of the record, its name and, when given, its vector; False if the id already
+        exists. Raises NameTaken (nothing written) when another task of the owner holds the record's name."""
         ...
 
     async def update(self, task_id: str, **fields: Any) -> TaskRecord | None:
-        """Partial update (read-modify-write, atomic), bumps updated_at; None if the task is missing."""
+        """Partial update (read-modify-write, atomic), bumps updated_at; None if the task is missing.
+
+        A new `name` is claimed (and the old one freed) in the same step; NameTaken (nothing written) when
+        another task of the owner holds it.
+        """
+        ...
+
+    async def take_name(self, task_id: str, name: str) -> TaskRecord | None:
+        """Give the task `name`, taking it from the owner's task that holds it (left unnamed) in the same
+        atomic step; None if the task is missing."""
+        ...
+
+    async def find_name(self, owner: str | None, name: str) -> str | None:
+        """The id of `owner`'s task called `name`, or None."""
         ...
 
     async def finish(self, task_id: str, vector: bytes, **fields: Any) -> TaskRecord | None:
@@ -123,7 +145,7 @@ class TaskStore(Protocol):
         ...
 
     async def delete(self, task_id: str) -> bool:
-        """Remove record, vector and lock; False if there was no record."""
+        """Remove record, vector, lock and name; False if there was no record."""
         ...
 
     async def put_vector(self, task_id: str, data: bytes) -> None:

@@ -7,7 +7,8 @@ Keys, all under `prefix`:
   {prefix}tasks           sorted set id -> created_at: everyone's tasks, for listing
   {prefix}owner:{owner}   sorted set id -> created_at per owner ("-" for None): list pages and counts
   {prefix}unfinished      set of the ids whose status is pending or running, for reconcilers
-  {prefix}schema          "2" once the per-owner and unfinished indexes exist (older stores had neither)
+  {prefix}names:{owner}   hash name -> id per owner ("-" for None): names are unique per owner
+  {prefix}schema          "3" once the per-owner, unfinished and name indexes exist (older stores lack some)
 
 Every write that touches a record and its indexes is one Lua script, so nothing is ever seen
 half-written. Read-modify-write (update, finish, delete) is compare-and-swap: read the record,
@@ -41,7 +42,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .base import UNFINISHED, StoreFull, StoreUnavailable, TaskRecord, apply_update, parse_record
+from .base import UNFINISHED, NameTaken, StoreFull, StoreUnavailable, TaskRecord, apply_update, parse_record
 
 log = logging.getLogger(__name__)
 
@@ -53,24 +54,40 @@ _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.Timeou
 # Scripts write only after all their checks, and Redis refuses a script for OOM at its first
 # write, never half-way: a script either writes everything or nothing.
 
-# KEYS: task, all, owner, unfinished, vec   ARGV: json, created_at, id, unfinished(0|1), has_vec(0|1), vec
+# KEYS: task, all, owner, unfinished, vec, names
+# ARGV: json, created_at, id, unfinished(0|1), has_vec(0|1), vec, name ('' for none)
+# Returns 1 written, 0 the id exists, or the id of the owner's task that holds the name (nothing written).
 _CREATE = """
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then
-  return 0
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if ARGV[7] ~= '' then
+  local holder = redis.call('HGET', KEYS[6], ARGV[7])
+  if holder and holder ~= ARGV[3] then return holder end
+  redis.call('HSET', KEYS[6], ARGV[7], ARGV[3])
 end
+redis.call('SET', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
 if ARGV[4] == '1' then redis.call('SADD', KEYS[4], ARGV[3]) end
 if ARGV[5] == '1' then redis.call('SET', KEYS[5], ARGV[6]) else redis.call('DEL', KEYS[5]) end
 return 1
 """
-# KEYS: task, all, old owner, new owner, unfinished, vec
-# ARGV: expected json, new json, id, created_at, unfinished(0|1), has_vec(0|1), vec
-# Returns 1 written, 0 missing, -1 changed since it was read.
+# KEYS: task, all, old owner, new owner, unfinished, vec, old names, new names
+# ARGV: expected json, new json, id, created_at, unfinished(0|1), has_vec(0|1), vec, old name, new name,
+#       name changes (0|1)   (names '' for none)
+# Returns 1 written, 0 missing, -1 changed since it was read, or the id of the owner's task that holds
+# the new name (nothing written).
 _SWAP = """
 local cur = redis.call('GET', KEYS[1])
 if not cur then return 0 end
 if cur ~= ARGV[1] then return -1 end
+if ARGV[10] == '1' then
+  if ARGV[9] ~= '' then
+    local holder = redis.call('HGET', KEYS[8], ARGV[9])
+    if holder and holder ~= ARGV[3] then return holder end
+  end
+  if ARGV[8] ~= '' and redis.call('HGET', KEYS[7], ARGV[8]) == ARGV[3] then redis.call('HDEL', KEYS[7], ARGV[8]) end
+  if ARGV[9] ~= '' then redis.call('HSET', KEYS[8], ARGV[9], ARGV[3]) end
+end
 redis.call('SET', KEYS[1], ARGV[2])
 if KEYS[3] ~= KEYS[4] then redis.call('ZREM', KEYS[3], ARGV[3]) end
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
@@ -79,7 +96,8 @@ if ARGV[5] == '1' then redis.call('SADD', KEYS[5], ARGV[3]) else redis.call('SRE
 if ARGV[6] == '1' then redis.call('SET', KEYS[6], ARGV[7]) end
 return 1
 """
-# KEYS: task, vec, lock, all, owner, unfinished   ARGV: expected json ('' when none was read), id
+# KEYS: task, vec, lock, all, owner, unfinished, names
+# ARGV: expected json ('' when none was read), id, name ('' for none)
 # Returns 1 deleted, 0 missing, -1 changed since it was read. A missing record still loses its leftovers.
 _DELETE = """
 local cur = redis.call('GET', KEYS[1])
@@ -87,16 +105,55 @@ if cur and cur ~= ARGV[1] then return -1 end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 redis.call('ZREM', KEYS[4], ARGV[2])
 if cur then redis.call('ZREM', KEYS[5], ARGV[2]) end
+if ARGV[3] ~= '' and redis.call('HGET', KEYS[7], ARGV[3]) == ARGV[2] then redis.call('HDEL', KEYS[7], ARGV[3]) end
 redis.call('SREM', KEYS[6], ARGV[2])
 if cur then return 1 end
 return 0
 """
-# KEYS: task, owner, unfinished   ARGV: expected json, id, created_at, unfinished(0|1)   (index rebuild)
+# KEYS: task, owner, unfinished, names
+# ARGV: expected json, id, created_at, unfinished(0|1), name ('' for none), json without the name
+# (index rebuild, oldest first). Returns 0 changed since read, 1 indexed, 2 indexed but the name is an
+# older task's: this record loses it, so that every name in a record is the one the index finds.
 _INDEX = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
 if ARGV[4] == '1' then redis.call('SADD', KEYS[3], ARGV[2]) else redis.call('SREM', KEYS[3], ARGV[2]) end
+if ARGV[5] ~= '' then
+  local holder = redis.call('HGET', KEYS[4], ARGV[5])
+  if holder and holder ~= ARGV[2] then
+    redis.call('SET', KEYS[1], ARGV[6])
+    return 2
+  end
+  redis.call('HSET', KEYS[4], ARGV[5], ARGV[2])
+end
 return 1
+"""
+# KEYS: task, names, holder's task   ARGV: expected json, new json, id, old name ('' for none), name,
+#       expected holder ('' for none), expected holder json ('' when unreadable or gone), holder's new json
+# Gives the task the name, taking it from the holder in the same step. Returns 1 written, 0 missing,
+# -1 changed since read.
+_TAKE_NAME = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+  return -1
+end
+local holder = redis.call('HGET', KEYS[2], ARGV[5])
+if (holder or '') ~= ARGV[6] then return -1 end
+if ARGV[6] ~= '' and ARGV[6] ~= ARGV[3] and ARGV[7] ~= '' then
+  if redis.call('GET', KEYS[3]) ~= ARGV[7] then return -1 end
+  redis.call('SET', KEYS[3], ARGV[8])
+end
+if ARGV[4] ~= '' and redis.call('HGET', KEYS[2], ARGV[4]) == ARGV[3] then redis.call('HDEL', KEYS[2], ARGV[4]) end
+redis.call('HSET', KEYS[2], ARGV[5], ARGV[3])
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+"""
+# KEYS: names, holder's task   ARGV: name, holder   -- a name left pointing at a task that is gone
+_FREE_STALE_NAME = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] and redis.call('EXISTS', KEYS[2]) == 0 then
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0
 """
 # KEYS: index, task keys...   ARGV: ids (same order)   -- drops index entries whose record is gone
 _PRUNE = """
@@ -129,7 +186,7 @@ end
 return 0
 """
 
-_SCHEMA_VERSION = b"2"
+_SCHEMA_VERSION = b"3"
 _BULK_BYTES_PER_S = 20e6  # the slowest transfer rate a vector call is given time for
 _CHUNK = 500
 _SWAP_ATTEMPTS = 200
@@ -184,6 +241,8 @@ class RedisStore:
         self._swap = self._redis.register_script(_SWAP)
         self._delete = self._redis.register_script(_DELETE)
         self._index_one = self._redis.register_script(_INDEX)
+        self._take = self._redis.register_script(_TAKE_NAME)
+        self._free_stale_name = self._redis.register_script(_FREE_STALE_NAME)
         self._prune = self._redis.register_script(_PRUNE)
         self._put_vector = self._redis.register_script(_PUT_VECTOR)
         self._refresh = self._redis.register_script(_REFRESH)
@@ -201,6 +260,9 @@ class RedisStore:
 
     def _owner(self, owner: str | None) -> str:
         return f"{self.prefix}owner:{'-' if owner is None else owner}"
+
+    def _names(self, owner: str | None) -> str:
+        return f"{self.prefix}names:{'-' if owner is None else owner}"
 
     @property
     def _all(self) -> str:
@@ -242,22 +304,30 @@ class RedisStore:
         return result
 
     async def _migrate(self) -> None:
-        """Build the per-owner and unfinished indexes of a store written before they existed (idempotent)."""
+        """Build the per-owner, unfinished and name indexes of a store written before they existed (idempotent).
+
+        Oldest first: when tasks of one owner share a name, the oldest keeps it and the others lose it.
+        """
         ids = [i.decode() for i in await self._redis.zrange(self._all, 0, -1)]
         for start in range(0, len(ids), _CHUNK):
             chunk = ids[start : start + _CHUNK]
             raws = await self._redis.mget([self._task(i) for i in chunk])
+            named: builtins.list[tuple[str, str]] = []
             async with self._redis.pipeline(transaction=False) as pipe:
                 for task_id, raw in zip(chunk, raws, strict=True):
                     rec = None if raw is None else parse_record(raw, task_id)
                     if rec is not None:
-                        keys = [self._task(task_id), self._owner(rec.owner), self._unfinished]
+                        keys = [self._task(task_id), self._owner(rec.owner), self._unfinished, self._names(rec.owner)]
+                        unnamed = rec.model_copy(update={"name": None}).to_json()
                         args = [raw, task_id, repr(rec.created_at), _flag(rec.status in UNFINISHED)]
-                        await self._index_one(keys=keys, args=args, client=pipe)
-                await pipe.execute()
+                        await self._index_one(keys=keys, args=[*args, rec.name or "", unnamed], client=pipe)
+                        named.append((task_id, rec.name or ""))
+                for (task_id, name), outcome in zip(named, await pipe.execute(), strict=True):
+                    if outcome == 2:
+                        log.warning("task %s loses the name %r, which an older task of its owner keeps", task_id, name)
         await self._redis.set(self._schema, _SCHEMA_VERSION)
         if ids:
-            log.info("redis store %s: indexed %d existing tasks by owner and status", self.prefix, len(ids))
+            log.info("redis store %s: indexed %d existing tasks by owner, status and name", self.prefix, len(ids))
 
     # records
     async def get(self, task_id: str) -> TaskRecord | None:
@@ -265,7 +335,14 @@ class RedisStore:
         return None if raw is None else parse_record(raw, task_id)
 
     async def create(self, record: TaskRecord, vector: bytes | None = None) -> bool:
-        keys = [self._task(record.id), self._all, self._owner(record.owner), self._unfinished, self._vec(record.id)]
+        keys = [
+            self._task(record.id),
+            self._all,
+            self._owner(record.owner),
+            self._unfinished,
+            self._vec(record.id),
+            self._names(record.owner),
+        ]
         args = [
             record.to_json(),
             repr(record.created_at),
@@ -273,14 +350,28 @@ class RedisStore:
             _flag(record.status in UNFINISHED),
             _flag(vector is not None),
             b"" if vector is None else bytes(vector),
+            record.name or "",
         ]
-        if vector is None:
-            return bool(await self._call(lambda: self._create(keys=keys, args=args)))
-        return bool(
-            await self._call(
-                lambda: self._create(keys=keys, args=args, client=self._bulk), deadline_s=self._for(vector)
-            )
-        )
+        client = self._redis if vector is None else self._bulk
+        deadline_s = None if vector is None else self._for(vector)
+        return await self._call(lambda: self._create_named(record, keys, args, client), deadline_s=deadline_s)
+
+    async def _create_named(
+        self, record: TaskRecord, keys: builtins.list[str], args: builtins.list[Any], client: aioredis.Redis
+    ) -> bool:
+        while True:
+            outcome = await self._create(keys=keys, args=args, client=client)
+            if not isinstance(outcome, bytes):
+                return bool(outcome)
+            await self._name_taken(record.owner, record.name or "", outcome.decode())
+
+    async def _name_taken(self, owner: str | None, name: str, holder: str) -> None:
+        """Raise NameTaken, unless the holder is gone (a name a crashed or older writer left behind): then
+        the name is freed and the caller tries again."""
+        keys = [self._names(owner), self._task(holder)]
+        if not await self._free_stale_name(keys=keys, args=[name, holder]):
+            raise NameTaken(name, holder)
+        log.warning("freed the name %r, left pointing at task %s, which is gone", name, holder)
 
     async def update(self, task_id: str, **fields: Any) -> TaskRecord | None:
         return await self._call(lambda: self._read_modify_write(task_id, fields, None))
@@ -300,7 +391,8 @@ class RedisStore:
                 return None
             new = apply_update(old, fields)
             owners = [self._owner(old.owner), self._owner(new.owner)]
-            keys = [key, self._all, *owners, self._unfinished, self._vec(task_id)]
+            names = [self._names(old.owner), self._names(new.owner)]
+            keys = [key, self._all, *owners, self._unfinished, self._vec(task_id), *names]
             args = [
                 raw,
                 new.to_json(),
@@ -309,14 +401,55 @@ class RedisStore:
                 _flag(new.status in UNFINISHED),
                 _flag(vector is not None),
                 vector or b"",
+                old.name or "",
+                new.name or "",
+                _flag((old.owner, old.name) != (new.owner, new.name)),
             ]
             n = await self._swap(keys=keys, args=args, client=self._redis if vector is None else self._bulk)
+            if isinstance(n, bytes):
+                await self._name_taken(new.owner, new.name or "", n.decode())
+                continue
             if n == 1:
                 return new
             if n == 0:
                 return None
             await asyncio.sleep(min(0.001 * attempt, 0.02))  # someone else wrote it meanwhile: read again
         raise StoreUnavailable(f"update of task {task_id} kept conflicting; gave up")
+
+    async def take_name(self, task_id: str, name: str) -> TaskRecord | None:
+        return await self._call(lambda: self._take_swap(task_id, name))
+
+    async def _take_swap(self, task_id: str, name: str) -> TaskRecord | None:
+        for attempt in range(_SWAP_ATTEMPTS):
+            raw = await self._redis.get(self._task(task_id))
+            old = None if raw is None else parse_record(raw, task_id)
+            if old is None:
+                return None
+            if old.name == name:
+                return old
+            holder = await self._redis.hget(self._names(old.owner), name)
+            holder_id = "" if holder is None else holder.decode()
+            held, released = b"", b""
+            if holder_id and holder_id != task_id:
+                held = await self._redis.get(self._task(holder_id)) or b""
+                loser = parse_record(held, holder_id) if held else None
+                # An unreadable (or vanished) holder's record is left as it is; only the index entry moves.
+                held = held if loser is not None else b""
+                released = b"" if loser is None else apply_update(loser, {"name": None}).to_json().encode()
+            new = apply_update(old, {"name": name})
+            keys = [self._task(task_id), self._names(old.owner), self._task(holder_id or task_id)]
+            args = [raw, new.to_json(), task_id, old.name or "", name, holder_id, held, released]
+            n = await self._take(keys=keys, args=args)
+            if n == 1:
+                return new
+            if n == 0:
+                return None
+            await asyncio.sleep(min(0.001 * attempt, 0.02))
+        raise StoreUnavailable(f"renaming task {task_id} kept conflicting; gave up")
+
+    async def find_name(self, owner: str | None, name: str) -> str | None:
+        task_id = await self._call(lambda: self._redis.hget(self._names(owner), name))
+        return None if task_id is None else task_id.decode()
 
     async def count(self, owner: str | None) -> int:
         return int(await self._call(lambda: self._redis.zcard(self._owner(owner))))
@@ -363,33 +496,35 @@ class RedisStore:
     async def _delete_swap(self, task_id: str) -> bool:
         for attempt in range(_SWAP_ATTEMPTS):
             raw = await self._redis.get(self._task(task_id))
-            owner_key = self._owner(None)
-            if raw is not None:
-                owner_key = self._owner_of_raw(raw, task_id)
+            owner, name = (None, "") if raw is None else self._owner_and_name_of_raw(raw, task_id)
             keys = [
                 self._task(task_id),
                 self._vec(task_id),
                 self._lock(task_id),
                 self._all,
-                owner_key,
+                self._owner(owner),
                 self._unfinished,
+                self._names(owner),
             ]
-            n = await self._delete(keys=keys, args=[raw or b"", task_id])
+            n = await self._delete(keys=keys, args=[raw or b"", task_id, name])
             if n >= 0:
                 return n == 1
             await asyncio.sleep(min(0.001 * attempt, 0.02))
         raise StoreUnavailable(f"delete of task {task_id} kept conflicting; gave up")
 
-    def _owner_of_raw(self, raw: bytes, task_id: str) -> str:
-        """The owner index of a stored record, read leniently: a corrupt record must still be deletable."""
+    @staticmethod
+    def _owner_and_name_of_raw(raw: bytes, task_id: str) -> tuple[str | None, str]:
+        """The owner and name ('' for none) of a stored record, read leniently: a corrupt record must still
+        be deletable."""
         rec = parse_record(raw, task_id)
         if rec is not None:
-            return self._owner(rec.owner)
+            return rec.owner, rec.name or ""
         try:
-            owner = json.loads(raw).get("owner")
+            data = json.loads(raw)
+            owner, name = data.get("owner"), data.get("name")
         except (ValueError, AttributeError):
-            owner = None
-        return self._owner(owner if isinstance(owner, str) else None)
+            owner = name = None
+        return (owner if isinstance(owner, str) else None), (name if isinstance(name, str) else "")
 
     # vectors
     async def put_vector(self, task_id: str, data: bytes) -> None:

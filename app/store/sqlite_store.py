@@ -5,7 +5,8 @@ owned by the store (the event loop never touches the disk), which also serialise
 process's calls on its single connection. Several processes may share the file (on a local
 disk: WAL does not work over network file systems): put-if-absent is INSERT OR IGNORE,
 read-modify-write runs in BEGIN IMMEDIATE transactions, and locks are conditional upserts.
-Lock expiry compares wall-clock times (time.time()) of the processes sharing the file.
+Lock expiry compares wall-clock times (time.time()) of the processes sharing the file. A task's name
+is also a column, unique per owner (a partial unique index), written in the same transaction as the record.
 Every sqlite3 error (locked past the busy timeout, disk full, I/O error, a corrupt file) comes out
 as StoreUnavailable; after one that is not mere locking the connection is reopened on next use.
 """
@@ -24,7 +25,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .base import UNFINISHED, StoreFull, StoreUnavailable, TaskRecord, apply_update, parse_record
+from .base import UNFINISHED, NameTaken, StoreFull, StoreUnavailable, TaskRecord, apply_update, parse_record
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     owner TEXT,
     created_at REAL NOT NULL,
     data TEXT NOT NULL,
-    status TEXT
+    status TEXT,
+    name TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_created ON tasks (created_at DESC, id DESC);
 CREATE INDEX IF NOT EXISTS tasks_owner_created ON tasks (owner, created_at DESC, id DESC);
@@ -50,8 +52,13 @@ CREATE TABLE IF NOT EXISTS locks (
     expires_at REAL NOT NULL
 );
 """
-# Created after the migration below has added the column to files written before it existed.
+# Created after the migration below has added the columns to files written before they existed.
 _STATUS_INDEX = "CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status)"
+# NULL owners (the open server) must collide too, and NULLs never do in a unique index: hence ifnull.
+_NAME_INDEX = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS tasks_owner_name ON tasks (ifnull(owner, ''), name) WHERE name IS NOT NULL"
+)
+_NAMES_INDEXED = 1  # PRAGMA user_version once the names of the records are in the name column
 
 _UPSERT_VECTOR = "INSERT INTO vectors (id, data) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET data = excluded.data"
 _UNFINISHED_SQL = ", ".join(f"'{s}'" for s in sorted(UNFINISHED))
@@ -63,15 +70,54 @@ def _is_transient(exc: sqlite3.Error) -> bool:
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
-    """Files written before the status column: add it and fill it from the records."""
+    """Files written before the status or the name column: add them and fill them from the records."""
     columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
     if "status" not in columns:
         conn.execute("ALTER TABLE tasks ADD COLUMN status TEXT")
+    if "name" not in columns:
+        conn.execute("ALTER TABLE tasks ADD COLUMN name TEXT")
     rows = conn.execute("SELECT id, data FROM tasks WHERE status IS NULL").fetchall()
     for task_id, data in rows:
         rec = parse_record(data, task_id)
         conn.execute("UPDATE tasks SET status = ? WHERE id = ?", (rec.status if rec else "unreadable", task_id))
     conn.execute(_STATUS_INDEX)
+    if conn.execute("PRAGMA user_version").fetchone()[0] < _NAMES_INDEXED:
+        _index_names(conn)
+        conn.execute(f"PRAGMA user_version = {_NAMES_INDEXED}")
+    conn.execute(_NAME_INDEX)
+
+
+def _index_names(conn: sqlite3.Connection) -> None:
+    """Records written before names were unique per owner: the oldest task keeps a shared name, the others
+    lose it (logged), so that every name in a record is the one the index finds."""
+    rows = conn.execute("SELECT id, data FROM tasks ORDER BY created_at, id").fetchall()
+    for task_id, data in rows:
+        rec = parse_record(data, task_id)
+        if rec is None or rec.name is None:
+            continue
+        holder = _name_holder(conn, rec.owner, rec.name)
+        if holder is None:
+            conn.execute("UPDATE tasks SET name = ? WHERE id = ?", (rec.name, task_id))
+        elif holder != task_id:
+            log.warning("task %s loses the name %r, which the older task %s keeps", task_id, rec.name, holder)
+            unnamed = rec.model_copy(update={"name": None})
+            conn.execute("UPDATE tasks SET data = ? WHERE id = ?", (unnamed.to_json(), task_id))
+
+
+def _name_holder(conn: sqlite3.Connection, owner: str | None, name: str) -> str | None:
+    row = conn.execute(
+        "SELECT id FROM tasks WHERE ifnull(owner, '') = ifnull(?, '') AND name = ?", (owner, name)
+    ).fetchone()
+    return None if row is None else row[0]
+
+
+def _claim_name(conn: sqlite3.Connection, task_id: str, owner: str | None, name: str | None) -> None:
+    """Raise NameTaken when another task of `owner` is called `name` (inside the writing transaction)."""
+    if name is None:
+        return
+    holder = _name_holder(conn, owner, name)
+    if holder is not None and holder != task_id:
+        raise NameTaken(name, holder)
 
 
 def _enable_wal(conn: sqlite3.Connection, timeout_s: float) -> None:
@@ -181,16 +227,17 @@ class SqliteStore:
         return None if raw is None else parse_record(raw, task_id)
 
     async def create(self, record: TaskRecord, vector: bytes | None = None) -> bool:
-        args = (record.id, record.owner, record.created_at, record.to_json(), record.status)
+        args = (record.id, record.owner, record.created_at, record.to_json(), record.status, record.name)
         blob = None if vector is None else bytes(vector)
 
         def op(conn: sqlite3.Connection) -> bool:
             with _immediate(conn):
-                cur = conn.execute(
-                    "INSERT OR IGNORE INTO tasks (id, owner, created_at, data, status) VALUES (?, ?, ?, ?, ?)", args
-                )
-                if cur.rowcount != 1:
+                if conn.execute("SELECT 1 FROM tasks WHERE id = ?", (record.id,)).fetchone() is not None:
                     return False
+                _claim_name(conn, record.id, record.owner, record.name)
+                conn.execute(
+                    "INSERT INTO tasks (id, owner, created_at, data, status, name) VALUES (?, ?, ?, ?, ?, ?)", args
+                )
                 if blob is None:  # a new task has no vector yet: drop any leftover
                     conn.execute("DELETE FROM vectors WHERE id = ?", (record.id,))
                 else:
@@ -216,13 +263,40 @@ class SqliteStore:
             if old is None:
                 return None
             new = apply_update(old, fields)
+            if (new.owner, new.name) != (old.owner, old.name):
+                _claim_name(conn, task_id, new.owner, new.name)
             conn.execute(
-                "UPDATE tasks SET owner = ?, created_at = ?, data = ?, status = ? WHERE id = ?",
-                (new.owner, new.created_at, new.to_json(), new.status, task_id),
+                "UPDATE tasks SET owner = ?, created_at = ?, data = ?, status = ?, name = ? WHERE id = ?",
+                (new.owner, new.created_at, new.to_json(), new.status, new.name, task_id),
             )
             if vector is not None:
                 conn.execute(_UPSERT_VECTOR, (task_id, vector))
             return new
+
+    async def take_name(self, task_id: str, name: str) -> TaskRecord | None:
+        def op(conn: sqlite3.Connection) -> TaskRecord | None:
+            with _immediate(conn):
+                row = conn.execute("SELECT data FROM tasks WHERE id = ?", (task_id,)).fetchone()
+                old = None if row is None else parse_record(row[0], task_id)
+                if old is None:
+                    return None
+                if old.name == name:
+                    return old
+                holder = _name_holder(conn, old.owner, name)
+                if holder is not None and holder != task_id:
+                    held = conn.execute("SELECT data FROM tasks WHERE id = ?", (holder,)).fetchone()[0]
+                    loser = parse_record(held, holder)
+                    # An unreadable holder keeps its (unreadable) data; only its name column is freed.
+                    data = held if loser is None else apply_update(loser, {"name": None}).to_json()
+                    conn.execute("UPDATE tasks SET name = NULL, data = ? WHERE id = ?", (data, holder))
+                new = apply_update(old, {"name": name})
+                conn.execute("UPDATE tasks SET name = ?, data = ? WHERE id = ?", (name, new.to_json(), task_id))
+                return new
+
+        return await self._run(op)
+
+    async def find_name(self, owner: str | None, name: str) -> str | None:
+        return await self._run(lambda conn: _name_holder(conn, owner, name))
 
     async def count(self, owner: str | None) -> int:
         def op(conn: sqlite3.Connection) -> int:

@@ -5,9 +5,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 from steering.datasets import read_demonstrations
-from steering.protocol import ChatMessage, Demonstration, GenerateRequest, SteeringEntry, TaskCreate, Template
+from steering.protocol import (
+    ChatMessage,
+    Demonstration,
+    GenerateRequest,
+    SteeringEntry,
+    TaskCreate,
+    TaskUpdate,
+    Template,
+)
 
 VectorFormat = Literal["safetensors", "gguf"]
 DemoLike = Demonstration | Mapping[str, str] | tuple[str, str]
@@ -29,12 +38,18 @@ def demonstrations(demos: str | Path | Iterable[DemoLike]) -> list[Demonstration
     return out
 
 
+def task_path(task: str, tail: str = "") -> str:
+    """The path of a task given by its id or name (a name may hold spaces, `?`, `#`, `%`...)."""
+    return f"/v1/tasks/{quote(task, safe='')}{tail}"
+
+
 def page_params(offset: int) -> dict[str, int]:
     return {"offset": offset, "limit": 200}
 
 
 def steering_entries(steering: Iterable[SteeringLike] | SteeringLike | None) -> list[SteeringEntry]:
-    """Steering entries from ids (`"task-..."`), `(id, strength)` pairs, dicts or `SteeringEntry` models."""
+    """Steering entries from tasks (`"task-..."` ids or names), `(task, strength)` pairs, dicts or `SteeringEntry`
+    models."""
     if steering is None:
         return []
     if isinstance(steering, (str, SteeringEntry, Mapping)):
@@ -58,15 +73,22 @@ def register_body(
     name: str | None,
     template: Template | Mapping[str, str] | Literal["chat"] | None,
     options: Mapping[str, Any] | None,
+    take_name: bool = False,
 ) -> dict[str, Any]:
     body = TaskCreate(
         demonstrations=demonstrations(demos),
         method=method,  # type: ignore[arg-type]  # validated by the model
         name=name,
+        take_name=take_name,
         template=Template(**template) if isinstance(template, Mapping) else template,
         options=dict(options or {}),
     )
-    return body.model_dump(mode="json", exclude_none=True)
+    # `take_name` only when asked for: a server from before names were unique refuses the field.
+    return body.model_dump(mode="json", exclude_none=True, exclude=None if take_name else {"take_name"})
+
+
+def rename_body(name: str | None, take_name: bool) -> dict[str, Any]:
+    return TaskUpdate(name=name, take_name=take_name).model_dump(mode="json")
 
 
 def generate_body(

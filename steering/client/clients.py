@@ -76,14 +76,19 @@ class _Calls:
         template: Template | Mapping[str, str] | Literal["chat"] | None = None,
         options: Mapping[str, Any] | None = None,
         *,
+        take_name: bool = False,
         wait: bool = False,
         timeout: float | None = None,
         poll_interval: float = 0.5,
         on_progress: ProgressCallback | None = None,
     ) -> Result[TaskInfo]:
-        """Register a task; with `wait`, block until it is ready (TaskFailed / WaitTimeout otherwise)."""
+        """Register a task; with `wait`, block until it is ready (TaskFailed / WaitTimeout otherwise).
+
+        `name` is unique within the key: one another task has raises Conflict (`name_taken`), unless
+        `take_name` moves it here. The same demonstrations registered again under another name rename the task.
+        """
         waiting = {"wait": wait, "timeout": timeout, "poll_interval": poll_interval, "on_progress": on_progress}
-        return self._run(ops.register(demos, method, name, template, options, **waiting))
+        return self._run(ops.register(demos, method, name, template, options, take_name=take_name, **waiting))
 
     def wait(
         self,
@@ -96,15 +101,22 @@ class _Calls:
         """Poll the task until it is ready; raises TaskFailed if it fails, WaitTimeout after `timeout` s."""
         return self._run(ops.wait_ready(task_id, timeout, poll_interval, on_progress))
 
-    def get(self, task_id: str) -> Result[TaskInfo]:
-        return self._run(ops.get(task_id))
+    def get(self, task: str) -> Result[TaskInfo]:
+        """A task by its id or its name."""
+        return self._run(ops.get(task))
+
+    def rename(self, task: str, name: str | None, *, take_name: bool = False) -> Result[TaskInfo]:
+        """PATCH the task's name (None removes it). Conflict (`name_taken`) when another task of the key has
+        `name`, unless `take_name`: then that task loses it in the same step."""
+        return self._run(ops.rename(task, name, take_name))
 
     def list(self) -> Result[list[TaskInfo]]:
         """Every task of this key, newest first (the server answers in pages; this follows them all)."""
         return self._run(ops.list_tasks())
 
-    def delete(self, task_id: str) -> Result[None]:
-        return self._run(ops.delete(task_id))
+    def delete(self, task: str) -> Result[None]:
+        """Delete a task (by its id or its name); its name is free again at once."""
+        return self._run(ops.delete(task))
 
     # generation
     def generate(
@@ -120,7 +132,9 @@ class _Calls:
         seed: int | None = None,
         stop: list[str] | str | None = None,
     ) -> Result[GenerateResponse]:
-        """POST /v1/generate: give one of `prompt` (as is), `input` (in the first task's template) or `messages`."""
+        """POST /v1/generate: give one of `prompt` (as is), `input` (in the first task's template) or `messages`.
+
+        `steering` names tasks by id or name: `"antonyms"`, `("antonyms", 1.5)`, dicts or `SteeringEntry`s."""
         sampling = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
         return self._run(
             ops.generate(partial(generate_body, prompt, input, messages, steering, False, stop=stop, **sampling))

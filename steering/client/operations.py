@@ -23,6 +23,8 @@ from steering.client.bodies import (
     page_params,
     read_vector_file,
     register_body,
+    rename_body,
+    task_path,
 )
 from steering.client.errors import TaskFailed, WaitTimeout
 from steering.protocol import GenerateResponse, TaskInfo, TaskList, Template
@@ -71,8 +73,9 @@ def register(
     timeout: float | None,
     poll_interval: float,
     on_progress: ProgressCallback | None,
+    take_name: bool = False,
 ) -> Operation[TaskInfo]:
-    body = register_body(demos, method, name, template, options)
+    body = register_body(demos, method, name, template, options, take_name)
     created = (yield Call("POST", "/v1/tasks", json=body)).json()
     if wait:
         return (yield from wait_ready(created["id"], timeout, poll_interval, on_progress))
@@ -96,8 +99,13 @@ def wait_ready(
         yield Pause(poll_interval)
 
 
-def get(task_id: str) -> Operation[TaskInfo]:
-    return TaskInfo.model_validate_json((yield Call("GET", f"/v1/tasks/{task_id}")).content)
+def get(task: str) -> Operation[TaskInfo]:
+    return TaskInfo.model_validate_json((yield Call("GET", task_path(task))).content)
+
+
+def rename(task: str, name: str | None, take_name: bool) -> Operation[TaskInfo]:
+    response = yield Call("PATCH", task_path(task), json=rename_body(name, take_name))
+    return TaskInfo.model_validate_json(response.content)
 
 
 def list_tasks() -> Operation[list[TaskInfo]]:
@@ -110,8 +118,8 @@ def list_tasks() -> Operation[list[TaskInfo]]:
     return tasks
 
 
-def delete(task_id: str) -> Operation[None]:
-    yield Call("DELETE", f"/v1/tasks/{task_id}")
+def delete(task: str) -> Operation[None]:
+    yield Call("DELETE", task_path(task))
 
 
 def generate(body: Callable[[], dict[str, Any]]) -> Operation[GenerateResponse]:
@@ -128,7 +136,7 @@ def export_vector(
     task_id: str, format: VectorFormat, path: str | Path | None, drop_layer_zero: bool
 ) -> Operation[bytes]:
     params = {"format": format, "drop_layer_zero": str(drop_layer_zero).lower()}
-    data = (yield Call("GET", f"/v1/tasks/{task_id}/vector", params=params)).content
+    data = (yield Call("GET", task_path(task_id, "/vector"), params=params)).content
     if path is not None:
         Path(path).write_bytes(data)
     return data
