@@ -23,7 +23,7 @@ from steering.methods import options_model
 from steering.model import LoadedModel
 from steering.protocol import TASK_ID_PREFIX, SteeringEntry, TaskCreate, TaskInfo, Template
 from steering.templates import DEFAULT_TEMPLATE, NoChatTemplate, chat_template
-from steering.vectors import TaskVector
+from steering.vectors import TaskVector, check_for_model
 from steering.verdict import verdict
 
 log = logging.getLogger(__name__)
@@ -310,24 +310,32 @@ class TaskService:
             return record, cached.vector
         data = await self.store.get_vector(task_id)
         try:
-            vector = None if data is None else await asyncio.to_thread(TaskVector.from_bytes, data)
-        except ValueError:
-            log.exception("the stored vector of %s is unreadable", task_id)
-            vector = None
+            vector = None if data is None else await asyncio.to_thread(self._read_stored, data)
+        except ValueError as exc:  # VectorImportError, or anything else a damaged vector raises
+            log.warning("the stored vector of %s is refused: %s", task_id, exc)
+            raise await self._heal(record, f"its stored vector is refused ({exc})") from None
         if vector is None or vector.fingerprint != self.lm.fingerprint:
-            raise await self._heal(record)
+            raise await self._heal(record, "its vector was lost")
         self.vectors.put(record, vector)
         return record, vector
 
-    async def _heal(self, record: TaskRecord) -> ApiError:
-        """A ready record whose vector is missing or unreadable: compute it again, or fail an import."""
+    def _read_stored(self, data: bytes) -> TaskVector:
+        """A stored vector, held to an import's checks (metadata bounds, shapes): a record written by an
+        older version, or straight into the store, gets no further than an uploaded file would."""
+        vector = TaskVector.from_bytes(data)
+        if vector.fingerprint == self.lm.fingerprint:
+            check_for_model(vector, self.lm.arch)
+        return vector
+
+    async def _heal(self, record: TaskRecord, problem: str) -> ApiError:
+        """A ready record whose vector is missing or refused: compute it again, or fail an import."""
         if record.spec.get("demonstrations"):
-            log.warning("task %s is ready but its vector is missing: computing it again", record.id)
+            log.warning("task %s is ready but %s: computing it again", record.id, problem)
             await self.store.update(record.id, status="pending", summary=None, error=None, orphaned=0)
             self.worker.submit(record.id)
-            return ApiError(409, "task_not_ready", f"task {record.id!r} lost its vector and is being recomputed")
-        await self.store.update(record.id, status="failed", error="the stored vector was lost: import the file again")
-        return ApiError(409, "task_not_ready", f"task {record.id!r} lost its imported vector: import it again")
+            return ApiError(409, "task_not_ready", f"task {record.id!r}: {problem}; it is being recomputed")
+        await self.store.update(record.id, status="failed", error=f"{problem}: import the file again")
+        return ApiError(409, "task_not_ready", f"task {record.id!r}: {problem}; import it again")
 
     async def steering_terms(self, entries: Sequence[SteeringEntry], owner: str | None) -> list[SteeringTerm]:
         """Resolve entries into terms; every strength that will be applied (given or default) is bounded here."""

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from steering.protocol import Demonstration, Template
+from steering.protocol import MAX_STOP_CHARS, MAX_STOP_STRINGS, Demonstration, Template
 from steering.templates import stop_strings
 
 # Punctuation that separates items, clauses or remarks; a delimiter only when no answer contains it.
@@ -29,6 +30,10 @@ DELIMITER_CANDIDATES: tuple[str, ...] = ("\n", ",", ";", ".", "!", "?", ":", "("
 MIN_OUTPUTS = 4  # fewer demonstrations say too little about answers to cut them
 MIN_OUTPUTS_FOR_LENGTH = 8  # a fixed answer length is inferred from at least this many answers
 _WORD = re.compile(r"\S+")
+# A stored rule (an imported file's, or one read back from the store) obeys a request's bounds: every stop string
+# and delimiter is searched for in the text after each generated token.
+EndString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+MAX_ANSWER_LENGTH = 1_000_000  # words, characters or tokens: more than any generation
 
 
 class AnswerEnd(BaseModel):
@@ -36,11 +41,15 @@ class AnswerEnd(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    stop: list[str] = Field(default_factory=list, description="End the answer wherever they appear.")
-    delimiters: list[str] = Field(default_factory=list, description="End the answer once it has begun.")
-    max_words: int | None = Field(None, ge=1)
-    max_chars: int | None = Field(None, ge=1)
-    max_tokens: int | None = Field(None, ge=1)
+    stop: list[EndString] = Field(
+        default_factory=list, max_length=MAX_STOP_STRINGS, description="End the answer wherever they appear."
+    )
+    delimiters: list[EndString] = Field(
+        default_factory=list, max_length=len(DELIMITER_CANDIDATES), description="End the answer once it has begun."
+    )
+    max_words: int | None = Field(None, ge=1, le=MAX_ANSWER_LENGTH)
+    max_chars: int | None = Field(None, ge=1, le=MAX_ANSWER_LENGTH)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_ANSWER_LENGTH)
 
     def cut(self, text: str) -> int | None:
         """The index at which the answer in `text` ends, or None while it may go on."""
@@ -75,9 +84,13 @@ class AnswerEnd(BaseModel):
         def loosest(values: list[int | None]) -> int | None:
             return None if any(v is None for v in values) else max(v for v in values if v is not None)
 
+        def shared(lists: list[list[str]]) -> list[str]:
+            common = set(lists[0]).intersection(*lists[1:])
+            return [s for s in lists[0] if s in common]
+
         return cls(
-            stop=[s for s in first.stop if all(s in r.stop for r in rules)],
-            delimiters=[d for d in first.delimiters if all(d in r.delimiters for r in rules)],
+            stop=shared([r.stop for r in rules]),
+            delimiters=shared([r.delimiters for r in rules]),
             max_words=loosest([r.max_words for r in rules]),
             max_chars=None if len({r.max_chars for r in rules}) > 1 else first.max_chars,
             max_tokens=loosest([r.max_tokens for r in rules]),

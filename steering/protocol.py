@@ -23,6 +23,9 @@ SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed acc
 MIN_TEMPERATURE = 1e-3  # below it, logits / temperature overflow; 0 means greedy
 MAX_STOP_STRINGS, MAX_STOP_CHARS = 8, 256
 MAX_LAYERS_PER_ENTRY = 1024
+# A template's parts are rendered into every prompt of its task: about the default prompt limit (2048 tokens)
+# each. The separator is a stop string of the task's answers (`templates.stop_strings`), so it is bounded as one.
+MAX_TEMPLATE_CHARS = 8192
 
 
 def _temperature_floor(value: float) -> float:
@@ -138,10 +141,16 @@ class Template(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    example: str = Field("Q: {input}\nA: {output}", description="One demonstration.")
-    query: str = Field("Q: {input}\nA:", description="A zero-shot query.")
-    separator: str = Field("\n\n", description="Between demonstrations in a few-shot prompt.")
-    prefix: str = Field("", description="Once, before every prompt (a chat template's system turn); usually empty.")
+    example: str = Field("Q: {input}\nA: {output}", max_length=MAX_TEMPLATE_CHARS, description="One demonstration.")
+    query: str = Field("Q: {input}\nA:", max_length=MAX_TEMPLATE_CHARS, description="A zero-shot query.")
+    separator: str = Field(
+        "\n\n", max_length=MAX_STOP_CHARS, description="Between demonstrations in a few-shot prompt."
+    )
+    prefix: str = Field(
+        "",
+        max_length=MAX_TEMPLATE_CHARS,
+        description="Once, before every prompt (a chat template's system turn); usually empty.",
+    )
 
     @model_serializer(mode="wrap")
     def _without_empty_prefix(self, handler: Any) -> TemplateFields:

@@ -6,7 +6,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from steering.protocol import Demonstration, Template
+from steering.protocol import MAX_TEMPLATE_CHARS, Demonstration, Template
 
 DEFAULT_TEMPLATE = Template()
 
@@ -102,6 +102,11 @@ def chat_template(tokenizer: Any) -> Template:
         raise NoChatTemplate("this model's chat template does not show a user message as written")
     head, generation = one.split(_IN1)
     end_of_turn = answered.split(_OUT1)[1]
+    if len(one) + len(end_of_turn) > MAX_TEMPLATE_CHARS:
+        raise NoChatTemplate(
+            f"this model's chat template writes {len(one) + len(end_of_turn)} characters around one answered message; "
+            f"a task's template holds at most {MAX_TEMPLATE_CHARS}"
+        )
     single = Template(
         query=head + "{input}" + generation,
         example=head + "{input}" + generation + "{output}" + end_of_turn,

@@ -22,14 +22,19 @@ from safetensors.torch import save as st_save
 from steering.answer_end import AnswerEnd
 from steering.method_names import VectorMethod
 from steering.modes import TENSOR_NAMES, InjectionMode, ModelShape, expected_shapes, mode_spec
-from steering.protocol import Template
+from steering.protocol import MAX_LAYERS_PER_ENTRY, Template
 from steering.safetensors_reader import loads_bounded, read_header
 from steering.vector_errors import ModelMismatch, VectorImportError
 
 FORMAT_VERSION = 1
 METADATA_KEY = "steering"
 METADATA_DEPTH = 32  # options and metrics nest a few levels (auto's per-candidate options and results)
-MAX_LAYERS = 4096
+# Stored metadata is read back for every vector the server loads: each part is bounded (a stored rule where answers
+# end by a request's own bounds, see `steering.answer_end`), and so is the whole text before it is parsed.
+MAX_JSON_FIELD_CHARS = 65_536  # options, metrics: a few kB for auto's candidates
+MAX_METADATA_CHARS = 1 << 20
+MAX_FINGERPRINT_CHARS = 256
+MAX_COUNT = 1_000_000_000  # demonstrations, seconds
 
 
 class FingerprintMismatch(ValueError):
@@ -136,6 +141,16 @@ def _unique(values: list[int]) -> list[int]:
     return list(dict.fromkeys(values))
 
 
+def _json_bounded(value: dict[str, JsonValue]) -> dict[str, JsonValue]:
+    size = len(json.dumps(value))
+    if size > MAX_JSON_FIELD_CHARS:
+        raise ValueError(f"{size} characters as JSON; at most {MAX_JSON_FIELD_CHARS}")
+    return value
+
+
+JsonObject = Annotated[dict[str, JsonValue], AfterValidator(_json_bounded)]
+
+
 class SteeringMetadata(BaseModel):
     """The `steering` metadata of a vector file, as `TaskVector.metadata` writes it."""
 
@@ -145,20 +160,24 @@ class SteeringMetadata(BaseModel):
     method: VectorMethod
     mode: InjectionMode
     layers: Annotated[
-        list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=MAX_LAYERS), AfterValidator(_unique)
+        list[Annotated[int, Field(ge=0)]],
+        Field(min_length=1, max_length=MAX_LAYERS_PER_ENTRY),  # the layers of a request that names the task
+        AfterValidator(_unique),
     ]
     default_strength: float
-    fingerprint: Annotated[str, Field(max_length=256)]
+    fingerprint: Annotated[str, Field(max_length=MAX_FINGERPRINT_CHARS)]
     template: Template
-    num_demonstrations: Annotated[int, Field(ge=0)]
-    compute_seconds: Annotated[float, Field(ge=0.0)]
+    num_demonstrations: Annotated[int, Field(ge=0, le=MAX_COUNT)]
+    compute_seconds: Annotated[float, Field(ge=0.0, le=MAX_COUNT)]
     # JSON values with finite numbers only: they are stored and served as JSON, which has no NaN.
-    options: dict[str, JsonValue]
-    metrics: dict[str, JsonValue]
+    options: JsonObject
+    metrics: JsonObject
     answer_end: AnswerEnd | None = None
 
 
 def parse_metadata(text: str) -> SteeringMetadata:
+    if len(text) > MAX_METADATA_CHARS:
+        raise VectorImportError(f"the steering metadata has {len(text)} characters; at most {MAX_METADATA_CHARS}")
     raw = loads_bounded(text, METADATA_DEPTH, "the steering metadata")
     if not isinstance(raw, dict) or raw.get("format_version") != FORMAT_VERSION:
         raise VectorImportError("not a steering vector (missing or unsupported metadata)")
