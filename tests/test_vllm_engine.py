@@ -1,0 +1,228 @@
+"""The vLLM engine (steering/generation/vllm) on the real vLLM CPU engine, one engine for the whole module.
+
+A tiny llama (head_dim 32, 4 heads) served with a small token budget per step (32), so a long prompt is
+prefilled in several chunks, and 32-token KV blocks, so prompts share cached blocks. Invariants: no steering
+and strength 0 give plain vLLM's tokens; every mode steers as the transformers engine does; rows of a
+mixed batch (plain rows, other tasks and strengths, a row joining mid-decode) equal their solo runs; a
+last-prompt-token vector does not move when the prompt is split over chunks; prefix caching never shares
+blocks between plain and steered prompts; bad references fail alone with `SteeringError` (422 in the app).
+
+Run: `.venv-vllm/bin/python -m pytest -m vllm tests/test_vllm_engine.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from steering.engine import Engine, GenerationRequest, GenerationResult
+from steering.inject import SteeringError, SteeringTerm
+from steering.model import LoadedModel, load_model
+from steering.modes import MODE_NAMES
+from tests.vllm_fixtures import needs_vllm, random_vector, save_tiny_llama, start_engine
+
+pytestmark = [needs_vllm, pytest.mark.vllm]
+
+CHUNK_TOKENS = 32
+PROMPTS = [
+    "Q: hot\nA:",
+    "France",
+    "Q: the quick brown fox jumps\nA:",
+    "Q: hot\nA: cold\n\nQ: big\nA: small\n\nQ: up\nA:",
+    "red green blue",
+]
+# Longer than two KV blocks and several prefill chunks.
+LONG = "Q: hot\nA: cold\n\nQ: big\nA: small\n\nQ: up\nA: down\n\n" * 4 + "Q: happy\nA:"
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_llama(tmp_path_factory.mktemp("vllm-tiny"))
+
+
+@pytest.fixture(scope="module")
+def lm(folder: Path) -> LoadedModel:
+    return load_model(str(folder))
+
+
+@pytest.fixture(scope="module")
+def reference(lm: LoadedModel) -> Engine:
+    """The transformers engine on the same weights."""
+    return Engine(lm)
+
+
+@pytest.fixture(scope="module")
+async def vllm(folder: Path, lm: LoadedModel):
+    engine = await start_engine(folder, lm, max_num_batched_tokens=CHUNK_TOKENS, block_size=32, max_slots=4)
+    yield engine
+    engine.close()
+
+
+def request(reference: Engine, prompt: str, terms=(), n: int = 8, **kwargs) -> GenerationRequest:
+    return GenerationRequest(reference.encode(prompt), tuple(terms), max_new_tokens=n, **kwargs)
+
+
+async def solo(vllm, req: GenerationRequest) -> GenerationResult:
+    return await vllm.complete(req)
+
+
+async def test_plain_and_strength_zero_equal_plain_vllm(vllm, reference: Engine, lm: LoadedModel) -> None:
+    vector = random_vector(lm, "add_all", 1)
+    for prompt in PROMPTS[:3]:
+        plain = await solo(vllm, request(reference, prompt))
+        zero = await solo(vllm, request(reference, prompt, [SteeringTerm(vector, 0.0)]))
+        assert zero.token_ids == plain.token_ids
+        # Greedy plain vLLM is the transformers engine's plain run on this model.
+        assert plain.token_ids == reference.generate([request(reference, prompt)])[0].token_ids
+    sampled = dict(temperature=0.9, top_p=0.9, seed=7)
+    plain = await solo(vllm, request(reference, PROMPTS[0], **sampled))
+    zero = await solo(vllm, request(reference, PROMPTS[0], [SteeringTerm(vector, 0.0)], **sampled))
+    assert zero.token_ids == plain.token_ids
+
+
+@pytest.mark.parametrize("mode", MODE_NAMES)
+async def test_every_mode_steers_as_the_transformers_engine(vllm, reference: Engine, lm: LoadedModel, mode) -> None:
+    """Greedy tokens equal the transformers engine's, token for token, for every mode (tolerance: none)."""
+    vector = random_vector(lm, mode, seed=3, scale=0.5)
+    steered = request(reference, PROMPTS[3], [SteeringTerm(vector, 1.0)])
+    got = await solo(vllm, steered)
+    want = reference.generate([request(reference, PROMPTS[3], [SteeringTerm(vector, 1.0)])])[0]
+    plain = await solo(vllm, request(reference, PROMPTS[3]))
+    assert got.token_ids != plain.token_ids, f"{mode} did not change anything"
+    assert got.token_ids == want.token_ids
+
+
+async def test_mixed_batch_rows_equal_their_solo_runs(vllm, reference: Engine, lm: LoadedModel) -> None:
+    vectors = {m: random_vector(lm, m, i, scale=0.5) for i, m in enumerate(MODE_NAMES)}
+    plans = [
+        [SteeringTerm(vectors["replace_last"], 0.8)],
+        [],
+        [SteeringTerm(vectors["add_from_last"], 0.7), SteeringTerm(vectors["add_last"], -0.5)],
+        [SteeringTerm(vectors["head_mix_answer"], 0.9)],
+        [SteeringTerm(vectors["add_all_norm"], 2.0), SteeringTerm(vectors["add_all"], 0.5, (0,))],
+        [SteeringTerm(vectors["head_mix_last"], 1.0)],
+    ]
+    prompts = [PROMPTS[0], PROMPTS[3], PROMPTS[2], LONG, PROMPTS[4], PROMPTS[1]]
+    lengths = [6, 10, 8, 7, 9, 5]
+
+    def make(i: int) -> GenerationRequest:
+        return request(reference, prompts[i], plans[i], lengths[i])
+
+    alone = [await solo(vllm, make(i)) for i in range(len(plans))]
+    await vllm.llm.reset_prefix_cache()
+
+    late = make(len(plans) - 1)
+    started = asyncio.Event()
+
+    async def first_rows() -> list[GenerationResult]:
+        return list(await asyncio.gather(*(solo(vllm, make(i)) for i in range(len(plans) - 1))))
+
+    async def joins_mid_decode() -> GenerationResult:
+        await started.wait()
+        return await solo(vllm, late)
+
+    async def watch() -> None:
+        while vllm.in_flight < len(plans) - 1:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)  # the first rows are decoding
+        started.set()
+
+    together, joined, _ = await asyncio.gather(first_rows(), joins_mid_decode(), watch())
+    for i, (a, b) in enumerate(zip(alone, [*together, joined], strict=True)):
+        assert a.token_ids == b.token_ids, f"row {i} changed in the mixed batch"
+
+
+async def test_chunked_prefill_does_not_move_a_last_token_vector(vllm, reference: Engine, lm: LoadedModel) -> None:
+    """The prompt spans several 32-token chunks in vLLM and one pass in the transformers engine."""
+    prompt_ids = reference.encode(LONG)
+    assert len(prompt_ids) > 2 * CHUNK_TOKENS
+    for mode in ("add_last", "replace_last", "head_mix_last"):
+        vector = random_vector(lm, mode, seed=5, scale=0.5)
+        got = await solo(vllm, request(reference, LONG, [SteeringTerm(vector, 1.0)]))
+        want = reference.generate([request(reference, LONG, [SteeringTerm(vector, 1.0)])])[0]
+        assert got.token_ids == want.token_ids, mode
+
+
+async def test_prefix_cache_never_shares_steered_blocks(vllm, reference: Engine, lm: LoadedModel) -> None:
+    vector = random_vector(lm, "add_all", seed=9, scale=0.5)
+    other = random_vector(lm, "add_all", seed=10, scale=0.5)
+    steered_req = request(reference, LONG, [SteeringTerm(vector, 1.0)])
+    await vllm.llm.reset_prefix_cache()
+    steered_fresh = await solo(vllm, steered_req)
+    await vllm.llm.reset_prefix_cache()
+    plain_fresh = await solo(vllm, request(reference, LONG))
+    assert steered_fresh.token_ids != plain_fresh.token_ids
+    # Plain blocks cached: a steered request must not reuse them, and the plain one not the steered ones.
+    assert (await solo(vllm, steered_req)).token_ids == steered_fresh.token_ids
+    assert (await solo(vllm, request(reference, LONG))).token_ids == plain_fresh.token_ids
+    # Another vector, or another strength, is another plan: it shares nothing with the first.
+    other_fresh = await solo(vllm, request(reference, LONG, [SteeringTerm(other, 1.0)]))
+    await vllm.llm.reset_prefix_cache()
+    assert (await solo(vllm, request(reference, LONG, [SteeringTerm(other, 1.0)]))).token_ids == other_fresh.token_ids
+    # Plain and steered rows with a shared prefix in one batch.
+    both = await asyncio.gather(solo(vllm, request(reference, LONG)), solo(vllm, steered_req))
+    assert [r.token_ids for r in both] == [plain_fresh.token_ids, steered_fresh.token_ids]
+
+
+async def test_bad_references_fail_alone(vllm, reference: Engine, lm: LoadedModel) -> None:
+    good = request(reference, PROMPTS[0], [SteeringTerm(random_vector(lm, "add_all", 1, 0.5), 1.0)])
+    alone = await solo(vllm, good)
+    wrong_model = random_vector(lm, "add_all", 2)
+    wrong_model.fingerprint = "another-model@0000"
+    wrong_shape = random_vector(lm, "add_all", 3)
+    wrong_shape.tensors["residual"] = torch.zeros(lm.arch.num_layers, 7)
+    bad_terms = [
+        (SteeringTerm(wrong_model, 1.0), "computed on model"),
+        (SteeringTerm(wrong_shape, 1.0), "shape"),
+        (SteeringTerm(random_vector(lm, "add_all", 4), 1.0, (99,)), "out of range"),
+    ]
+    for term, message in bad_terms:
+        outcome = await asyncio.gather(
+            solo(vllm, good), solo(vllm, request(reference, PROMPTS[1], [term])), return_exceptions=True
+        )
+        assert isinstance(outcome[1], SteeringError) and message in str(outcome[1])
+        assert outcome[0].token_ids == alone.token_ids
+    unknown_mode = random_vector(lm, "add_all", 5)
+    unknown_mode.mode = "add_sideways"  # type: ignore[assignment]
+    with pytest.raises(SteeringError, match="mode"):
+        await solo(vllm, request(reference, PROMPTS[1], [SteeringTerm(unknown_mode, 1.0)]))
+    too_many = [SteeringTerm(random_vector(lm, "add_all", 20 + i, 0.1), 0.1) for i in range(5)]
+    with pytest.raises(SteeringError, match="at most 4"):
+        await solo(vllm, request(reference, PROMPTS[1], too_many))
+
+
+async def test_slots_evict_the_least_recently_used(vllm, reference: Engine, lm: LoadedModel) -> None:
+    vectors = [random_vector(lm, "add_last", 30 + i, 0.5) for i in range(6)]
+    first = await solo(vllm, request(reference, PROMPTS[0], [SteeringTerm(vectors[0], 1.0)]))
+    for vector in vectors[1:]:
+        await solo(vllm, request(reference, PROMPTS[0], [SteeringTerm(vector, 1.0)]))
+    loaded = (await vllm.llm.collective_rpc("steer_loaded"))[0]
+    assert len(loaded) == 4
+    again = await solo(vllm, request(reference, PROMPTS[0], [SteeringTerm(vectors[0], 1.0)]))  # loaded again
+    assert again.token_ids == first.token_ids
+
+
+async def test_stop_strings_answer_end_and_cancel(vllm, reference: Engine) -> None:
+    plain = reference.generate([request(reference, PROMPTS[3], n=12)])[0]
+    stop = plain.text[3:5]
+    got = await solo(vllm, request(reference, PROMPTS[3], n=12, stop=[stop]))
+    want = reference.generate([request(reference, PROMPTS[3], n=12, stop=[stop])])[0]
+    assert (
+        (got.text, got.finish_reason)
+        == (want.text, want.finish_reason)
+        == (plain.text[: plain.text.find(stop)], "stop")
+    )
+    cancel = threading.Event()
+    pieces = []
+    async for item in vllm.generate(request(reference, PROMPTS[0], n=400, cancel=cancel)):
+        if isinstance(item, str):
+            pieces.append(item)
+            cancel.set()
+        else:
+            result = item
+    assert result.finish_reason == "cancelled" and len(result.token_ids) < 400
+    assert vllm.in_flight == 0

