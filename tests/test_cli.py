@@ -312,7 +312,7 @@ def test_help_documents_exit_codes() -> None:
 
 def test_serve_execs_the_app(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[str, list[str], dict[str, str]]] = []
-    monkeypatch.setattr("steering.cli.os.execvpe", lambda file, args, env: calls.append((file, args, env)))
+    monkeypatch.setattr("steering.cli.serve.os.execvpe", lambda file, args, env: calls.append((file, args, env)))
     result = CliRunner().invoke(app, ["serve", "--port", "8123", "--model", "tiny:llama"])
     assert result.exit_code == 0, result.output
     [(file, args, env)] = calls
