@@ -13,11 +13,14 @@ from collections.abc import Iterable
 
 from app.errors import ApiError
 from app.settings import Settings
+from steering.vectors import ActivationScale
 
 
 class Bounds:
-    def __init__(self, settings: Settings, num_layers: int) -> None:
-        self.settings, self.num_layers = settings, num_layers
+    def __init__(self, settings: Settings, num_layers: int, scale: ActivationScale) -> None:
+        """`scale`: the model's own activation norms (`steering.capture.activation_scale`), which bound the
+        norms of every vector imported or read from the store (`steering.vectors.check_norms`)."""
+        self.settings, self.num_layers, self.scale = settings, num_layers, scale
 
     def strength(self, value: float, where: str = "strength", error: str = "strength_out_of_range") -> float:
         """A strength (requested, computed, imported or given as an option): finite, within ±max_strength."""

@@ -32,6 +32,7 @@ from app.store import open_store
 from app.tasks import TaskService
 from app.vector_cache import VectorCache
 from app.worker import VectorWorker
+from steering.capture import activation_scale
 from steering.engine import Engine
 from steering.model import load_model
 from steering.twin import twin
@@ -58,7 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning(
                 "no STEER_API_KEYS set: the API is open to anyone who can reach %s:%s", settings.host, settings.port
             )
-        bounds = Bounds(settings, lm.arch.num_layers)
+        bounds = Bounds(settings, lm.arch.num_layers, await asyncio.to_thread(activation_scale, lm))
         vectors = VectorCache(settings.vector_cache_bytes)
         # Computations run on `lm` and pause before any layer when generation waits; generation runs on a
         # twin module tree over the same weights, so a paused computation's hooks never see it.

@@ -320,11 +320,11 @@ class TaskService:
         return record, vector
 
     def _read_stored(self, data: bytes) -> TaskVector:
-        """A stored vector, held to an import's checks (metadata bounds, shapes): a record written by an
+        """A stored vector, held to an import's checks (metadata bounds, shapes, norms): a record written by an
         older version, or straight into the store, gets no further than an uploaded file would."""
         vector = TaskVector.from_bytes(data)
         if vector.fingerprint == self.lm.fingerprint:
-            check_for_model(vector, self.lm.arch)
+            check_for_model(vector, self.lm.arch, self.bounds.scale)
         return vector
 
     async def _heal(self, record: TaskRecord, problem: str) -> ApiError:

@@ -8,7 +8,9 @@
 
 Files from users are hostile: they are read by strict readers (`steering.gguf_reader`,
 `steering.safetensors_reader`) off the event loop, at most `max_concurrent_imports` at once (more answer
-429) and within `IMPORT_TIMEOUT_S`. Anything malformed answers 422 `invalid_vector`.
+429) and within `IMPORT_TIMEOUT_S`. Anything malformed answers 422 `invalid_vector`, and so do metadata past its
+bounds (`steering.vectors.SteeringMetadata`) and tensors whose norms dwarf the model's own activations
+(`steering.vectors.check_norms`, against the scale `Bounds` measured at start-up).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from steering.export import (
     read_gguf_directions,
 )
 from steering.model import LoadedModel
-from steering.vectors import TaskVector, check_for_model
+from steering.vectors import ActivationScale, TaskVector, check_for_model
 
 VectorFormat = Literal["safetensors", "gguf"]
 GGUF_MAGIC = b"GGUF"
@@ -79,8 +81,8 @@ class VectorFiles:
                 raise ApiError(422, "invalid_vector", "the request body is empty: send the vector file as the raw body")
             fmt = format or ("gguf" if data[:4] == GGUF_MAGIC else "safetensors")
             handed_over = True
-            lm = self.svc.lm
-            vector, stored = await self.slots.run(lambda: read_vector(data, fmt, lm), IMPORT_TIMEOUT_S)
+            lm, scale = self.svc.lm, self.svc.bounds.scale
+            vector, stored = await self.slots.run(lambda: read_vector(data, fmt, lm, scale), IMPORT_TIMEOUT_S)
         finally:
             if not handed_over:
                 self.slots.release()
@@ -154,15 +156,16 @@ def _to_gguf(vector: TaskVector, hint: str, drop_layer_zero: bool) -> bytes:
 # ------------------------------------------------------------------------------------------- import
 
 
-def read_vector(body: bytes, fmt: str, lm: LoadedModel) -> tuple[TaskVector, bytes]:
-    """The vector of an import body, checked against this server's model, and the bytes to store."""
+def read_vector(body: bytes, fmt: str, lm: LoadedModel, scale: ActivationScale) -> tuple[TaskVector, bytes]:
+    """The vector of an import body, checked against this server's model (shapes, layers, and norms against
+    the model's own activations, `scale`), and the bytes to store."""
     if fmt == "gguf":
-        vector = _from_gguf(body, lm)
+        vector = _from_gguf(body, lm, scale)
         return vector, vector.to_bytes()
-    return _from_safetensors(body, lm), body
+    return _from_safetensors(body, lm, scale), body
 
 
-def _from_safetensors(body: bytes, lm: LoadedModel) -> TaskVector:
+def _from_safetensors(body: bytes, lm: LoadedModel, scale: ActivationScale) -> TaskVector:
     try:
         vector = TaskVector.from_bytes(body)
     except VectorImportError as exc:
@@ -174,14 +177,14 @@ def _from_safetensors(body: bytes, lm: LoadedModel) -> TaskVector:
             f"the vector was computed on model {vector.fingerprint}, this server runs {lm.fingerprint}",
         )
     try:
-        check_for_model(vector, lm.arch)
+        check_for_model(vector, lm.arch, scale)
     except VectorImportError as exc:
-        # Same fingerprint, shapes of another model: the file contradicts itself.
+        # Same fingerprint, shapes of another model (the file contradicts itself), or norms that dwarf the model's.
         raise ApiError(422, "invalid_vector", str(exc)) from None
     return vector
 
 
-def _from_gguf(body: bytes, lm: LoadedModel) -> TaskVector:
+def _from_gguf(body: bytes, lm: LoadedModel, scale: ActivationScale) -> TaskVector:
     try:
         hint, directions = read_gguf_directions(body)
     except VectorImportError as exc:
@@ -197,7 +200,7 @@ def _from_gguf(body: bytes, lm: LoadedModel) -> TaskVector:
     try:
         # A GGUF has no fingerprint: its layers and row sizes are the only sign of the model it was made for.
         vector = directions_to_vector(hint, directions, lm.fingerprint, lm.arch.num_layers, lm.arch.hidden_size)
-        check_for_model(vector, lm.arch)
+        check_for_model(vector, lm.arch, scale)
     except ModelMismatch as exc:
         raise ApiError(409, "model_mismatch", str(exc)) from None
     except VectorImportError as exc:

@@ -16,6 +16,7 @@ from transformers import DynamicCache
 from steering.engine import left_pad, positions_from_mask
 from steering.inject import BatchSteering, SteeringTerm, maybe_attached
 from steering.model import LoadedModel
+from steering.vectors import ActivationScale
 
 Plan = Sequence[SteeringTerm]
 
@@ -82,6 +83,26 @@ def last_token_activations(
     if heads:
         result["heads"] = torch.cat(out["heads"])
     return result
+
+
+# A short, plain text: the activations it raises are the model's ordinary ones.
+NEUTRAL_TEXT = "The library opens at nine in the morning, and the reading room is quiet until noon."
+
+
+def activation_scale(lm: LoadedModel, text: str = NEUTRAL_TEXT) -> ActivationScale:
+    """Each layer's ordinary activation norms on `text`: the median over its tokens (a first token's outsized
+    state aside) of the residual stream's norm, and of each head's output norm, its largest head's."""
+    arch = lm.arch
+    ids = encode(lm, [text])[0]
+    store: dict[str, list[Tensor]] = {"residual": [], "heads": []}
+    with lm.lock, torch.inference_mode(), _recording(lm, store, heads=True, width=len(ids)):
+        lm.model(input_ids=torch.tensor([ids], device=lm.device), logits_to_keep=1)
+    residual = torch.stack(store["residual"])[:, 0].norm(dim=-1)  # [layers, tokens]
+    heads = torch.stack(store["heads"])[:, 0].reshape(arch.num_layers, len(ids), arch.num_heads, arch.head_dim)
+    return ActivationScale(
+        residual=residual.median(dim=-1).values.cpu(),
+        heads=heads.norm(dim=-1).median(dim=1).values.amax(dim=-1).cpu(),
+    )
 
 
 def answer_head_means(

@@ -1,8 +1,9 @@
-"""Bounds on what a vector carries (issue 19): metadata within a request's own bounds.
+"""Bounds on what a vector carries (issue 19): metadata within a request's own bounds, norms within the model's.
 
 An imported file, or a record written straight into the store, must not make any request's work grow with
 what it holds: every metadata field is bounded at import and again when the vector is read back (a clear
-error for the request, a concurrent /healthz unaffected).
+error for the request, a concurrent /healthz unaffected). Tensors must be finite and of the model's own
+scale (`steering.vectors.check_norms`), and every vector the project itself computes still imports.
 """
 
 from __future__ import annotations
@@ -22,11 +23,16 @@ from fastapi import FastAPI
 from safetensors.torch import save as st_save
 
 from app.store import TaskRecord
-from steering.model import LoadedModel
-from steering.protocol import MAX_STOP_STRINGS
+from steering.capture import activation_scale, answer_head_means
+from steering.export import export_gguf
+from steering.method_names import VectorMethod
+from steering.methods import compute_vector
+from steering.model import LoadedModel, load_model
+from steering.modes import MODES, mode_spec
+from steering.protocol import MAX_STOP_STRINGS, Demonstration
 from steering.vector_errors import VectorImportError
-from steering.vectors import TaskVector
-from tests.api_helpers import assert_error, running_app, services_of, settings
+from steering.vectors import MAX_NORM_RATIO, ActivationScale, TaskVector, check_norms
+from tests.api_helpers import ANTONYMS, assert_error, running_app, services_of, settings, task_body, wait_task
 from tests.store_fixtures import StoreBackend
 
 OCTET = {"Content-Type": "application/octet-stream"}
@@ -88,6 +94,37 @@ def test_every_metadata_field_is_bounded(tiny_llama: LoadedModel) -> None:
             TaskVector.from_bytes(with_metadata(vector, **changes))
 
 
+def test_norms_are_bounded_by_the_model_scale() -> None:
+    scale = ActivationScale(residual=torch.tensor([10.0, 20.0]), heads=torch.tensor([1.0, 2.0]))
+    vector = TaskVector(
+        method="soft_injection",
+        mode="head_mix_last",
+        tensors={"head_means": torch.zeros(2, 3, 4), "gate_logits": torch.full((2, 3), 1e30)},
+        layers=[0],
+        default_strength=1.0,
+        fingerprint="fp",
+    )
+    vector.tensors["head_means"][1, 2, 0] = 2.0 * MAX_NORM_RATIO  # exactly the limit: accepted
+    check_norms(vector, scale)
+    vector.tensors["head_means"][1, 2, 0] = 1e30  # gate logits are not norms: only head means are bounded
+    with pytest.raises(VectorImportError, match=r"head_means at layer 1 has norm 1e\+30.*\(2, measured"):
+        check_norms(vector, scale)
+    huge = residual_vector_for(torch.full((2, 5), 3e38))  # norms past float32 range are still figures
+    with pytest.raises(VectorImportError, match=r"residual at layer 0 has norm 6\.708e\+38"):
+        check_norms(huge, scale)
+
+
+def residual_vector_for(residual: torch.Tensor) -> TaskVector:
+    return TaskVector(
+        method="contrastive",
+        mode="add_all",
+        tensors={"residual": residual},
+        layers=[0],
+        default_strength=1.0,
+        fingerprint="fp",
+    )
+
+
 # ------------------------------------------------------------------------------------------------ HTTP
 
 
@@ -106,6 +143,114 @@ async def test_imported_metadata_past_its_bounds_is_a_422_naming_the_field(api: 
         error = assert_error(response, 422, "invalid_vector")
         assert field in error["message"], (field, error)
     assert (await client.get("/v1/tasks")).json()["total"] == before  # nothing stored
+
+
+@pytest.mark.parametrize("value", [1e30, 1e6])
+async def test_vectors_far_beyond_the_model_scale_are_a_422_with_the_figures(
+    api: tuple[FastAPI, Any], value: float, tmp_path: Path
+) -> None:
+    app, client = api
+    svc = services_of(app)
+    vector = residual_vector(svc.lm, value)
+    gguf = tmp_path / "huge.gguf"
+    export_gguf(vector, gguf, "llama")
+    heads = TaskVector(
+        method="soft_injection",
+        mode="head_mix_last",
+        tensors={
+            "head_means": torch.zeros(svc.lm.arch.num_layers, svc.lm.arch.num_heads, svc.lm.arch.head_dim),
+            "gate_logits": torch.zeros(svc.lm.arch.num_layers, svc.lm.arch.num_heads),
+        },
+        layers=[0],
+        default_strength=1.0,
+        fingerprint=svc.lm.fingerprint,
+    )
+    heads.tensors["head_means"][0, 1, 0] = value
+    for body, name, layer, site in (
+        (vector.to_bytes(), "residual", 1, "residual"),
+        (gguf.read_bytes(), "residual", 1, "residual"),
+        (heads.to_bytes(), "head_means", 0, "heads"),
+    ):
+        error = assert_error(await client.post("/v1/tasks/import", content=body, headers=OCTET), 422, "invalid_vector")
+        message, scale = error["message"], float(getattr(svc.bounds.scale, site)[layer])
+        assert f"{name} at layer {layer} has norm" in message, message
+        assert f"({scale:.4g}, measured at start-up)" in message, message
+        assert f"at most {MAX_NORM_RATIO:g} times" in message, message
+
+
+def norm_ratio(vector: TaskVector, scale: ActivationScale) -> float:
+    """The largest ratio of a row's norm to the model's norm at its layer, over the tensors `check_norms` bounds."""
+    ratios = []
+    for name, tensor in vector.tensors.items():
+        reference = {"residual": scale.residual, "head_means": scale.heads, "answer_head_means": scale.heads}.get(name)
+        if reference is not None:
+            norms = tensor.double().norm(dim=-1)
+            ratios.append(float(((norms if norms.dim() == 1 else norms.amax(-1)) / reference.double()).max()))
+    return max(ratios)
+
+
+METHODS: tuple[VectorMethod, ...] = ("icv", "task_vector", "function_vector", "soft_injection", "contrastive")
+# Soft injection trains few steps; the others steer layer 1, which a GGUF control vector can hold (not layer 0).
+FAST_OPTIONS: dict[str, dict[str, Any]] = {
+    "soft_injection": {"steps": 12, "num_prompts": 6, "k_shot": 3},
+    **{method: {"layer": 1} for method in ("icv", "task_vector", "function_vector", "contrastive")},
+}
+
+
+def with_answer_mix(lm: LoadedModel, vector: TaskVector) -> TaskVector:
+    """A `head_mix_answer` vector from a computed `head_mix_last` one and the model's real answer head means."""
+    prompts = [f"Q: {a}\nA:" for a, _ in ANTONYMS]
+    answers = [lm.tokenizer(f" {b}", add_special_tokens=False)["input_ids"] for _, b in ANTONYMS]
+    tensors = {
+        **vector.tensors,
+        "answer_head_means": answer_head_means(lm, prompts, answers),
+        "answer_gate_logits": torch.zeros_like(vector.tensors["gate_logits"]),
+    }
+    return TaskVector(vector.method, "head_mix_answer", tensors, vector.layers, 1.0, vector.fingerprint)
+
+
+async def test_every_mode_round_trips_export_to_import_with_room(api: tuple[FastAPI, Any]) -> None:
+    """What the project computes, it imports again: every method's vector as safetensors and (where its mode
+    allows) GGUF, which covers every injection mode; their norms stay far below the limit (issue 19's report)."""
+    app, client = api
+    svc = services_of(app)
+    imported_modes = set()
+
+    async def round_trip(data: bytes) -> None:
+        imported = await client.post("/v1/tasks/import", content=data, headers=OCTET)
+        assert imported.status_code == 201, imported.text
+        vector = TaskVector.from_bytes((await client.get(f"/v1/tasks/{imported.json()['id']}/vector")).content)
+        imported_modes.add(vector.mode)
+        assert norm_ratio(vector, svc.bounds.scale) < MAX_NORM_RATIO / 10, (vector.method, vector.mode)
+
+    for method in METHODS:
+        body = task_body(ANTONYMS, method=method, options=FAST_OPTIONS.get(method, {}))
+        info = await wait_task(client, (await client.post("/v1/tasks", json=body)).json()["id"], timeout_s=300)
+        assert info["status"] == "ready", info
+        exported = (await client.get(f"/v1/tasks/{info['id']}/vector")).content
+        vector = TaskVector.from_bytes(exported)
+        await round_trip(exported)
+        if mode_spec(vector.mode).gguf:
+            params = {"format": "gguf", "drop_layer_zero": "true"}
+            gguf = await client.get(f"/v1/tasks/{info['id']}/vector", params=params)
+            assert gguf.status_code == 200, gguf.text
+            await round_trip(gguf.content)
+        if vector.mode == "head_mix_last":
+            await round_trip(with_answer_mix(svc.lm, vector).to_bytes())
+    assert imported_modes == set(MODES)
+
+
+@pytest.mark.parametrize("model_type", ["gemma2", "gpt2", "olmo2"])
+def test_computed_vectors_stay_far_below_the_norm_limit(model_type: str) -> None:
+    """On other architectures too, every method's vector is a small multiple of the model's own scale."""
+    lm = load_model(f"tiny:{model_type}")
+    scale = activation_scale(lm)
+    demos = [Demonstration(input=a, output=b) for a, b in ANTONYMS]
+    for method in METHODS:
+        vector = compute_vector(lm, demos, method, options=FAST_OPTIONS.get(method))
+        if vector.mode == "head_mix_last":
+            vector = with_answer_mix(lm, vector)
+        assert norm_ratio(vector, scale) < MAX_NORM_RATIO / 10, (method, norm_ratio(vector, scale))
 
 
 # ------------------------------------------------------------------------------------ read from the store
@@ -163,3 +308,9 @@ async def test_a_stored_vector_past_the_bounds_is_refused_at_read_without_stalli
         assert "answer_end.stop" in error["message"] and "import it again" in error["message"], error
         info = (await client.get(f"/v1/tasks/{task_id}")).json()
         assert info["status"] == "failed" and "answer_end.stop" in info["error"], info
+        huge = residual_vector(services_of(app).lm, 1e30)
+        huge_id = await put_straight(app, huge.to_bytes(), {})
+        error = assert_error(
+            await client.post("/v1/generate", json={"prompt": "hot", "steering": [{"task": huge_id}]}), 409
+        )
+        assert "residual at layer 1 has norm" in error["message"] and "residual norm there" in error["message"], error

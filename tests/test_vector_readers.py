@@ -599,9 +599,9 @@ async def test_imports_beyond_the_limit_answer_429_and_slow_reads_time_out(
     release = threading.Event()
     real_read = vectors_route.read_vector
 
-    def held_read(body: bytes, fmt: str, lm: Any) -> Any:
+    def held_read(*args: Any) -> Any:
         release.wait(10)
-        return real_read(body, fmt, lm)
+        return real_read(*args)
 
     monkeypatch.setattr(vectors_route, "read_vector", held_read)
     monkeypatch.setattr(vectors_route, "IMPORT_TIMEOUT_S", 0.3)
