@@ -9,9 +9,9 @@ is checked here, before anything reaches the batcher, the worker or the store.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
-from app.errors import ApiError
+from app.errors import ApiError, quoted
 from app.settings import Settings
 from steering.vectors import ActivationScale
 
@@ -28,6 +28,20 @@ class Bounds:
         if not (isinstance(value, (int, float)) and math.isfinite(value) and abs(value) <= limit):
             raise ApiError(422, error, f"{where} must be a finite number within ±{limit}")
         return float(value)
+
+    def task_strength(self, task_id: str, entries: Sequence[tuple[int, float]]) -> None:
+        """The entries (index, strength) of one request that name the same task add up, as one entry would:
+        the sum of their |strength| is bounded by max_strength too."""
+        limit = self.settings.max_strength
+        total = sum(abs(strength) for _, strength in entries)
+        if total > limit:
+            where = ", ".join(f"steering.{i}" for i, _ in entries)
+            raise ApiError(
+                422,
+                "strength_out_of_range",
+                f"{where} all steer with task {quoted(task_id)}: their strengths add up to {total:g} (the sum of "
+                f"|strength|), and one task's entries may add up to at most {limit:g}",
+            )
 
     def layers(self, layers: Iterable[int], where: str = "layers", error: str = "invalid_layers") -> tuple[int, ...]:
         """Layer indices of this model, each once, at least one."""

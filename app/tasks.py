@@ -352,10 +352,13 @@ class TaskService:
             if entry.layers is not None:
                 bounds.layers(entry.layers, f"steering.{i}.layers")
         terms = []
+        per_task: dict[str, list[tuple[int, float]]] = {}
         for i, entry in enumerate(entries):
             record, vector = await self.ready_vector(entry.task, owner)
             strength = entry.strength if entry.strength is not None else vector.default_strength
             bounds.strength(strength, f"steering.{i}: the default strength of task {record.id!r}")
+            per_task.setdefault(record.id, []).append((i, strength))
+            bounds.task_strength(record.id, per_task[record.id])
             layers = bounds.layers(entry.layers if entry.layers is not None else vector.layers, f"steering.{i}.layers")
             terms.append(SteeringTerm(vector, strength, layers))
         return terms

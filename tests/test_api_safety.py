@@ -244,6 +244,25 @@ async def test_bad_generations_are_refused_with_clear_errors(keyed: Keyed) -> No
     assert unbounded.json()["usage"]["completion_tokens"] <= LIMITS["max_new_tokens"]
 
 
+async def test_entries_of_one_task_add_up_within_the_strength_limit(keyed: Keyed) -> None:
+    """Entries naming the same task act as one of their summed |strength|: together within max_strength (5 here),
+    on the native route and the OpenAI ones alike."""
+    routes = {
+        "/v1/generate": {"prompt": "Q: hot\nA:", "max_new_tokens": 2},
+        "/v1/completions": {"prompt": "Q: hot\nA:", "max_tokens": 2},
+        "/v1/chat/completions": {"messages": [{"role": "user", "content": "hot"}], "max_tokens": 2},
+    }
+    before = await keyed.snapshot()
+    for path, body in routes.items():
+        for strengths in ([3.0, 3.0], [3.0, -3.0]):
+            steering = [{"task": keyed.task, "strength": s} for s in strengths]
+            error = assert_error(await keyed.post(path, {**body, "steering": steering}), 422, "strength_out_of_range")
+            assert keyed.task in error["message"] and "add up to 6" in error["message"], (path, error)
+        within = await keyed.post(path, {**body, "steering": [{"task": keyed.task, "strength": 2.5}] * 2})
+        assert within.status_code == 200, (path, within.text)
+    assert await keyed.snapshot() == before
+
+
 async def test_garbage_in_any_field_never_gives_500(keyed: Keyed) -> None:
     before = await keyed.snapshot()
     garbage = [None, "", "\x00", -1, 0, 10**30, 1.5, math.inf, True, [], {}, [None], {"a": 1}, "x" * 3000]
