@@ -33,8 +33,8 @@ _CHUNK = 8 * 1024 * 1024
 
 
 def is_gguf_path(name_or_path: str) -> bool:
-    """Whether `STEER_MODEL` names a local GGUF file (what llama.cpp users have)."""
-    return name_or_path.lower().endswith(GGUF_SUFFIX) and Path(name_or_path).expanduser().is_file()
+    """Whether `STEER_MODEL` names a local GGUF file (what llama.cpp users have); no hub id ends so."""
+    return name_or_path.lower().endswith(GGUF_SUFFIX)
 
 
 def is_converted(folder: Path) -> bool:
@@ -99,6 +99,8 @@ def convert_gguf(gguf_file: Path, target: Path) -> None:
 def local_gguf_folder(gguf_file: Path, cache_dir: Path) -> Path:
     """A local GGUF file's converted folder, keyed by the file's sha256 (an edited file converts again)."""
     gguf_file = gguf_file.expanduser().resolve()
+    if not gguf_file.is_file():
+        raise FileNotFoundError(f"no GGUF file at {gguf_file}")
     digest = file_sha256(gguf_file)
     target = cache_dir / "models" / f"{gguf_file.stem}-{digest[:16]}"
     if is_converted(target):

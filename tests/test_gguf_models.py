@@ -85,8 +85,7 @@ def test_a_conversion_that_lost_the_race_keeps_the_first_folder(tiny_file, tmp_p
     assert [p.name for p in target.parent.iterdir()] == ["tiny"]
 
 
-def test_only_existing_gguf_files_count_as_gguf_models(tiny_file, tmp_path: Path) -> None:
-    path, _, _ = tiny_file
-    assert is_gguf_path(str(path))
-    assert not is_gguf_path(str(tmp_path / "missing.gguf"))
-    assert not is_gguf_path("Qwen/Qwen2.5-0.5B-Instruct")
+def test_a_gguf_name_is_a_local_file_and_a_missing_one_says_so(tmp_path: Path) -> None:
+    assert is_gguf_path("models/Tiny.GGUF") and not is_gguf_path("Qwen/Qwen2.5-0.5B-Instruct")
+    with pytest.raises(FileNotFoundError, match=r"no GGUF file at .*missing\.gguf"):
+        load_model(str(tmp_path / "missing.gguf"), cache_dir=tmp_path)
