@@ -16,6 +16,7 @@ from steering.protocol import Verdict, VerdictRating
 STYLE_METHODS = {"icv", "contrastive"}
 MIN_HELD_OUT = 8  # demonstrations to post so that some are held out (see `common.split_demonstrations`)
 Z_95 = 1.959964
+MAX_DEV_SIZE = 10**9  # past it a stored count is not one (and would overflow the margin's float arithmetic)
 
 
 def chance_margin(steered: float, few: float, n: int) -> float:
@@ -39,7 +40,7 @@ def _pct(value: float) -> str:
 def _figures(metrics: dict[str, Any]) -> tuple[str, float, float, float] | None:
     for metric, suffix in (("exact", "exact"), ("first_token", "accuracy")):
         values = [metrics.get(f"dev_{c}_{suffix}") for c in ("steered", "zero_shot", "few_shot")]
-        if all(isinstance(v, (int, float)) for v in values):
+        if all(isinstance(v, (int, float)) and 0.0 <= v <= 1.0 for v in values):  # fractions, whatever was stored
             return metric, float(values[0]), float(values[1]), float(values[2])
     return None
 
@@ -54,11 +55,21 @@ def _rating(steered: float, zero: float, few: float) -> VerdictRating:
     return "below_few_shot"
 
 
+def _auto(metrics: dict[str, Any]) -> dict[str, Any]:
+    """`auto`'s report; an imported file's metrics are any JSON within their bound, so anything else is none."""
+    report = metrics.get("auto")
+    return report if isinstance(report, dict) else {}
+
+
 def _tried(metrics: dict[str, Any], metric: str) -> list[tuple[str, float]]:
     """`auto`'s candidates and their held-out scores, in the metric of the verdict."""
     key = "dev_exact" if metric == "exact" else "dev_accuracy"
-    candidates = (metrics.get("auto") or {}).get("candidates") or []
-    return [(c["method"], float(c[key])) for c in candidates if isinstance(c.get(key), (int, float))]
+    candidates = _auto(metrics).get("candidates")
+    return [
+        (c["method"], float(c[key]))
+        for c in (candidates if isinstance(candidates, list) else [])
+        if isinstance(c, dict) and isinstance(c.get("method"), str) and isinstance(c.get(key), (int, float))
+    ]
 
 
 def _advice(method: str, rating: VerdictRating, metrics: dict[str, Any], metric: str, shots: str) -> str | None:
@@ -119,7 +130,7 @@ def _chance_note(
 
 def verdict(method: str, metrics: dict[str, Any] | None) -> Verdict | None:
     """The verdict on a vector from its metrics; None when it recorded no held-out comparison (e.g. GGUF files)."""
-    metrics = metrics or {}
+    metrics = metrics if isinstance(metrics, dict) else {}  # a stored record may hold anything here
     figures = _figures(metrics)
     if figures is None:
         return None
@@ -127,11 +138,13 @@ def verdict(method: str, metrics: dict[str, Any] | None) -> Verdict | None:
     rating = _rating(steered, zero, few)
     k = metrics.get("dev_few_shot_k")
     shots = f"{k}-shot" if isinstance(k, int) else "few-shot"
-    size = int(metrics.get("dev_size", 0) or 0)
+    size = metrics.get("dev_size")
+    size = size if isinstance(size, int) and 0 <= size <= MAX_DEV_SIZE else 0
     held_out = size if metrics.get("held_out") else 0
     margin = chance_margin(steered, few, held_out) if held_out else None
     where = f"{size} held-out demonstrations" if held_out else f"{size} training demonstrations"
-    chose = (metrics.get("auto") or {}).get("chose")
+    chose = _auto(metrics).get("chose")
+    chose = chose if isinstance(chose, str) else None
     who = f"auto chose {chose}, which" if chose else method
     measure = "exactly" if metric == "exact" else "on the first token"
     conclusion = {

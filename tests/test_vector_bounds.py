@@ -145,6 +145,36 @@ async def test_imported_metadata_past_its_bounds_is_a_422_naming_the_field(api: 
     assert (await client.get("/v1/tasks")).json()["total"] == before  # nothing stored
 
 
+FIGURES = {"dev_steered_exact": 0.5, "dev_zero_shot_exact": 0.1, "dev_few_shot_exact": 0.9}
+
+
+@pytest.mark.parametrize(
+    "metrics",
+    [
+        {**FIGURES, "auto": {"candidates": ["icv", 1, None]}},
+        {**FIGURES, "auto": {"candidates": [{"dev_exact": 1.0}], "chose": ["x"]}},
+        {**FIGURES, "auto": [1]},
+        {**FIGURES, "auto": {"candidates": {"method": "icv"}}},
+        {**FIGURES, "dev_size": "many", "held_out": True, "dev_few_shot_k": 2.5},
+        {**FIGURES, "dev_size": 10**400, "held_out": True},
+        {**FIGURES, "dev_steered_exact": 1e300, "dev_size": 10, "held_out": True},
+    ],
+)
+async def test_imported_metrics_of_any_shape_never_break_reading_the_task(
+    api: tuple[FastAPI, Any], metrics: dict[str, Any]
+) -> None:
+    """Metrics are free JSON within their bound; the verdict reads only what has the shape it expects."""
+    app, client = api
+    imported = await client.post(
+        "/v1/tasks/import", content=with_metadata(residual_vector(services_of(app).lm), metrics=metrics), headers=OCTET
+    )
+    assert imported.status_code == 201, imported.text
+    found = imported.json()["verdict"]  # none for figures that are not fractions
+    assert found is None or found["rating"] == "below_few_shot", found
+    assert (await client.get(f"/v1/tasks/{imported.json()['id']}")).status_code == 200
+    assert (await client.get("/v1/tasks")).status_code == 200
+
+
 @pytest.mark.parametrize("value", [1e30, 1e6])
 async def test_vectors_far_beyond_the_model_scale_are_a_422_with_the_figures(
     api: tuple[FastAPI, Any], value: float, tmp_path: Path
