@@ -1,9 +1,9 @@
 """The bounds that depend on this server: its settings and its model. Each is defined here, once.
 
 Bounds that hold for every server (seed range, temperature floor, finite numbers, shapes of chat
-content) live in the wire models (`steering/protocol.py`) and are checked by FastAPI on the way in.
+content) live in the wire models (`steering/wire/protocol.py`) and are checked by FastAPI on the way in.
 What needs the loaded model or the settings (how many layers, the strength ceiling, token limits)
-is checked here, before anything reaches the batcher, the worker or the store.
+is checked here, before anything reaches the generation backend, the worker or the store.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from collections.abc import Iterable, Sequence
 
 from app.errors import ApiError, quoted
 from app.settings import Settings
-from steering.vectors import ActivationScale
+from steering.vectors.task_vector import ActivationScale
 
 
 class Bounds:
     def __init__(self, settings: Settings, num_layers: int, scale: ActivationScale) -> None:
-        """`scale`: the model's own activation norms (`steering.capture.activation_scale`), which bound the
-        norms of every vector imported or read from the store (`steering.vectors.check_norms`)."""
+        """`scale`: the model's own activation norms (`steering.methods.capture.activation_scale`), which bound the
+        norms of every vector imported or read from the store (`steering.vectors.task_vector.check_norms`)."""
         self.settings, self.num_layers, self.scale = settings, num_layers, scale
 
     def strength(self, value: float, where: str = "strength", error: str = "strength_out_of_range") -> float:

@@ -12,7 +12,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.store import StoreFull, StoreUnavailable, TaskRecord
-from steering.protocol import NAMED_ERRORS, ErrorResponse
+from steering.generation.errors import GenerationError, NotServing, Overloaded, RowFailed, ShuttingDown
+from steering.steer.inject import SteeringError
+from steering.wire.protocol import NAMED_ERRORS, ErrorResponse
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +92,30 @@ def error_response(status: int, type_: str, message: str, headers=None, /, **det
     return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
+# The library's generation errors, each as its status and type (the message is the exception's own).
+GENERATION_ERRORS: dict[type[Exception], tuple[int, str]] = {
+    Overloaded: (503, "overloaded"),
+    ShuttingDown: (503, "shutting_down"),
+    NotServing: (503, "not_serving"),
+    RowFailed: (422, "generation_failed"),
+    SteeringError: (422, "invalid_steering"),
+}
+
+
+def generation_error(exc: Exception) -> tuple[int, str, dict[str, str] | None]:
+    """Status, type and headers of a generation backend's error (a `GenerationError` or `SteeringError`)."""
+    status, type_ = next(v for k, v in GENERATION_ERRORS.items() if isinstance(exc, k))
+    retry = getattr(exc, "retry_after_s", None)
+    return status, type_, {"Retry-After": str(max(1, round(retry)))} if retry else None
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(GenerationError)
+    @app.exception_handler(SteeringError)
+    async def _generation(request: Request, exc: Exception) -> JSONResponse:
+        status, type_, headers = generation_error(exc)
+        return error_response(status, type_, str(exc), headers)
+
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc.status, exc.type, exc.message, exc.headers, **exc.detail)

@@ -1,4 +1,4 @@
-"""Turn an API generate request into an engine request, and run it through the batcher."""
+"""Turn an API generate request into an engine request, and run it on the generation backend."""
 
 from __future__ import annotations
 
@@ -9,17 +9,17 @@ from dataclasses import dataclass
 from fastapi import Request
 from sse_starlette import EventSourceResponse
 
-from app.batcher import Batcher, Pending
 from app.errors import ApiError, request_id
 from app.settings import Settings
 from app.streaming import sse_response
 from app.tasks import TaskService
-from steering.answer_end import AnswerEnd, template_end
-from steering.engine import GenerationRequest, GenerationResult
-from steering.inject import SteeringTerm
-from steering.model import LoadedModel
-from steering.protocol import ChatMessage, SteeringEntry
-from steering.templates import DEFAULT_TEMPLATE, render_query
+from steering.generation.backend import GenerationBackend, Submission
+from steering.generation.rows import GenerationRequest, GenerationResult
+from steering.model.loading import LoadedModel
+from steering.steer.inject import SteeringTerm
+from steering.tasks.answer_end import AnswerEnd, template_end
+from steering.tasks.templates import DEFAULT_TEMPLATE, render_query
+from steering.wire.protocol import ChatMessage, SteeringEntry
 
 
 @dataclass
@@ -34,8 +34,8 @@ class Sampling:
 
 
 class GenerationService:
-    def __init__(self, lm: LoadedModel, tasks: TaskService, batcher: Batcher, settings: Settings) -> None:
-        self.lm, self.tasks, self.batcher, self.settings = lm, tasks, batcher, settings
+    def __init__(self, lm: LoadedModel, tasks: TaskService, backend: GenerationBackend, settings: Settings) -> None:
+        self.lm, self.tasks, self.backend, self.settings = lm, tasks, backend, settings
 
     def render_chat(self, messages: Sequence[ChatMessage]) -> str:
         tokenizer = self.lm.tokenizer
@@ -98,10 +98,10 @@ class GenerationService:
 
     async def complete(self, request: GenerationRequest, client: Request | None = None) -> GenerationResult:
         """Wait for a non-streaming request; if `client` hangs up first, its row is cancelled (no work is left)."""
-        pending = self.batcher.submit(request)
+        submission = self.backend.submit(request)
         if client is None:
-            return await self.batcher.result(pending)
-        result = asyncio.ensure_future(self.batcher.result(pending))
+            return await self.backend.result(submission)
+        result = asyncio.ensure_future(self.backend.result(submission))
         gone = asyncio.ensure_future(_disconnected(client))
         try:
             await asyncio.wait({result, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -113,17 +113,17 @@ class GenerationService:
             raise ApiError(499, "client_closed_request", "the client closed the connection before the answer")
         return result.result()
 
-    def start_stream(self, request: GenerationRequest) -> Pending:
-        return self.batcher.submit(request, stream=True)
+    def start_stream(self, request: GenerationRequest) -> Submission:
+        return self.backend.submit(request, stream=True)
 
     @staticmethod
-    async def pieces(pending: Pending) -> AsyncIterator[str]:
+    async def pieces(submission: Submission) -> AsyncIterator[str]:
         """Text deltas until the row ends; leaving early (client gone) cancels the row."""
         try:
-            while (piece := await pending.deltas.get()) is not None:
+            while (piece := await submission.deltas.get()) is not None:
                 yield piece
         finally:
-            pending.request.cancel.set()
+            submission.request.cancel.set()
 
     def sse(self, events: AsyncIterator[dict], http: Request, *, openai: bool = False) -> EventSourceResponse:
         """The streaming response of every endpoint (OpenAI streams end with `[DONE]` and unnamed events)."""

@@ -15,10 +15,9 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from app.auth import KeyChecker
-from app.batcher import Batcher
+from app.backends import build_backend
 from app.bounds import Bounds
 from app.connections import uvicorn_config
-from app.continuous_batcher import ContinuousBatcher
 from app.errors import ERROR_RESPONSES, install_error_handlers
 from app.generation import GenerationService
 from app.metrics import Metrics
@@ -27,15 +26,14 @@ from app.routes import generate, health, openai, tasks, vectors
 from app.services import Services
 from app.settings import Settings
 from app.shutdown import DrainingServer
-from app.static_batcher import StaticBatcher
 from app.store import open_store
 from app.tasks import TaskService
 from app.vector_cache import VectorCache
 from app.worker import VectorWorker
-from steering.capture import activation_scale
-from steering.engine import Engine
-from steering.model import load_model
-from steering.twin import twin
+from steering.generation.transformers.engine import Engine
+from steering.methods.capture import activation_scale
+from steering.model.loading import load_model
+from steering.model.twin import twin
 
 log = logging.getLogger("steering.app")
 STATIC = Path(__file__).parent / "static"
@@ -68,16 +66,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         serving = twin(lm)
         worker = VectorWorker(lm, store, vectors, settings, metrics)
         task_service = TaskService(serving, store, worker, vectors, settings, metrics, bounds)
-        batcher = build_batcher(Engine(serving), settings, metrics)
-        batcher.start()
+        backend = build_backend(Engine(serving), settings, metrics)
+        backend.start()
         app.state.services = Services(
             settings=settings,
             lm=serving,
             store=store,
             worker=worker,
             tasks=task_service,
-            batcher=batcher,
-            generation=GenerationService(serving, task_service, batcher, settings),
+            backend=backend,
+            generation=GenerationService(serving, task_service, backend, settings),
             keys=keys,
             metrics=metrics,
             bounds=bounds,
@@ -87,7 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             app.state.services.draining = True
-            await batcher.close()
+            await backend.close()
             await worker.close()
             await store.close()
 
@@ -125,27 +123,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         discard_timeout_s=settings.discard_body_timeout_s,
     )
     return app
-
-
-def build_batcher(engine: Engine, settings: Settings, metrics: Metrics) -> Batcher:
-    """The scheduler `STEER_SCHEDULER` names; a `worker` replica builds one that answers 503 (it does not serve)."""
-    serving = settings.role != "worker"
-    if settings.engine == "vllm":
-        from app.vllm_batcher import build_vllm_batcher  # imports vLLM's engine only when chosen
-
-        return build_vllm_batcher(engine, settings, metrics)  # type: ignore[return-value]  # the Batcher surface
-    if settings.scheduler == "static":
-        window_s = settings.batch_window_ms / 1000
-        return StaticBatcher(engine, settings.max_batch_size, window_s, settings.max_queue, metrics, serving=serving)
-    return ContinuousBatcher(
-        engine,
-        settings.max_batch_size,
-        settings.max_queue,
-        metrics,
-        prefill_chunk_tokens=settings.prefill_chunk_tokens,
-        priority_new_tokens=settings.priority_new_tokens,
-        serving=serving,
-    )
 
 
 def refuse_open_public_server(settings: Settings) -> None:

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from app.auth import KeyChecker
-from app.batcher import Batcher
 from app.bounds import Bounds
 from app.generation import GenerationService
 from app.metrics import Metrics
@@ -15,7 +14,8 @@ from app.settings import Settings
 from app.store import TaskStore
 from app.tasks import TaskService
 from app.worker import VectorWorker
-from steering.model import LoadedModel
+from steering.generation.backend import GenerationBackend
+from steering.model.loading import LoadedModel
 
 
 @dataclass
@@ -25,7 +25,7 @@ class Services:
     store: TaskStore
     worker: VectorWorker
     tasks: TaskService
-    batcher: Batcher
+    backend: GenerationBackend
     generation: GenerationService
     keys: KeyChecker
     metrics: Metrics

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from steering.model import default_cache_dir
+from steering.model.loading import default_cache_dir
 
 
 class Settings(BaseSettings):
@@ -17,7 +17,7 @@ class Settings(BaseSettings):
     # Model
     model: str = Field(
         "default",
-        description="'default' (packaged SmolLM2), another packaged model's short name (steering/packaged_models.py), "
+        description="'default' (packaged SmolLM2), another packaged model's short name (steering/model/packaged.py), "
         "a local .gguf file, 'tiny:<family>', a hub id or a folder.",
     )
     device: str = "auto"

@@ -24,7 +24,7 @@ async def begin_shutdown(app: FastAPI) -> None:
         return
     services.draining = True
     log.info("shutting down: queued generations get 503, running ones may finish, computations are handed back")
-    services.batcher.stop_accepting()
+    services.backend.stop_accepting()
     await services.worker.close()
 
 

@@ -18,13 +18,13 @@ from app.settings import Settings
 from app.store import NameTaken, StoreUnavailable, TaskRecord, TaskStore
 from app.vector_cache import VectorCache
 from app.worker import VectorWorker
-from steering.inject import SteeringTerm
 from steering.methods import options_model
-from steering.model import LoadedModel
-from steering.protocol import TASK_ID_PREFIX, SteeringEntry, TaskCreate, TaskInfo, Template
-from steering.templates import DEFAULT_TEMPLATE, NoChatTemplate, chat_template
-from steering.vectors import TaskVector, check_for_model
-from steering.verdict import verdict
+from steering.model.loading import LoadedModel
+from steering.steer.inject import SteeringTerm
+from steering.tasks.templates import DEFAULT_TEMPLATE, NoChatTemplate, chat_template
+from steering.tasks.verdict import verdict
+from steering.vectors.task_vector import TaskVector, check_for_model
+from steering.wire.protocol import TASK_ID_PREFIX, SteeringEntry, TaskCreate, TaskInfo, Template
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ class TaskService:
         raise ApiError(409, "conflict", f"task {task_id!r} is being deleted and created concurrently; retry")
 
     def _expand_template(self, body: TaskCreate) -> TaskCreate:
-        """`template: "chat"` becomes this model's chat template (steering.templates.chat_template)."""
+        """`template: "chat"` becomes this model's chat template (steering.tasks.templates.chat_template)."""
         if body.template != "chat":
             return body
         try:

@@ -10,7 +10,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from app.store import TaskRecord
-from steering.vectors import TaskVector
+from steering.vectors.task_vector import TaskVector
 
 
 @dataclass(frozen=True)

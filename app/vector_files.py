@@ -6,11 +6,11 @@
   be this server's (409). A GGUF carries none: it gets this server's fingerprint after its layers, hidden
   size and model hint are checked (409 when they are another model's).
 
-Files from users are hostile: they are read by strict readers (`steering.gguf_reader`,
-`steering.safetensors_reader`) off the event loop, at most `max_concurrent_imports` at once (more answer
+Files from users are hostile: they are read by strict readers (`steering.vectors.gguf_reader`,
+`steering.vectors.safetensors_reader`) off the event loop, at most `max_concurrent_imports` at once (more answer
 429) and within `IMPORT_TIMEOUT_S`. Anything malformed answers 422 `invalid_vector`, and so do metadata past its
-bounds (`steering.vectors.SteeringMetadata`) and tensors whose norms dwarf the model's own activations
-(`steering.vectors.check_norms`, against the scale `Bounds` measured at start-up).
+bounds (`steering.vectors.task_vector.SteeringMetadata`) and tensors whose norms dwarf the model's own activations
+(`steering.vectors.task_vector.check_norms`, against the scale `Bounds` measured at start-up).
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from app.import_slots import ImportSlots, import_slots
 from app.services import Services, services
 from app.store import TaskRecord
 from app.worker import vector_summary
-from steering.export import (
+from steering.model.loading import LoadedModel
+from steering.vectors.export import (
     ExportError,
     ModelMismatch,
     VectorImportError,
@@ -38,8 +39,7 @@ from steering.export import (
     export_gguf,
     read_gguf_directions,
 )
-from steering.model import LoadedModel
-from steering.vectors import ActivationScale, TaskVector, check_for_model
+from steering.vectors.task_vector import ActivationScale, TaskVector, check_for_model
 
 VectorFormat = Literal["safetensors", "gguf"]
 GGUF_MAGIC = b"GGUF"

@@ -28,9 +28,9 @@ from app.settings import Settings
 from app.store import StoreUnavailable, TaskRecord, TaskStore
 from app.vector_cache import VectorCache
 from steering.methods import Cancelled, compute_vector
-from steering.model import LoadedModel
-from steering.protocol import Demonstration, Template
-from steering.vectors import TaskVector
+from steering.model.loading import LoadedModel
+from steering.vectors.task_vector import TaskVector
+from steering.wire.protocol import Demonstration, Template
 
 log = logging.getLogger(__name__)
 

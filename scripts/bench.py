@@ -119,10 +119,10 @@ def run(model: str, settings: Settings, out: Path, keep_server_log: bool) -> dic
 
     from scripts import bench_engine, bench_http
     from scripts.bench_common import LoadSampler, Metric, load_average, machine_facts, median, paired_ratios
-    from steering.datasets import load_task, split_task, task_names
-    from steering.inject import SteeringTerm
-    from steering.model import load_model
-    from steering.templates import DEFAULT_TEMPLATE, render_query
+    from steering.model.loading import load_model
+    from steering.steer.inject import SteeringTerm
+    from steering.tasks.datasets import load_task, split_task, task_names
+    from steering.tasks.templates import DEFAULT_TEMPLATE, render_query
 
     metrics: list[Metric] = []
     started_wall, started = time.time(), time.perf_counter()

@@ -1,5 +1,6 @@
 """Why the service schedules on DynamicCache itself: transformers' continuous-batching manager against
-`steering.scheduler` (and the static engine) on the same prompts, unsteered, greedy, interleaved.
+`steering.generation.transformers.scheduler` (and the static engine) on the same prompts, unsteered, greedy,
+interleaved.
 
     python -m scripts.bench_cb_manager                  # default model, ~2 minutes on a 2-core CPU
     python -m scripts.bench_cb_manager --model tiny:llama --reps 1
@@ -17,9 +18,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from transformers import GenerationConfig
 
-from steering.engine import Engine, GenerationRequest
-from steering.model import LoadedModel, load_model
-from steering.scheduler import Scheduler
+from steering.generation.rows import GenerationRequest
+from steering.generation.transformers.engine import Engine
+from steering.generation.transformers.scheduler import Scheduler
+from steering.model.loading import LoadedModel, load_model
 
 WORDS = ["hot", "big", "fast", "early", "strong", "rich", "wet", "loud"]
 
@@ -62,7 +64,11 @@ def main() -> None:
     engine = Engine(lm)
     engine.eos_ids = set()  # every row makes exactly --tokens tokens, as the manager does with eos_token_id=-1
     prompts = [engine.encode(f"Q: {WORDS[i % len(WORDS)]}\nA:") for i in range(args.rows)]
-    runs = {"transformers CB manager": cb_manager, "steering.scheduler": scheduler, "static Engine.generate": static}
+    runs = {
+        "transformers CB manager": cb_manager,
+        "steering.generation.transformers.scheduler": scheduler,
+        "static Engine.generate": static,
+    }
     seconds: dict[str, list[float]] = {name: [] for name in runs}
     tokens: dict[str, list[list[int]]] = {}
     for rep in range(args.reps):

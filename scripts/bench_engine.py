@@ -17,13 +17,14 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from scripts.bench_common import interleaved, median, paired_ratios, timed
-from steering.engine import Engine, GenerationRequest, GenerationResult
-from steering.inject import SteeringTerm
-from steering.model import LoadedModel
-from steering.modes import ANSWER_MIX_TENSORS, HEAD_MIX_TENSORS
-from steering.protocol import Demonstration
-from steering.templates import few_shot_prompt, render_query, stop_strings
-from steering.vectors import TaskVector
+from steering.generation.rows import GenerationRequest, GenerationResult
+from steering.generation.transformers.engine import Engine
+from steering.model.loading import LoadedModel
+from steering.steer.inject import SteeringTerm
+from steering.tasks.templates import few_shot_prompt, render_query, stop_strings
+from steering.vectors.modes import ANSWER_MIX_TENSORS, HEAD_MIX_TENSORS
+from steering.vectors.task_vector import TaskVector
+from steering.wire.protocol import Demonstration
 
 DECODE_PROMPT = "Q: The weather today is hot and the wind is strong. What is the opposite of hot?\nA:"
 

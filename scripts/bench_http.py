@@ -13,11 +13,12 @@ import httpx
 
 from scripts.bench_common import interleaved, median, paired_ratios, percentile, timed
 from scripts.server_process import ServerProcess, start_server_process
-from steering.engine import Engine, GenerationRequest
-from steering.inject import SteeringTerm
-from steering.model import LoadedModel
-from steering.protocol import Demonstration
-from steering.vectors import TaskVector
+from steering.generation.rows import GenerationRequest
+from steering.generation.transformers.engine import Engine
+from steering.model.loading import LoadedModel
+from steering.steer.inject import SteeringTerm
+from steering.vectors.task_vector import TaskVector
+from steering.wire.protocol import Demonstration
 
 
 class ServerError(RuntimeError):

@@ -152,7 +152,7 @@ def start_servers(model: str, workdir: Path) -> dict[str, ServerProcess]:
 
 def register_tasks(url: str, plan: Plan) -> tuple[list[Task], list[str], str]:
     """Task vectors for the workload, their held-out words, and an ICV task (the decode figure)."""
-    from steering.datasets import load_task, split_task
+    from steering.tasks.datasets import load_task, split_task
 
     tasks, words = [], []
     with httpx.Client(base_url=url, timeout=120) as http:
@@ -245,7 +245,7 @@ def saturation_phase(servers: dict[str, ServerProcess], plan: Plan, tasks: list[
 
 def training_phase(url: str, plan: Plan, body) -> dict[str, Any]:
     """Short requests while a soft-injection task computes on the same server, idle ones just before."""
-    from steering.datasets import load_task, split_task
+    from steering.tasks.datasets import load_task, split_task
 
     idle = asyncio.run(probes(url, body, count=plan.idle_probes, gap_s=0.25))
     demos, _ = split_task(load_task("antonyms"), 40, 0, seed=0)
@@ -299,9 +299,10 @@ def training_phase(url: str, plan: Plan, body) -> dict[str, Any]:
 
 def decode_phase(lm, icv_vector, tv_vector, plan: Plan) -> dict[str, Any]:
     """Per-token decode cost in the scheduler: (time of N+1 tokens - time of 1 token) / N, interleaved."""
-    from steering.engine import Engine, GenerationRequest
-    from steering.inject import SteeringTerm
-    from steering.scheduler import Scheduler
+    from steering.generation.rows import GenerationRequest
+    from steering.generation.transformers.engine import Engine
+    from steering.generation.transformers.scheduler import Scheduler
+    from steering.steer.inject import SteeringTerm
 
     engine = Engine(lm)
     engine.eos_ids = set()  # every row makes exactly its tokens
@@ -467,8 +468,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 report["saturation"] = saturation_phase(servers, plan, tasks, words)
             if "training" in only:
                 report["training"] = training_phase(servers["continuous"].url, plan, body)
-            from steering.model import load_model
-            from steering.vectors import TaskVector
+            from steering.model.loading import load_model
+            from steering.vectors.task_vector import TaskVector
 
             lm = load_model(args.model)
             with httpx.Client(base_url=servers["continuous"].url, timeout=60) as http:

@@ -12,7 +12,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from scripts.bench_load_client import Outcome
 from scripts.bench_load_trace import Request
-from steering.model import LoadedModel
+from steering.model.loading import LoadedModel
 
 
 class _FirstCall(LogitsProcessor):

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from steering.protocol import Demonstration
+from steering.wire.protocol import Demonstration
 
 SHORT_TOKENS = 4
 MEDIUM_TOKENS = (16, 48)

@@ -8,7 +8,7 @@ the answer-end rule of the task whose format the prompt is in):
 - default template: zero-shot, 10-shot, steered with the default-template vector;
 - chat prompt (one user message: the input, as /v1/chat/completions renders it): plain, 10-shot as a
   multi-turn chat, steered with the default-template vector (at its strength, and scaled), steered with a
-  vector computed on the chat template (`template: "chat"`, steering.templates.chat_template).
+  vector computed on the chat template (`template: "chat"`, steering.tasks.templates.chat_template).
 
     python -m scripts.chat_transfer [--tasks antonyms,present_past] [--method soft_injection] [--json out.json]
 """
@@ -22,15 +22,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from steering.answer_end import AnswerEnd
-from steering.datasets import load_task, split_task
-from steering.inject import SteeringTerm
 from steering.methods import compute_vector
 from steering.methods.common import exact_match, greedy_answers
-from steering.model import LoadedModel, load_model
-from steering.protocol import Demonstration, Template
-from steering.templates import DEFAULT_TEMPLATE, chat_template, few_shot_prompt, render_query
-from steering.vectors import TaskVector
+from steering.model.loading import LoadedModel, load_model
+from steering.steer.inject import SteeringTerm
+from steering.tasks.answer_end import AnswerEnd
+from steering.tasks.datasets import load_task, split_task
+from steering.tasks.templates import DEFAULT_TEMPLATE, chat_template, few_shot_prompt, render_query
+from steering.vectors.task_vector import TaskVector
+from steering.wire.protocol import Demonstration, Template
 
 DEFAULT_TASKS = ("antonyms", "present_past", "singular_plural", "first_letter")
 SHOTS = 10

@@ -3,7 +3,8 @@
     python -m scripts.compat_table           # rewrite the file
     python -m scripts.compat_table --check   # exit 1 when the file is out of date
 
-Rows come from the architecture table (`steering.arch.FAMILIES`) and the tiny models (`steering.tiny.TINY_SPECS`);
+Rows come from the architecture table (`steering.model.arch.FAMILIES`) and the tiny models
+(`steering.model.tiny.TINY_SPECS`);
 the "held by" columns come from the test ids pytest collects, so a row claims only what a collected test runs.
 tests/test_compatibility.py fails when the checked-in file differs from what this writes.
 """
@@ -19,8 +20,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from steering.arch import FAMILIES, supported_model_types
-from steering.tiny import TINY_MODELS, TINY_SPECS, tiny_model_type
+from steering.model.arch import FAMILIES, supported_model_types
+from steering.model.tiny import TINY_MODELS, TINY_SPECS, tiny_model_type
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC_PATH = ROOT / "docs" / "COMPATIBILITY.md"
@@ -124,7 +125,7 @@ def render(test_ids: list[str] | None = None) -> str:
         "A checkpoint is supported when its `config.model_type` is a row below: every method computes on it (`auto`",
         "picks among them), and requests steer its residual stream and its attention heads (mixtures of experts",
         "included: the router sees the steered residual). Each row is held by tests that run",
-        "in `make test` on a tiny random model of that type, built in code (`steering/tiny.py`: 2 layers, hidden",
+        "in `make test` on a tiny random model of that type, built in code (`steering/model/tiny.py`: 2 layers, hidden",
         "64, 4 heads, 2 key-value heads where the type has them, plus what the last column names; variants of a",
         "type, `tiny:<type>_<variant>`, run the suite too). The columns",
         "after the paths are read from the test ids pytest collects:",
@@ -162,8 +163,9 @@ def render(test_ids: list[str] | None = None) -> str:
         "## Other model types",
         "",
         "Loading any other type fails at once with `UnsupportedArchitecture`, whose message lists the types above.",
-        "Adding a type takes one entry in `steering/arch.py` (where its decoder layers and attention output",
-        "projection are) and one in `steering/tiny.py` (its tiny model); the suite then runs on it, and this file",
+        "Adding a type takes one entry in `steering/model/arch.py` (where its decoder layers and attention output",
+        "projection are) and one in `steering/model/tiny.py` (its tiny model); the suite then runs on it, and this "
+        "file",
         "is regenerated with `python -m scripts.compat_table`.",
         "",
     ]

@@ -1,4 +1,4 @@
-"""Regenerate the rule-based tasks in `steering/data/tasks/` (deterministic: seeded random).
+"""Regenerate the rule-based tasks in `steering/tasks/data/` (deterministic: seeded random).
 
 Usage: python scripts/make_rule_tasks.py [--out DIR]
 
@@ -19,7 +19,7 @@ from pathlib import Path
 SEED = 1234
 N_LIST_ITEMS = 150
 N_SEQUENCE_ITEMS = 120
-DEFAULT_OUT = Path(__file__).resolve().parent.parent / "steering" / "data" / "tasks"
+DEFAULT_OUT = Path(__file__).resolve().parent.parent / "steering" / "tasks" / "data"
 
 
 def _words(text: str) -> tuple[str, ...]:

@@ -5,9 +5,9 @@ Prints the safetensors folder the model loads from; `make serve` runs it for the
 
 import sys
 
-from steering.gguf_models import is_gguf_path
-from steering.model import DEFAULT_MODEL, prepared_source
-from steering.packaged_models import PACKAGED_MODELS, find_packaged_model
+from steering.model.gguf import is_gguf_path
+from steering.model.loading import DEFAULT_MODEL, prepared_source
+from steering.model.packaged import PACKAGED_MODELS, find_packaged_model
 
 _USAGE = f"usage: python -m steering prepare [{' | '.join((DEFAULT_MODEL, *PACKAGED_MODELS))} | FILE.gguf]"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from scripts.server_process import ServerProcess, ServerStartError, start_server_process
-from steering.model import LoadedModel, load_model
-from steering.tiny import TINY_MODELS
+from steering.model.loading import LoadedModel, load_model
+from steering.model.tiny import TINY_MODELS
 
 pytest_plugins = ["tests.store_fixtures"]
 

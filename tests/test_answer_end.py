@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from steering.answer_end import AnswerEnd, learn_answer_end, template_end
-from steering.protocol import Demonstration, Template
-from steering.templates import DEFAULT_TEMPLATE, answer_text
-from steering.verdict import chance_margin, verdict
+from steering.tasks.answer_end import AnswerEnd, learn_answer_end, template_end
+from steering.tasks.templates import DEFAULT_TEMPLATE, answer_text
+from steering.tasks.verdict import chance_margin, verdict
+from steering.wire.protocol import Demonstration, Template
 
 words = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc", "Zs", "Zl", "Zp")), min_size=1)
 outputs = st.lists(st.lists(words, min_size=1, max_size=4).map(" ".join), min_size=1, max_size=30)

@@ -6,15 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from steering.capture import LastTokenRunner, answer_head_means, encode, next_token_logprobs
-from steering.engine import Engine, GenerationRequest
-from steering.inject import BatchSteering, SteeringTerm
+from steering.generation.rows import GenerationRequest
+from steering.generation.transformers.engine import Engine
 from steering.methods import compute_vector
+from steering.methods.capture import LastTokenRunner, answer_head_means, encode, next_token_logprobs
 from steering.methods.soft_injection import ANSWER_SCALES, CLOSED
-from steering.model import LoadedModel, load_model
-from steering.modes import expected_shapes
-from steering.protocol import Demonstration
-from steering.vectors import TaskVector
+from steering.model.loading import LoadedModel, load_model
+from steering.steer.inject import BatchSteering, SteeringTerm
+from steering.vectors.modes import expected_shapes
+from steering.vectors.task_vector import TaskVector
+from steering.wire.protocol import Demonstration
 from tests.test_soft_injection import DEMOS, FAST, QUERIES
 
 

@@ -17,7 +17,7 @@ import pytest_asyncio
 import torch
 from fastapi import FastAPI
 
-from steering.answer_end import AnswerEnd
+from steering.tasks.answer_end import AnswerEnd
 from tests.api_helpers import (
     ANTONYMS,
     CAPITALS,

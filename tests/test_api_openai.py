@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from steering.answer_end import AnswerEnd
+from steering.tasks.answer_end import AnswerEnd
 from tests.api_helpers import ANTONYMS, CAPITALS, task_body, wait_task_sync
 from tests.conftest import ServerProcess, start_server
 

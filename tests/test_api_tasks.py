@@ -21,7 +21,7 @@ import torch
 from fastapi import FastAPI
 
 from app.settings import Settings
-from steering.vectors import TaskVector
+from steering.vectors.task_vector import TaskVector
 from tests.api_helpers import (
     ANTONYMS,
     CAPITALS,

@@ -11,9 +11,9 @@ import pytest_asyncio
 from transformers import PreTrainedTokenizerFast
 
 from app.tasks import task_id_for
-from steering.answer_end import learn_answer_end
-from steering.protocol import Demonstration, TaskCreate, Template
-from steering.templates import (
+from steering.model.tiny import build_tiny_tokenizer
+from steering.tasks.answer_end import learn_answer_end
+from steering.tasks.templates import (
     DEFAULT_TEMPLATE,
     NoChatTemplate,
     answer_text,
@@ -21,7 +21,7 @@ from steering.templates import (
     few_shot_prompt,
     render_query,
 )
-from steering.tiny import build_tiny_tokenizer
+from steering.wire.protocol import Demonstration, TaskCreate, Template
 from tests.api_helpers import ANTONYMS, assert_error, demos, running_app, services_of, settings, task_body, wait_task
 
 # A chat template with a default system turn and closing tags (the shape of SmolLM2's and Qwen's).

@@ -28,7 +28,7 @@ from steering.cli import (
     tasks_table,
 )
 from steering.client import Client
-from steering.protocol import SteeringEntry, TaskInfo
+from steering.wire.protocol import SteeringEntry, TaskInfo
 from tests.conftest import ServerProcess, start_server
 
 DEMOS_TEXT = "hot -> cold\nbig -> small\nfast -> slow\nup -> down\nday -> night\nin -> out\n"
@@ -92,8 +92,8 @@ def test_register_from_stdin(steer, task_id: str) -> None:
 
 def test_register_on_the_chat_template(steer, task_id: str) -> None:
     """`--chat` computes the vector on the model's chat template: another task, whose queries are chat turns."""
-    from steering.model import load_model
-    from steering.templates import chat_template
+    from steering.model.loading import load_model
+    from steering.tasks.templates import chat_template
 
     result = steer("--json", "tasks", "register", "-", "--method", "task_vector", "--chat", input=DEMOS_TEXT)
     assert result.exit_code == 0, result.output

@@ -23,7 +23,7 @@ from steering.client import (
     api_error,
     steering_entries,
 )
-from steering.protocol import Demonstration, GenerateResponse, SteeringEntry, TaskInfo
+from steering.wire.protocol import Demonstration, GenerateResponse, SteeringEntry, TaskInfo
 from tests.conftest import ServerProcess, start_server
 
 DEMOS_TEXT = "hot -> cold\nbig -> small\nfast -> slow\nup -> down\nday -> night\nin -> out\n"

@@ -12,9 +12,9 @@ from transformers import DynamicCache
 
 from app.settings import Settings
 from scripts.compat_table import DOC_PATH, render
-from steering.arch import UnsupportedArchitecture, resolve_architecture, supported_model_types
-from steering.model import LoadedModel, load_model
-from steering.tiny import TINY_MODELS, TINY_SPECS, build_tiny_model, tiny_model_type
+from steering.model.arch import UnsupportedArchitecture, resolve_architecture, supported_model_types
+from steering.model.loading import LoadedModel, load_model
+from steering.model.tiny import TINY_MODELS, TINY_SPECS, build_tiny_model, tiny_model_type
 from tests.api_helpers import ANTONYMS, running_app, settings, task_body, wait_task
 
 # Served from a saved folder by the app and steered over HTTP: a sliding-window type, and a mixture of experts

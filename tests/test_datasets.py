@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from steering.datasets import TASKS_DIR, load_task, read_demonstrations, split_task, task_names
-from steering.protocol import Demonstration
+from steering.tasks.datasets import TASKS_DIR, load_task, read_demonstrations, split_task, task_names
+from steering.wire.protocol import Demonstration
 
 # Domains that cannot reach 100 items, and the hand-written checks on kinds outside the development suite,
 # which need at least the evaluation's 40 demonstrations and 20 test items.

@@ -7,14 +7,15 @@ import time
 import pytest
 import torch
 
-from steering.datasets import load_task, split_task
-from steering.engine import Engine, GenerationRequest
 from steering.eval.evaluator import TaskEvaluator
-from steering.inject import SteeringTerm
+from steering.generation.rows import GenerationRequest
+from steering.generation.transformers.engine import Engine
 from steering.methods import compute_vector
-from steering.model import LoadedModel, default_model_folder, load_model
-from steering.templates import DEFAULT_TEMPLATE, render_query
-from steering.vectors import TaskVector
+from steering.model.loading import LoadedModel, default_model_folder, load_model
+from steering.steer.inject import SteeringTerm
+from steering.tasks.datasets import load_task, split_task
+from steering.tasks.templates import DEFAULT_TEMPLATE, render_query
+from steering.vectors.task_vector import TaskVector
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,7 @@ from steering.eval import (
     run_suite,
     write_outputs,
 )
-from steering.model import LoadedModel
+from steering.model.loading import LoadedModel
 from tests.conftest import ServerProcess
 
 TASKS = ["antonyms", "uppercase"]
@@ -135,9 +135,9 @@ def test_cli_eval_rejects_unknown_task(tmp_path: Path) -> None:
 def test_auto_read_off_its_candidates_is_what_auto_computes(tiny_llama: LoadedModel) -> None:
     """With every candidate evaluated, the suite reads `auto` off their runs instead of computing them again:
     that must be exactly the vector `auto` itself keeps (same options, seed and held-out split)."""
-    from steering.datasets import load_task, split_task
     from steering.methods import compute_vector
     from steering.methods.registry import auto_candidates
+    from steering.tasks.datasets import load_task, split_task
 
     fast = {"soft_injection": {"steps": 6, "eval_every": 3, "num_prompts": 4}}
     config = small_config([*auto_candidates(), "auto"], multiples=[0.0, 1.0], options=fast)

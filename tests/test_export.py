@@ -10,7 +10,9 @@ import torch
 from gguf import GGUFReader, GGUFWriter
 from safetensors.torch import save_file
 
-from steering.export import (
+from steering.methods import compute_vector
+from steering.model.loading import LoadedModel, load_model
+from steering.vectors.export import (
     GGUF_METHODS,
     ExportError,
     VectorImportError,
@@ -19,12 +21,10 @@ from steering.export import (
     import_gguf,
     import_safetensors,
 )
-from steering.method_names import METHOD_NAMES
-from steering.methods import compute_vector
-from steering.model import LoadedModel, load_model
-from steering.modes import GGUF_EXPORTABLE_MODES, expected_shapes, mode_spec
-from steering.protocol import Demonstration, Template
-from steering.vectors import TaskVector
+from steering.vectors.modes import GGUF_EXPORTABLE_MODES, expected_shapes, mode_spec
+from steering.vectors.task_vector import TaskVector
+from steering.wire.method_names import METHOD_NAMES
+from steering.wire.protocol import Demonstration, Template
 
 RESIDUAL_MODES = ("add_all", "add_from_last", "add_all_norm", "add_last")
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from steering import gguf_models
-from steering.gguf_models import convert_gguf, is_converted, is_gguf_path, local_gguf_folder
-from steering.model import load_model
+from steering.model import gguf as gguf_models
+from steering.model.gguf import convert_gguf, is_converted, is_gguf_path, local_gguf_folder
+from steering.model.loading import load_model
 from tests.tiny_gguf import reference_model, tiny_llama, write_tiny_llama_gguf
 
 TEXT = "Q: hot\nA: cold\n\nQ: big\nA: the quick brown fox"

@@ -1,4 +1,4 @@
-"""The model lock (steering/modellock.py): generation goes first; a computation is never starved for ever."""
+"""The model lock (steering/model/lock.py): generation goes first; a computation is never starved for ever."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import time
 
 import torch
 
-from steering.model import load_model
-from steering.modellock import ModelLock
-from steering.twin import twin
+from steering.model.loading import load_model
+from steering.model.lock import ModelLock
+from steering.model.twin import twin
 
 
 def in_thread(fn) -> threading.Thread:

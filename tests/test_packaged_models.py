@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from steering import gguf_models, packaged_models
-from steering.model import DEFAULT_MODEL, load_model
-from steering.packaged_models import (
+from steering.model import gguf as gguf_models
+from steering.model import packaged as packaged_models
+from steering.model.loading import DEFAULT_MODEL, load_model
+from steering.model.packaged import (
     DEFAULT_PACKAGED_MODEL,
     PACKAGED_MODELS,
     PackagedModel,

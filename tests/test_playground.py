@@ -201,8 +201,8 @@ def test_layers_are_written_as_ranges(server: ServerProcess, page) -> None:
 
 @pytest.mark.browser
 def test_few_shot_answers_end_as_the_server_ends_them(server: ServerProcess, page) -> None:
-    """The page cuts few-shot answers with a task's learned rule exactly where steering/answer_end.py cuts them."""
-    from steering.answer_end import AnswerEnd
+    """The page cuts few-shot answers with a task's learned rule exactly where tasks/answer_end.py cuts them."""
+    from steering.tasks.answer_end import AnswerEnd
 
     page.goto(server.url + "/")
     rules = [

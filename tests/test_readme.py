@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from app.settings import Settings
-from steering.datasets import read_demonstrations
-from steering.export import GGUF_METHODS
-from steering.method_names import METHOD_NAMES
-from steering.modes import GGUF_EXPORTABLE_MODES
-from steering.verdict import MIN_HELD_OUT
+from steering.tasks.datasets import read_demonstrations
+from steering.tasks.verdict import MIN_HELD_OUT
+from steering.vectors.export import GGUF_METHODS
+from steering.vectors.modes import GGUF_EXPORTABLE_MODES
+from steering.wire.method_names import METHOD_NAMES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -76,7 +76,7 @@ def test_the_readme_says_where_the_steer_command_is() -> None:
 
 
 def test_the_readme_says_which_vectors_export_to_gguf() -> None:
-    """The README's GGUF paragraph names exactly what `steering.export` exports, and the methods it refuses."""
+    """The README's GGUF paragraph names exactly what `steering.vectors.export` exports, and the methods it refuses."""
     paragraph = re.search(r"^\*\*GGUF export\.\*\*(.*?)\n\n", README.read_text(), flags=re.MULTILINE | re.DOTALL)
     assert paragraph, "the README has no GGUF export paragraph"
     text = " ".join(paragraph.group(1).split())

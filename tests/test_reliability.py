@@ -8,6 +8,7 @@ that breaks) are injected by wrapping the real objects: the only place these tes
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from fastapi import FastAPI
 from app.main import is_loopback, refuse_open_public_server
 from app.store import TaskRecord
 from app.vector_cache import VectorCache
-from steering.vectors import TaskVector
+from steering.vectors.task_vector import TaskVector
 from tests.api_helpers import (
     ANTONYMS,
     CAPITALS,
@@ -159,7 +160,15 @@ async def test_a_row_whose_logits_overflow_fails_alone(api: Api) -> None:
         default_strength=1.0,
         fingerprint=lm.fingerprint,
     )
-    imported = await api.client.post("/v1/tasks/import?format=safetensors", content=huge.to_bytes())
+    # The import's norm check refuses such a vector (tests/test_vector_bounds.py); with it lifted, the row must
+    # still fail alone, so that a vector the check lets through cannot fail anyone else's request either.
+    bounds = services_of(api.app).bounds
+    measured = bounds.scale
+    bounds.scale = dataclasses.replace(measured, residual=torch.full_like(measured.residual, float("inf")))
+    try:
+        imported = await api.client.post("/v1/tasks/import?format=safetensors", content=huge.to_bytes())
+    finally:
+        bounds.scale = measured
     assert imported.status_code in (200, 201), imported.text
     overflow = {"prompt": PROMPT, "max_new_tokens": 4, "steering": [{"task": imported.json()["id"], "strength": 50}]}
     good = good_requests(api.task)
@@ -207,7 +216,7 @@ async def test_a_batch_that_raises_is_retried_row_by_row(api: Api) -> None:
     poison_prompt = "Q: poison\nA:"
     good = good_requests(api.task)
     alone = await solo_answers(api, good)
-    with PoisonedModel(svc.lm, svc.batcher.engine.encode(poison_prompt)) as poisoned:
+    with PoisonedModel(svc.lm, svc.backend.engine.encode(poison_prompt)) as poisoned:
         stream_body = {**good[0], "stream": True}
         streamed = asyncio.ensure_future(read_stream(api.client, stream_body))
         responses = await together(api, [{"prompt": poison_prompt, "max_new_tokens": 8}, *good])

@@ -1,4 +1,5 @@
-"""Continuous batching (steering/scheduler.py): whatever joins or leaves around a row, the row's tokens are its
+"""Continuous batching (steering/generation/transformers/scheduler.py): whatever joins or leaves around a row, the
+row's tokens are its
 solo run's, on a tiny model of every supported type (sliding windows shorter than the prompts included)."""
 
 from __future__ import annotations
@@ -9,12 +10,13 @@ from collections.abc import Sequence
 import pytest
 import torch
 
-from steering.engine import Engine, GenerationRequest, GenerationResult
-from steering.inject import SteeringError, SteeringTerm
-from steering.model import LoadedModel
-from steering.modes import MODE_NAMES, expected_shapes, mode_spec
-from steering.scheduler import BULK, MAX_BULK_PAUSE, Scheduler
-from steering.vectors import TaskVector
+from steering.generation.rows import GenerationRequest, GenerationResult
+from steering.generation.transformers.engine import Engine
+from steering.generation.transformers.scheduler import BULK, MAX_BULK_PAUSE, Scheduler
+from steering.model.loading import LoadedModel
+from steering.steer.inject import SteeringError, SteeringTerm
+from steering.vectors.modes import MODE_NAMES, expected_shapes, mode_spec
+from steering.vectors.task_vector import TaskVector
 
 PROMPTS = [
     "Q: hot\nA:",

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from steering.datasets import load_task, split_task
-from steering.engine import Engine, GenerationRequest
-from steering.inject import SteeringTerm
+from steering.generation.rows import GenerationRequest
+from steering.generation.transformers.engine import Engine
 from steering.methods import compute_vector
-from steering.model import LoadedModel
-from steering.templates import DEFAULT_TEMPLATE, render_query
+from steering.model.loading import LoadedModel
+from steering.steer.inject import SteeringTerm
+from steering.tasks.datasets import load_task, split_task
+from steering.tasks.templates import DEFAULT_TEMPLATE, render_query
 from tests.test_scheduler import run, solo, synthetic_vector
 
 pytestmark = pytest.mark.slow

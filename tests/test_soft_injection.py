@@ -8,14 +8,15 @@ from typing import Any
 import pytest
 import torch
 
-from steering.capture import next_token_logprobs
-from steering.engine import Engine, GenerationRequest
-from steering.inject import SteeringTerm
+from steering.generation.rows import GenerationRequest
+from steering.generation.transformers.engine import Engine
 from steering.methods import Cancelled, compute_vector, options_model
+from steering.methods.capture import next_token_logprobs
 from steering.methods.soft_injection import SoftInjectionOptions
-from steering.model import LoadedModel, load_model
-from steering.protocol import Demonstration
-from steering.vectors import TaskVector
+from steering.model.loading import LoadedModel, load_model
+from steering.steer.inject import SteeringTerm
+from steering.vectors.task_vector import TaskVector
+from steering.wire.protocol import Demonstration
 
 PAIRS = [
     ("hot", "cold"),
@@ -134,7 +135,7 @@ def test_should_stop_cancels_training(tiny: LoadedModel) -> None:
 def test_runner_scores_a_teacher_forced_answer_as_a_full_forward_pass(tiny: LoadedModel) -> None:
     """Gates train on whole answers: the cached-prefix runner's logits at the last prompt token and at every
     answer token equal those of one plain forward pass over prompt + answer (rows of different lengths)."""
-    from steering.capture import LastTokenRunner, encode
+    from steering.methods.capture import LastTokenRunner, encode
 
     answers = [[5, 9, 13], [7], [11, 3]]
     runner = LastTokenRunner(tiny, QUERIES[:3], continuations=answers)
@@ -148,7 +149,7 @@ def test_runner_scores_a_teacher_forced_answer_as_a_full_forward_pass(tiny: Load
 
 def test_whole_answer_training_targets_end_with_the_separator(tiny: LoadedModel) -> None:
     from steering.methods.common import answer_ids, ended_answer_ids
-    from steering.templates import DEFAULT_TEMPLATE
+    from steering.tasks.templates import DEFAULT_TEMPLATE
 
     demo = DEMOS[0]
     ended = ended_answer_ids(tiny, DEFAULT_TEMPLATE, demo)

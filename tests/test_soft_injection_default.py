@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from steering.datasets import load_task, split_task
 from steering.eval.evaluator import TaskEvaluator
-from steering.inject import SteeringTerm
 from steering.methods import compute_vector
-from steering.model import LoadedModel
-from steering.templates import DEFAULT_TEMPLATE
+from steering.model.loading import LoadedModel
+from steering.steer.inject import SteeringTerm
+from steering.tasks.datasets import load_task, split_task
+from steering.tasks.templates import DEFAULT_TEMPLATE
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 EXACT_MARGIN = 0.05  # steered exact match within 5 points of 10-shot prompting (measured: 53.8 vs 53.1)

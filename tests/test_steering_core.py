@@ -1,6 +1,6 @@
 """The library's invariants on a tiny random model of every supported model type, for every method.
 
-`tiny_lm` (tests/conftest.py) runs each test below once per tiny model in `steering.tiny.TINY_MODELS` (every
+`tiny_lm` (tests/conftest.py) runs each test below once per tiny model in `steering.model.tiny.TINY_MODELS` (every
 type, and variants of some); scripts/compat_table.py lists these tests in docs/COMPATIBILITY.md as what holds
 each row.
 """
@@ -14,18 +14,19 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM
 
-from steering.answer_end import AnswerEnd
-from steering.arch import resolve_architecture
-from steering.capture import LastTokenRunner, next_token_logprobs
-from steering.engine import Engine, GenerationRequest
-from steering.inject import BatchSteering, SteeringError, SteeringTerm
+from steering.generation.rows import GenerationRequest
+from steering.generation.transformers.engine import Engine
 from steering.methods import compute_vector
+from steering.methods.capture import LastTokenRunner, next_token_logprobs
 from steering.methods.common import DEFAULT_ANSWER_TOKENS, Job, greedy_answers
 from steering.methods.registry import method_spec
-from steering.model import LoadedModel
-from steering.protocol import Demonstration
-from steering.templates import DEFAULT_TEMPLATE
-from steering.vectors import FingerprintMismatch, TaskVector
+from steering.model.arch import resolve_architecture
+from steering.model.loading import LoadedModel
+from steering.steer.inject import BatchSteering, SteeringError, SteeringTerm
+from steering.tasks.answer_end import AnswerEnd
+from steering.tasks.templates import DEFAULT_TEMPLATE
+from steering.vectors.task_vector import FingerprintMismatch, TaskVector
+from steering.wire.protocol import Demonstration
 
 PAIRS = [
     ("hot", "cold"),

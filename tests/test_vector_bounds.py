@@ -3,7 +3,7 @@
 An imported file, or a record written straight into the store, must not make any request's work grow with
 what it holds: every metadata field is bounded at import and again when the vector is read back (a clear
 error for the request, a concurrent /healthz unaffected). Tensors must be finite and of the model's own
-scale (`steering.vectors.check_norms`), and every vector the project itself computes still imports.
+scale (`steering.vectors.task_vector.check_norms`), and every vector the project itself computes still imports.
 """
 
 from __future__ import annotations
@@ -23,15 +23,15 @@ from fastapi import FastAPI
 from safetensors.torch import save as st_save
 
 from app.store import TaskRecord
-from steering.capture import activation_scale, answer_head_means
-from steering.export import export_gguf
-from steering.method_names import VectorMethod
 from steering.methods import compute_vector
-from steering.model import LoadedModel, load_model
-from steering.modes import MODES, mode_spec
-from steering.protocol import MAX_STOP_STRINGS, Demonstration
-from steering.vector_errors import VectorImportError
-from steering.vectors import MAX_NORM_RATIO, ActivationScale, TaskVector, check_norms
+from steering.methods.capture import activation_scale, answer_head_means
+from steering.model.loading import LoadedModel, load_model
+from steering.vectors.errors import VectorImportError
+from steering.vectors.export import export_gguf
+from steering.vectors.modes import MODES, mode_spec
+from steering.vectors.task_vector import MAX_NORM_RATIO, ActivationScale, TaskVector, check_norms
+from steering.wire.method_names import VectorMethod
+from steering.wire.protocol import MAX_STOP_STRINGS, Demonstration
 from tests.api_helpers import ANTONYMS, assert_error, running_app, services_of, settings, task_body, wait_task
 from tests.store_fixtures import StoreBackend
 

@@ -34,12 +34,12 @@ from hypothesis import strategies as st
 from safetensors.torch import save as st_save
 
 import app.vector_files as vectors_route
-from steering.export import directions_to_vector, export_gguf, read_gguf_directions
-from steering.gguf_reader import MAX_NESTING, parse_gguf
-from steering.protocol import TaskInfo, Template
-from steering.safetensors_reader import json_depth
-from steering.vector_errors import ModelMismatch, VectorImportError
-from steering.vectors import TaskVector, check_for_model
+from steering.vectors.errors import ModelMismatch, VectorImportError
+from steering.vectors.export import directions_to_vector, export_gguf, read_gguf_directions
+from steering.vectors.gguf_reader import MAX_NESTING, parse_gguf
+from steering.vectors.safetensors_reader import json_depth
+from steering.vectors.task_vector import TaskVector, check_for_model
+from steering.wire.protocol import TaskInfo, Template
 from tests.api_helpers import assert_error, running_app, services_of
 from tests.api_helpers import settings as app_settings
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from steering.export import GGUF_METHODS, export_gguf, read_gguf_directions
-from steering.model import LoadedModel
-from steering.modes import GGUF_EXPORTABLE_MODES
-from steering.protocol import Template
-from steering.vectors import TaskVector
+from steering.model.loading import LoadedModel
+from steering.vectors.export import GGUF_METHODS, export_gguf, read_gguf_directions
+from steering.vectors.modes import GGUF_EXPORTABLE_MODES
+from steering.vectors.task_vector import TaskVector
+from steering.wire.protocol import Template
 from tests.conftest import ServerProcess, start_server
 
 DEMOS = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from steering.verdict import verdict
+from steering.tasks.verdict import verdict
 
 
 def held_out_metrics(steered: int, zero: int, few: int, n: int) -> dict[str, object]:

@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from steering.engine import Engine, GenerationRequest, GenerationResult
-from steering.inject import SteeringError, SteeringTerm
-from steering.model import LoadedModel, load_model
-from steering.modes import MODE_NAMES
+from steering.generation.rows import GenerationRequest, GenerationResult
+from steering.generation.transformers.engine import Engine
+from steering.model.loading import LoadedModel, load_model
+from steering.steer.inject import SteeringError, SteeringTerm
+from steering.vectors.modes import MODE_NAMES
 from tests.vllm_fixtures import needs_vllm, random_vector, save_tiny_llama, start_engine
 
 pytestmark = [needs_vllm, pytest.mark.vllm]

@@ -1,6 +1,6 @@
 """A tiny llama written as a GGUF file the way llama.cpp's converter writes one, for the GGUF loading tests.
 
-The model is `tiny:llama` (`steering/tiny.py`). Its q/k rows are permuted as llama.cpp does (transformers
+The model is `tiny:llama` (`steering/model/tiny.py`). Its q/k rows are permuted as llama.cpp does (transformers
 undoes that on load), the 2-D weights are stored as Q8_0 and the tokenizer as a byte-level BPE
 (`tokenizer.ggml.model = gpt2`). `reference_model` is the same model with the Q8_0 rounding applied, so a
 correct load reproduces its logits up to float error, and any mistake (names, permutation, dequantising,
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-from steering.tiny import build_tiny_model
+from steering.model.tiny import build_tiny_model
 
 _QUANTIZED = gguf.GGMLQuantizationType.Q8_0
 _TOKEN_NORMAL, _TOKEN_CONTROL = 1, 3

@@ -10,12 +10,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from steering.engine import Engine
+from steering.generation.transformers.engine import Engine
 from steering.generation.vllm.engine import VllmEngine, VllmOptions
-from steering.model import LoadedModel
-from steering.modes import expected_shapes, mode_spec
-from steering.tiny import build_tiny_tokenizer, tiny_config
-from steering.vectors import TaskVector
+from steering.model.loading import LoadedModel
+from steering.model.tiny import build_tiny_tokenizer, tiny_config
+from steering.vectors.modes import expected_shapes, mode_spec
+from steering.vectors.task_vector import TaskVector
 
 needs_vllm = pytest.mark.skipif(
     importlib.util.find_spec("vllm") is None,
@@ -24,7 +24,7 @@ needs_vllm = pytest.mark.skipif(
 
 
 def save_tiny_llama(folder: Path) -> Path:
-    """The tiny llama of `steering.tiny` with head_dim 32 (vLLM's CPU attention has no head size 16): 4 heads,
+    """The tiny llama of `steering.model.tiny` with head_dim 32 (vLLM's CPU attention has no head size 16): 4 heads,
     2 key-value heads, so tensor parallelism 2 splits both."""
     tokenizer = build_tiny_tokenizer()
     config = tiny_config("llama", len(tokenizer))

@@ -7,7 +7,7 @@ field, unless its value is the neutral one (`best_of: 1`, `n: 1`, `logprobs: nul
 Fields that only label a request or hint at caching (`user`, `metadata`, `safety_identifier`,
 `prompt_cache_key`, ...) change no output and are accepted. Unknown fields outside the OpenAI API are
 accepted and ignored (clients and frameworks send many). Sampler bounds are the ones of the native API
-(`steering.protocol`), defined there once.
+(`steering.wire.protocol`), defined there once.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from steering.protocol import UNSUPPORTED_PARAMETER, ChatMessage, Seed, SteeringEntry, Stop, Temperature, TopP
-from steering.protocol import valid_text as _valid_text
+from steering.wire.protocol import UNSUPPORTED_PARAMETER, ChatMessage, Seed, SteeringEntry, Stop, Temperature, TopP
+from steering.wire.protocol import valid_text as _valid_text
 
 
 def _only(neutral: Callable[[Any], bool], why: str) -> AfterValidator:

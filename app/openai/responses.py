@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from steering.engine import GenerationResult
+from steering.generation.rows import GenerationResult
 
 FinishReason = Literal["stop", "length"]
 

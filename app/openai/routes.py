@@ -10,14 +10,14 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
-from app.batcher import Pending
 from app.generation import GenerationService
 from app.openai import serving
 from app.openai.protocol import ChatCompletionRequest, CompletionRequest
 from app.openai.responses import ChatCompletion, Completion, ModelList
 from app.services import Services, owner, services
-from steering.engine import GenerationResult
-from steering.protocol import ChatMessage
+from steering.generation.backend import Submission
+from steering.generation.rows import GenerationResult
+from steering.wire.protocol import ChatMessage
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 T = TypeVar("T", Completion, ChatCompletion)
@@ -55,7 +55,7 @@ async def _answer(
     prompt: str | None,
     messages: list[ChatMessage] | None,
     id_prefix: str,
-    chunks: Callable[[GenerationService, Pending, serving.Header], AsyncIterator[BaseModel]],
+    chunks: Callable[[GenerationService, Submission, serving.Header], AsyncIterator[BaseModel]],
     respond: Callable[[serving.Header, GenerationResult], T],
 ) -> T | EventSourceResponse:
     """What both endpoints do: check the model, prepare the request, then stream its chunks or answer its body."""
@@ -70,6 +70,6 @@ async def _answer(
     )
     header = serving.Header.new(id_prefix, svc.lm.name)
     if body.stream:
-        pending = svc.generation.start_stream(request)
-        return serving.sse(chunks(svc.generation, pending, header), http, svc.generation)
+        submission = svc.generation.start_stream(request)
+        return serving.sse(chunks(svc.generation, submission, header), http, svc.generation)
     return respond(header, await svc.generation.complete(request, http))

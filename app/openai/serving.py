@@ -16,7 +16,6 @@ from fastapi import Request
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
-from app.batcher import Pending
 from app.errors import ApiError, quoted
 from app.generation import GenerationService, Sampling
 from app.openai.protocol import ChatCompletionRequest, CompletionRequest
@@ -35,7 +34,8 @@ from app.openai.responses import (
     ModelList,
     Usage,
 )
-from steering.engine import GenerationResult
+from steering.generation.backend import Submission
+from steering.generation.rows import GenerationResult
 
 DEFAULT_MAX_TOKENS = 64
 
@@ -98,7 +98,7 @@ def completion(header: Header, text: str, result: GenerationResult) -> Completio
 
 
 async def completion_chunks(
-    generation: GenerationService, pending: Pending, header: Header, echo: str = ""
+    generation: GenerationService, submission: Submission, header: Header, echo: str = ""
 ) -> AsyncIterator[CompletionChunk]:
     """The completion's pieces; with `echo` (the prompt of an `echo: true` request) that text first."""
 
@@ -108,9 +108,9 @@ async def completion_chunks(
 
     if echo:
         yield chunk(echo, None)
-    async for piece in generation.pieces(pending):
+    async for piece in generation.pieces(submission):
         yield chunk(piece, None)
-    result = await pending.future
+    result = await submission.future
     yield chunk("", finish_reason(result), Usage.of(result))
 
 
@@ -122,7 +122,7 @@ def chat_completion(header: Header, result: GenerationResult) -> ChatCompletion:
 
 
 async def chat_chunks(
-    generation: GenerationService, pending: Pending, header: Header
+    generation: GenerationService, submission: Submission, header: Header
 ) -> AsyncIterator[ChatCompletionChunk]:
     def chunk(delta: ChatDelta, finish: FinishReason | None, usage: Usage | None = None) -> ChatCompletionChunk:
         choice = ChatChunkChoice(delta=delta, finish_reason=finish)
@@ -131,9 +131,9 @@ async def chat_chunks(
         )
 
     yield chunk(ChatDelta(role="assistant", content=""), None)
-    async for piece in generation.pieces(pending):
+    async for piece in generation.pieces(submission):
         yield chunk(ChatDelta(content=piece), None)
-    result = await pending.future
+    result = await submission.future
     yield chunk(ChatDelta(), finish_reason(result), Usage.of(result))
 
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request
 
 from app.generation import Sampling, applied
 from app.services import Services, owner, services
-from steering.protocol import GenerateRequest, GenerateResponse, Usage
+from steering.wire.protocol import GenerateRequest, GenerateResponse, Usage
 
 router = APIRouter(prefix="/v1", tags=["generate"])
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 
 from app.services import Services, owner, services
 from app.tasks import task_info
-from steering.protocol import TaskCreate, TaskCreated, TaskInfo, TaskList, TaskUpdate
+from steering.wire.protocol import TaskCreate, TaskCreated, TaskInfo, TaskList, TaskUpdate
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 MAX_PAGE = 200

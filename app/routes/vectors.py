@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from app.services import owner
 from app.tasks import task_info
 from app.vector_files import VectorFiles, VectorFormat, vector_files
-from steering.protocol import TaskInfo, TaskName
+from steering.wire.protocol import TaskInfo, TaskName
 
 router = APIRouter(prefix="/v1/tasks", tags=["vectors"])
 

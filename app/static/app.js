@@ -565,7 +565,7 @@ async function runColumn(name, jobs, emptyText) {
   if (seq === state.seq[name]) setColumn(name, nodes, false);
 }
 
-// Where an answer ends under a task's learned rule (`answer_end`), as the server's steering/answer_end.py cuts it:
+// Where an answer ends under a task's learned rule (`answer_end`), as the server's steering/tasks/answer_end.py cuts it:
 // the few-shot column's answers end as the steered ones do, so the columns compare like the task's verdict.
 function cutAnswer(text, rule) {
   const ends = [];

@@ -11,7 +11,7 @@ import typer
 from steering.cli.app import EPILOG, JsonFlag, State, app, err, handled, state_of
 from steering.cli.render import emit_json, fmt
 from steering.client import Client
-from steering.protocol import GenerateResponse, SteeringEntry
+from steering.wire.protocol import GenerateResponse, SteeringEntry
 
 
 def parse_task(spec: str) -> SteeringEntry:

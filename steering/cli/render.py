@@ -16,7 +16,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn
 from rich.table import Table
 
 from steering.cli.app import State, err
-from steering.protocol import TaskInfo, Verdict
+from steering.wire.protocol import TaskInfo, Verdict
 
 
 def stdout() -> Console:

@@ -12,9 +12,9 @@ import typer
 from steering.cli.app import EPILOG, JsonFlag, err, handled, state_of, tasks_app
 from steering.cli.render import emit_json, progress_bar, show_task, stdout, tasks_table
 from steering.client import TaskFailed
-from steering.datasets import read_demonstrations
-from steering.method_names import METHOD_NAMES
-from steering.protocol import TaskList
+from steering.tasks.datasets import read_demonstrations
+from steering.wire.method_names import METHOD_NAMES
+from steering.wire.protocol import TaskList
 
 
 def parse_options(pairs: list[str]) -> dict[str, Any]:

@@ -8,7 +8,7 @@
         for piece in client.stream_generate(input="early", steering=[(task.id, 1.5)]):
             print(piece, end="", flush=True)
 
-Requests and responses are the pydantic models of `steering.protocol`, the same ones the server
+Requests and responses are the pydantic models of `steering.wire.protocol`, the same ones the server
 validates with. Every error answer raises a `SteeringAPIError` subclass chosen by its status and type.
 Both clients run the same I/O-free operations (`operations.py`).
 """

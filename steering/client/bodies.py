@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
-from steering.datasets import read_demonstrations
-from steering.protocol import (
+from steering.tasks.datasets import read_demonstrations
+from steering.wire.protocol import (
     ChatMessage,
     Demonstration,
     GenerateRequest,

@@ -20,7 +20,7 @@ from steering.client.bodies import DemoLike, SteeringLike, VectorFormat, generat
 from steering.client.errors import api_error, check
 from steering.client.operations import Call, Operation, ProgressCallback
 from steering.client.sse import StreamDecoder
-from steering.protocol import ChatMessage, GenerateResponse, TaskInfo, Template
+from steering.wire.protocol import ChatMessage, GenerateResponse, TaskInfo, Template
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 T = TypeVar("T")

@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from steering.protocol import TaskInfo
+from steering.wire.protocol import TaskInfo
 
 
 class SteeringError(Exception):

@@ -27,7 +27,7 @@ from steering.client.bodies import (
     task_path,
 )
 from steering.client.errors import TaskFailed, WaitTimeout
-from steering.protocol import GenerateResponse, TaskInfo, TaskList, Template
+from steering.wire.protocol import GenerateResponse, TaskInfo, TaskList, Template
 
 ProgressCallback = Callable[[TaskInfo], None]
 FINISHED = ("ready", "failed")

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from steering.client.errors import SteeringAPIError
-from steering.protocol import GenerateResponse
+from steering.wire.protocol import GenerateResponse
 
 
 @dataclass

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from steering.client import Client
 from steering.eval.config import EvalConfig
-from steering.protocol import Demonstration, TaskInfo
+from steering.wire.protocol import Demonstration, TaskInfo
 
 if TYPE_CHECKING:
-    from steering.model import LoadedModel
+    from steering.model.loading import LoadedModel
 
 
 @dataclass
@@ -72,14 +72,14 @@ class LocalBackend:
     """Computes vectors and generates in this process."""
 
     def __init__(self, lm: LoadedModel, batch_size: int = 20) -> None:
-        from steering.engine import Engine
+        from steering.generation.transformers.engine import Engine
 
         self.lm, self.batch_size, self.engine = lm, batch_size, Engine(lm)
 
     @classmethod
     def load(cls, model: str = "default", batch_size: int = 20) -> LocalBackend:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # only takes effect before torch starts its threads
-        from steering.model import load_model
+        from steering.model.loading import load_model
 
         return cls(load_model(model), batch_size)
 
@@ -119,8 +119,8 @@ class LocalBackend:
     def complete(
         self, prompts: Sequence[str], steer: Steer | None, max_new_tokens: int, stop: Sequence[str]
     ) -> list[str]:
-        from steering.engine import GenerationRequest
-        from steering.inject import SteeringTerm
+        from steering.generation.rows import GenerationRequest
+        from steering.steer.inject import SteeringTerm
 
         terms = (SteeringTerm(steer.handle, steer.strength),) if steer is not None else ()
         texts: list[str] = []

@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from steering.datasets import task_names
 from steering.eval.config import (
     DEFAULT_METHODS,
     DEFAULT_MULTIPLES,
@@ -18,7 +17,8 @@ from steering.eval.config import (
     parse_method_options,
     parse_multiples,
 )
-from steering.method_names import METHOD_NAMES
+from steering.tasks.datasets import task_names
+from steering.wire.method_names import METHOD_NAMES
 
 
 def eval_command(

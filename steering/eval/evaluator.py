@@ -13,14 +13,14 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from steering.answer_end import AnswerEnd, template_end
-from steering.capture import next_token_logprobs
-from steering.inject import SteeringTerm
+from steering.methods.capture import next_token_logprobs
 from steering.methods.common import answer_token, exact_match, greedy_answers
-from steering.model import LoadedModel
-from steering.protocol import Demonstration, Template
-from steering.templates import few_shot_prompt, render_query
-from steering.vectors import TaskVector
+from steering.model.loading import LoadedModel
+from steering.steer.inject import SteeringTerm
+from steering.tasks.answer_end import AnswerEnd, template_end
+from steering.tasks.templates import few_shot_prompt, render_query
+from steering.vectors.task_vector import TaskVector
+from steering.wire.protocol import Demonstration, Template
 
 
 @dataclass

@@ -7,11 +7,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from steering.answer_end import AnswerEnd, learn_answer_end
 from steering.eval.backends import Backend, Steer
 from steering.eval.config import EvalConfig
-from steering.protocol import Demonstration
-from steering.templates import DEFAULT_TEMPLATE, few_shot_prompt, render_query, stop_strings
+from steering.tasks.answer_end import AnswerEnd, learn_answer_end
+from steering.tasks.templates import DEFAULT_TEMPLATE, few_shot_prompt, render_query, stop_strings
+from steering.wire.protocol import Demonstration
 
 DEFINITIONS = {
     "first_token": (

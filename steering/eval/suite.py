@@ -10,15 +10,15 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any
 
-from steering.datasets import load_task, split_task
 from steering.eval.backends import Backend, Steer
 from steering.eval.config import EvalConfig, reproduce_command
 from steering.eval.progress import NullReporter, Reporter
 from steering.eval.scoring import DEFINITIONS, Probe, build_probe, score, summarise
 from steering.methods.auto import rank_key
 from steering.methods.registry import auto_candidates
-from steering.protocol import Demonstration
-from steering.verdict import verdict
+from steering.tasks.datasets import load_task, split_task
+from steering.tasks.verdict import verdict
+from steering.wire.protocol import Demonstration
 
 AUTO = "auto"
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from steering.method_names import METHOD_NAMES
 from steering.methods.common import Cancelled, Job, MethodOptions, ProgressFn, job_answer_end
 from steering.methods.registry import method_spec
-from steering.model import LoadedModel
-from steering.protocol import Demonstration, Template
-from steering.templates import DEFAULT_TEMPLATE
-from steering.vectors import TaskVector
+from steering.model.loading import LoadedModel
+from steering.tasks.templates import DEFAULT_TEMPLATE
+from steering.vectors.task_vector import TaskVector
+from steering.wire.method_names import METHOD_NAMES
+from steering.wire.protocol import Demonstration, Template
 
 METHODS: tuple[str, ...] = METHOD_NAMES
 

@@ -9,26 +9,22 @@ favours it slightly in the comparison.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from steering.method_names import VectorMethod
-from steering.methods.common import Job, MethodOptions
-from steering.vectors import TaskVector
+from steering.methods.common import Job, MethodOptions, MethodSpec
+from steering.vectors.task_vector import TaskVector
+from steering.wire.method_names import VectorMethod
 
 CandidateMethod = VectorMethod
 
 
-def _default_candidates() -> list[str]:
-    from steering.methods.registry import auto_candidates  # the registry imports this module
-
-    return auto_candidates()
-
-
 class AutoOptions(MethodOptions):
+    # The registry's subclass (`registry.CheckedAutoOptions`) fills the default with the methods marked
+    # `tried_by_auto` and checks each candidate's options by that method's own model.
     candidates: list[CandidateMethod] = Field(
-        default_factory=_default_candidates,
         min_length=1,
         description="Methods to try, in order. ICV and contrastive are for style tasks and are not tried by default.",
     )
@@ -36,19 +32,6 @@ class AutoOptions(MethodOptions):
     method_options: dict[CandidateMethod, dict[str, Any]] = Field(
         default_factory=dict, description="Extra options per candidate method, e.g. {'soft_injection': {'steps': 60}}."
     )
-
-    @model_validator(mode="after")
-    def _candidate_options(self) -> AutoOptions:
-        """Each candidate's options are checked now, by that method's own model, not when it runs."""
-        from steering.methods.registry import METHODS  # the registry imports this module
-
-        shared = self.model_dump(exclude_unset=True, exclude={"candidates", "time_budget_s", "method_options"})
-        for method, extra in self.method_options.items():
-            METHODS[method].options(**{**shared, **extra})  # as `compute` will combine them
-        return self
-
-
-OPTIONS = AutoOptions
 
 
 def rank_key(metrics: dict[str, Any]) -> tuple[float, float, float]:
@@ -61,10 +44,9 @@ def rank_key(metrics: dict[str, Any]) -> tuple[float, float, float]:
     )
 
 
-def compute(job: Job, options: dict) -> TaskVector:
-    from steering.methods.registry import METHODS  # the registry imports this module
-
-    opts = AutoOptions(**options)
+def compute(job: Job, options: AutoOptions, methods: Mapping[str, MethodSpec]) -> TaskVector:
+    """The best of `options.candidates`, each computed by its spec in `methods`."""
+    opts = options
     # Only what the caller set is passed on: each candidate keeps its own defaults (soft injection's
     # k_shot and num_prompts differ from the others'), so a candidate computes exactly as it would alone.
     shared = opts.model_dump(exclude_unset=True, exclude={"candidates", "time_budget_s", "method_options"})
@@ -74,7 +56,7 @@ def compute(job: Job, options: dict) -> TaskVector:
     unit_cost: float | None = None
     for method in opts.candidates:
         elapsed = time.perf_counter() - started
-        spec = METHODS[method]
+        spec = methods[method]
         expected = unit_cost * spec.relative_cost if unit_cost is not None else 0.0
         if best is not None and elapsed + expected > opts.time_budget_s:
             tried.append({"method": method, "skipped": f"expected {expected:.0f} s, over the time budget"})

@@ -11,14 +11,15 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from steering.answer_end import AnswerEnd, learn_answer_end
-from steering.capture import next_token_logprobs
-from steering.engine import Engine, GenerationRequest
-from steering.inject import SteeringTerm
-from steering.model import LoadedModel
-from steering.protocol import Demonstration, Template
-from steering.templates import answer_text, render_query, sample_few_shot_prompts
-from steering.vectors import TaskVector
+from steering.generation.rows import GenerationRequest
+from steering.generation.transformers.engine import Engine
+from steering.methods.capture import next_token_logprobs
+from steering.model.loading import LoadedModel
+from steering.steer.inject import SteeringTerm
+from steering.tasks.answer_end import AnswerEnd, learn_answer_end
+from steering.tasks.templates import answer_text, render_query, sample_few_shot_prompts
+from steering.vectors.task_vector import TaskVector
+from steering.wire.protocol import Demonstration, Template
 
 ProgressFn = Callable[[dict[str, Any]], None]
 DEFAULT_ANSWER_TOKENS = 16  # generated for a dev answer when the rule sets no bound
@@ -65,6 +66,17 @@ class Job:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method as the registry lists it: its options model, its computation and how it is chosen."""
+
+    options: type[MethodOptions]  # validates the method's options
+    compute: Callable[[Job, dict], TaskVector]
+    # Expected cost relative to a task vector's; `auto` uses it to skip candidates that would overrun its budget.
+    relative_cost: float = 1.0
+    tried_by_auto: bool = False  # among `auto`'s default candidates (in registry order)
 
 
 @dataclass

@@ -12,8 +12,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from steering.capture import last_token_activations
-from steering.inject import SteeringTerm
+from steering.methods.capture import last_token_activations
 from steering.methods.common import (
     Candidate,
     DevSet,
@@ -27,8 +26,9 @@ from steering.methods.common import (
     split_demonstrations,
     strength_grid,
 )
-from steering.protocol import Demonstration
-from steering.vectors import TaskVector
+from steering.steer.inject import SteeringTerm
+from steering.vectors.task_vector import TaskVector
+from steering.wire.protocol import Demonstration
 
 
 class ContrastiveOptions(MethodOptions):

@@ -22,8 +22,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from steering.capture import LastTokenRunner, last_token_activations
-from steering.inject import BatchSteering, LayerEdit, SteeringTerm
+from steering.methods.capture import LastTokenRunner, last_token_activations
 from steering.methods.common import (
     Candidate,
     DevSet,
@@ -38,9 +37,10 @@ from steering.methods.common import (
     split_demonstrations,
     strength_grid,
 )
-from steering.model import LoadedModel
-from steering.templates import sample_few_shot_prompts
-from steering.vectors import TaskVector
+from steering.model.loading import LoadedModel
+from steering.steer.inject import BatchSteering, LayerEdit, SteeringTerm
+from steering.tasks.templates import sample_few_shot_prompts
+from steering.vectors.task_vector import TaskVector
 
 
 class FunctionVectorOptions(MethodOptions):

@@ -2,7 +2,7 @@
 best gates on held-out demonstrations kept (early stopping). Soft injection trains its gates here.
 
 A batch runs only the last prompt token (and, teacher forced, the answer after it) with gradients: the
-prompt prefix is computed once per batch and kept in a KV cache (`steering.capture.LastTokenRunner`).
+prompt prefix is computed once per batch and kept in a KV cache (`steering.methods.capture.LastTokenRunner`).
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from steering.capture import LastTokenRunner
+from steering.methods.capture import LastTokenRunner
 from steering.methods.common import Job
-from steering.model import LoadedModel
-from steering.protocol import Demonstration, Template
-from steering.templates import render_query
+from steering.model.loading import LoadedModel
+from steering.tasks.templates import render_query
+from steering.wire.protocol import Demonstration, Template
 
 REPORT_EVERY = 5
 MIN_DELTA = 0.01  # a dev-loss gain (nats) below this still updates the best gates but counts as stale

@@ -15,7 +15,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from steering.inject import SteeringTerm
 from steering.methods.common import (
     Candidate,
     DevSet,
@@ -28,7 +27,8 @@ from steering.methods.common import (
     strength_grid,
 )
 from steering.methods.contrastive import pair_differences
-from steering.vectors import TaskVector
+from steering.steer.inject import SteeringTerm
+from steering.vectors.task_vector import TaskVector
 
 
 class IcvOptions(MethodOptions):

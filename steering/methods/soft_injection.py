@@ -26,8 +26,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from steering.capture import answer_head_means, last_token_activations
-from steering.inject import BatchSteering, LayerEdit, SteeringError, SteeringTerm
+from steering.methods.capture import answer_head_means, last_token_activations
 from steering.methods.common import (
     Candidate,
     Choice,
@@ -47,7 +46,8 @@ from steering.methods.common import (
     strength_grid,
 )
 from steering.methods.gates import Batch, Schedule, Training, query_batches, token_loss, train_gates
-from steering.vectors import TaskVector
+from steering.steer.inject import BatchSteering, LayerEdit, SteeringError, SteeringTerm
+from steering.vectors.task_vector import TaskVector
 
 # sigmoid(CLOSED) is exactly 0.0 in float32: a layer that was not trained changes nothing even when a
 # request names it explicitly.

@@ -6,8 +6,7 @@ zero-shot query at the same layer. The layer is chosen on held-out demonstration
 
 from __future__ import annotations
 
-from steering.capture import last_token_activations
-from steering.inject import SteeringTerm
+from steering.methods.capture import last_token_activations
 from steering.methods.common import (
     Candidate,
     DevSet,
@@ -21,7 +20,8 @@ from steering.methods.common import (
     split_demonstrations,
     strength_grid,
 )
-from steering.vectors import TaskVector
+from steering.steer.inject import SteeringTerm
+from steering.vectors.task_vector import TaskVector
 
 
 class TaskVectorOptions(MethodOptions):

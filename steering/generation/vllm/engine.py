@@ -27,13 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from steering.generation.rows import GenerationRequest, GenerationResult, RowState
 from steering.generation.vllm.plan import EXTRA_ARGS_KEY, PlannedTerm, cache_salt, encode_plan
 from steering.generation.vllm.slots import VectorSlots
-from steering.inject import SteeringError, SteeringTerm
-from steering.modes import mode_spec
-from steering.rows import GenerationRequest, GenerationResult, RowState
-from steering.vector_errors import VectorImportError
-from steering.vectors import TaskVector, check_for_model
+from steering.steer.inject import SteeringError, SteeringTerm
+from steering.vectors.errors import VectorImportError
+from steering.vectors.modes import mode_spec
+from steering.vectors.task_vector import TaskVector, check_for_model
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class VllmOptions:
 
 @dataclass(frozen=True)
 class ModelDims:
-    """The whole model's shape as the workers report it (`steering.modes.ModelShape`)."""
+    """The whole model's shape as the workers report it (`steering.vectors.modes.ModelShape`)."""
 
     num_layers: int
     hidden_size: int

@@ -11,7 +11,7 @@ import re
 import shutil
 from pathlib import Path
 
-from steering.model import LoadedModel
+from steering.model.loading import LoadedModel
 
 
 def vllm_model_folder(lm: LoadedModel, requested: str, cache_dir: Path) -> Path:

@@ -6,7 +6,7 @@ last prompt token is the one at position `prompt_len - 1`, whichever prefill chu
 (`computed <= P-1 < computed + scheduled`), and its answer's tokens are those at positions >= P.
 
 The edits themselves are the transformers engine's: each request's terms summed per layer by
-`steering.inject.row_edits` (one row per steered request) and applied with the same functions
+`steering.steer.inject.row_edits` (one row per steered request) and applied with the same functions
 (`replace_state`, `add_keeping_norm`, `mix_heads`), in the same order as `BatchSteering.edit_residual`.
 Tokens of plain requests, and tokens of steered requests where none of their ops acts, are not touched.
 """
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from steering.inject import LayerEdit, SteeringTerm, add_keeping_norm, mix_heads, replace_state, row_edits
-from steering.modes import ModelShape
+from steering.steer.inject import LayerEdit, SteeringTerm, add_keeping_norm, mix_heads, replace_state, row_edits
+from steering.vectors.modes import ModelShape
 
 
 @dataclass(frozen=True)

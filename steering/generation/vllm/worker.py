@@ -28,8 +28,8 @@ from torch import nn
 
 from steering.generation.vllm.plan import EXTRA_ARGS_KEY, decode_plan
 from steering.generation.vllm.token_steering import LayerPlan, StepRow, StepSteering, build_layer_plans
-from steering.inject import SteeringTerm
-from steering.vectors import TaskVector
+from steering.steer.inject import SteeringTerm
+from steering.vectors.task_vector import TaskVector
 
 log = logging.getLogger(__name__)
 
