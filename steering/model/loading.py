@@ -127,7 +127,7 @@ def load_model(
     cache_dir: Path | None = None,
     revision: str | None = None,
 ) -> LoadedModel:
-    """Load `default` (the packaged SmolLM2), another packaged model by its short name (`packaged_models.py`),
+    """Load `default` (the packaged SmolLM2), another packaged model by its short name (`packaged.py`),
     a local `.gguf` file, `tiny:<family>`, a local folder or a hub id."""
     torch_device = pick_device(device)
     torch_dtype = pick_dtype(dtype, torch_device)
