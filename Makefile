@@ -44,6 +44,7 @@ test-fast: setup
 lint: setup
 	$(BIN)/ruff check steering app tests scripts
 	$(BIN)/ruff format --check steering app tests scripts
+	$(BIN)/lint-imports
 
 bench: setup
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m scripts.bench

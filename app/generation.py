@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import copy
+import threading
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -21,6 +24,8 @@ from steering.tasks.answer_end import AnswerEnd, template_end
 from steering.tasks.templates import DEFAULT_TEMPLATE, render_query
 from steering.wire.protocol import ChatMessage, SteeringEntry
 
+TOKENIZING_THREADS = 2  # prompts rendered and tokenized at once, each thread with its own tokenizer
+
 
 @dataclass
 class Sampling:
@@ -36,9 +41,24 @@ class Sampling:
 class GenerationService:
     def __init__(self, lm: LoadedModel, tasks: TaskService, backend: GenerationBackend, settings: Settings) -> None:
         self.lm, self.tasks, self.backend, self.settings = lm, tasks, backend, settings
+        # Prompts are rendered and tokenized off the event loop (a 1 MB prompt takes one to two seconds), each
+        # thread on a copy of the tokenizer of its own: a Rust tokenizer refuses two threads at once, and the
+        # generation thread uses the model's.
+        self._tokenizing = ThreadPoolExecutor(max_workers=TOKENIZING_THREADS, thread_name_prefix="tokenize")
+        self._local = threading.local()
+
+    def _tokenizer(self):
+        if not hasattr(self._local, "tokenizer"):
+            self._local.tokenizer = copy.deepcopy(self.lm.tokenizer)
+        return self._local.tokenizer
+
+    def _prompt_ids(self, prompt: str | None, messages: Sequence[ChatMessage] | None) -> list[int]:
+        """On a tokenizing thread: the chat rendered (when `messages`), then the prompt's token ids."""
+        text = self.render_chat(messages) if messages is not None else prompt or ""
+        return list(self._tokenizer()(text)["input_ids"])
 
     def render_chat(self, messages: Sequence[ChatMessage]) -> str:
-        tokenizer = self.lm.tokenizer
+        tokenizer = self._tokenizer()
         if not getattr(tokenizer, "chat_template", None):
             raise ApiError(422, "no_chat_template", "this model has no chat template: send `prompt` instead")
         return tokenizer.apply_chat_template(
@@ -61,14 +81,12 @@ class GenerationService:
         answer_end = None
         if sampling.stop is None and (input_text is not None or (terms and sampling.task_answer_end)):
             answer_end = tasks_answer_end(terms)
-        if messages is not None:
-            text = self.render_chat(messages)
-        elif input_text is not None:
+        text = prompt
+        if messages is None and input_text is not None:
             template = terms[0].vector.template if terms else DEFAULT_TEMPLATE
             text = render_query(template, input_text)
-        else:
-            text = prompt or ""
-        ids = list(self.lm.tokenizer(text)["input_ids"])
+        loop = asyncio.get_running_loop()
+        ids = await loop.run_in_executor(self._tokenizing, self._prompt_ids, text, messages)
         if not ids:
             raise ApiError(422, "empty_prompt", "the prompt is empty")
         if len(ids) > self.settings.max_prompt_tokens:

@@ -22,7 +22,8 @@ from app.errors import ERROR_RESPONSES, install_error_handlers
 from app.generation import GenerationService
 from app.metrics import Metrics
 from app.middleware import BodyEncoding, BodyLimit, BodyReading, RequestId, RequestMetrics
-from app.routes import generate, health, openai, tasks, vectors
+from app.openai import routes as openai
+from app.routes import generate, health, tasks, vectors
 from app.services import Services
 from app.settings import Settings
 from app.shutdown import DrainingServer

@@ -367,3 +367,23 @@ async def test_names_are_per_key(keyed: Keyed) -> None:
     assert (await keyed.client.get("/v1/tasks/mine", headers=ALPHA)).json()["id"] == keyed.task
     restored = await keyed.client.patch(f"/v1/tasks/{keyed.task}", json={"name": None}, headers=ALPHA)
     assert restored.status_code == 200 and restored.json()["name"] is None
+
+
+async def test_a_huge_prompt_is_tokenized_without_stalling_other_requests(tmp_path: Path) -> None:
+    """A prompt as large as the body limit takes the tokenizer a second or more; that must not hold the event
+    loop (every other request, /healthz included, would wait behind it)."""
+    huge = {"prompt": "hot and cold, big and small. " * 34_000, "max_new_tokens": 2}  # about 1 MB
+    async with running_app(settings(tmp_path, max_body_bytes=2_000_000)) as (_, client):
+        started = asyncio.get_running_loop().time()
+        assert_error(await client.post("/v1/generate", json=huge), 422, "prompt_too_long")
+        tokenizing_s = asyncio.get_running_loop().time() - started
+        work = asyncio.gather(*(client.post("/v1/generate", json=huge) for _ in range(3)))
+        slowest = 0.0  # the longest the loop took to answer /healthz and come back from a 10 ms sleep
+        while not work.done():
+            start = asyncio.get_running_loop().time()
+            assert (await client.get("/healthz")).status_code == 200
+            await asyncio.sleep(0.01)  # in-process, the GET itself never lets another task run
+            slowest = max(slowest, asyncio.get_running_loop().time() - start - 0.01)
+        for response in await work:
+            assert_error(response, 422, "prompt_too_long")
+    assert slowest < tokenizing_s / 2, (slowest, tokenizing_s)

@@ -19,16 +19,18 @@ async def healthz() -> dict:
 @router.get("/readyz")
 async def readyz(svc: Services = Depends(services)) -> JSONResponse:
     store_ok = await svc.store.ping()
-    batcher_ok = svc.batcher.alive or not svc.batcher.serving  # a `worker` replica does not serve generation
+    backend = svc.backend
+    generation_ok = backend.alive or not backend.serving  # a `worker` replica does not serve generation
     checks = {
         "role": svc.settings.role,
         "store": "ok" if store_ok else "unreachable",
-        "batcher": ("ok" if svc.batcher.alive else "stopped") if svc.batcher.serving else "off",
+        "engine": backend.name,
+        "batcher": ("ok" if backend.alive else "stopped") if backend.serving else "off",
         "draining": svc.draining,
-        "batcher_restarts": svc.batcher.restarts,
+        "batcher_restarts": backend.restarts,
     }
     body = {"model": svc.lm.name, "fingerprint": svc.lm.fingerprint, **checks}
-    if not store_ok or not batcher_ok or svc.draining:
+    if not store_ok or not generation_ok or svc.draining:
         return JSONResponse({"status": "unready", **body}, status_code=503, headers={"Retry-After": "2"})
     return JSONResponse({"status": "ready", **body})
 
