@@ -48,7 +48,14 @@ def random_vector(lm: LoadedModel, mode: str, seed: int, scale: float = 1.0) -> 
 
 async def start_engine(folder: Path, lm: LoadedModel, **options: object) -> VllmEngine:
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # threads share cores with other processes
-    defaults: dict[str, object] = {"kv_cache_bytes": 64 << 20, "max_num_seqs": 8, "max_model_len": 512}
+    # vLLM's "auto" dtype is bfloat16 on CPU even for float32 weights: run in the loaded model's dtype, as the
+    # service does (app/backends.py), so that vLLM computes what the transformers engine computes.
+    defaults: dict[str, object] = {
+        "kv_cache_bytes": 64 << 20,
+        "max_num_seqs": 8,
+        "max_model_len": 512,
+        "dtype": str(lm.dtype).removeprefix("torch."),
+    }
     return await VllmEngine.start(
         folder,
         lm.tokenizer,

@@ -54,7 +54,10 @@ class VllmOptions:
     max_slots: int = 32  # vectors held by the workers at once
     kv_cache_bytes: int = 1 << 30
     block_size: int | None = None  # KV block tokens (vLLM's CPU default 128); prefix caching shares whole blocks
-    dtype: str = "auto"
+    # Never "auto": vLLM's "auto" runs float32 weights in bfloat16 on CPU (vllm/config/model.py, "Downcast for
+    # float32 models"), and the steered answers would no longer be the transformers engine's. The service
+    # passes the dtype the transformers engine loaded.
+    dtype: str = "float32"
     enable_prefix_caching: bool = True
     seed: int = 0
 
@@ -127,6 +130,8 @@ class VllmEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         options = options or VllmOptions()
+        if options.dtype == "auto":
+            raise ValueError("give vLLM the served model's dtype: its 'auto' runs float32 weights in bfloat16 on CPU")
         args = AsyncEngineArgs(
             model=str(model_folder),
             tokenizer=str(model_folder),
