@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import time
 import uuid
 import weakref
@@ -130,6 +131,9 @@ class VllmEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         options = options or VllmOptions()
+        # GPUs default to the V2 model runner, which orders a batch's tokens otherwise (`worker.py` reads MRV1's);
+        # a value set by the caller is kept, and `steer_install` refuses it.
+        os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
         if options.dtype == "auto":
             raise ValueError("give vLLM the served model's dtype: its 'auto' runs float32 weights in bfloat16 on CPU")
         args = AsyncEngineArgs(
