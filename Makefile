@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup serve test test-vllm test-fast lint bench bench-load eval clean
+.PHONY: setup serve test test-vllm test-fast lint bench bench-load bench-vllm eval clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -51,6 +51,11 @@ bench: setup
 
 bench-load: setup
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m scripts.bench_load
+
+# What steering costs on vLLM (docs/PERFORMANCE.md); installs vLLM into the venv first, as STEER_ENGINE=vllm make setup.
+bench-vllm: $(VLLM_STAMP)
+	$(BIN)/python -m steering prepare
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m scripts.bench_vllm
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

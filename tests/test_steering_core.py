@@ -251,10 +251,14 @@ def test_greedy_answers_run_to_the_answer_rules_own_bound(tiny_llama: LoadedMode
 
 
 def test_streaming_yields_the_same_text(tiny_llama: LoadedModel) -> None:
+    """The text pieces a generation streams (its per-step deltas) add up to its whole text."""
     engine = Engine(tiny_llama)
     request = GenerationRequest(engine.encode(PROMPTS[1]), max_new_tokens=10)
     whole = engine.generate([request])[0].text
-    assert "".join(engine.stream(GenerationRequest(engine.encode(PROMPTS[1]), max_new_tokens=10))) == whole
+    pieces: list[str] = []
+    streamed = GenerationRequest(engine.encode(PROMPTS[1]), max_new_tokens=10)
+    engine.generate([streamed], on_step=lambda deltas: pieces.extend(d.text for d in deltas))
+    assert "".join(pieces) == whole
 
 
 def test_hooks_are_removed_even_when_the_forward_raises(tiny_llama: LoadedModel) -> None:

@@ -165,7 +165,8 @@ class RemoteBackend:
         def progress(info: TaskInfo) -> None:
             stage(f"{info.status} {stage_text(info.progress or {})}".strip())
 
-        created = self.client.register(demos, method=method, name=name, options=options)
+        # The name labels the latest run of this task and method: a later run with other demonstrations takes it.
+        created = self.client.register(demos, method=method, name=name, options=options, take_name=True)
         info = self.client.wait(created.id, timeout=self.timeout, poll_interval=0.25, on_progress=progress)
         metrics = info.metrics or {}
         return Prepared(

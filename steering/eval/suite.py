@@ -36,7 +36,7 @@ def evaluate_method(
     prefix = f"{task} · {method}"
     reporter.status(f"{prefix}: computing")
     prepared = backend.prepare(
-        f"eval:{task}:{method}",
+        f"eval-{task}-{method}",  # a task name holds no ":"
         demos,
         method,
         config.method_options(method),
