@@ -30,9 +30,14 @@ setup: $(STAMP) $(if $(filter vllm,$(STEER_ENGINE)),$(VLLM_STAMP))
 serve: setup
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m app
 
+# The whole suite, then the vLLM engine's tests on the real vLLM CPU engine, in a venv of their own: vLLM pins
+# transformers < 5.20 and fastapi < 0.137, which the default install does not have to take.
+VLLM_TEST_VENV ?= .venv-vllm
+
 test: setup
 	bash scripts/test-deps.sh
-	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q -ra --durations=25 $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory VENV=$(VLLM_TEST_VENV) STEER_ENGINE=vllm test-vllm
 
 # The vLLM engine's tests alone (they skip when vLLM is not installed: STEER_ENGINE=vllm make setup).
 test-vllm: setup

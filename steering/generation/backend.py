@@ -12,10 +12,13 @@ take), set on the submission's future; the app maps them to HTTP in one place.
 from __future__ import annotations
 
 import asyncio
+import random
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from steering.generation.errors import RowFailed
 from steering.generation.rows import GenerationRequest, GenerationResult
 
 
@@ -91,3 +94,47 @@ class GenerationBackend(Protocol):
 
     async def close(self) -> None:
         """Stop: rows still in flight fail with ShuttingDown."""
+
+
+# What every backend does with a submission, written once.
+
+
+def new_submission(request: GenerationRequest, stream: bool) -> Submission:
+    """A request's submission (on the event loop), with its cancel event and its seed fixed now, so that a
+    retry of the row samples the same tokens."""
+    if request.cancel is None:
+        request.cancel = threading.Event()
+    if request.seed is None:
+        request.seed = random.getrandbits(63)
+    return Submission(request, asyncio.get_running_loop().create_future(), asyncio.Queue() if stream else None)
+
+
+async def wait_for(submission: Submission) -> GenerationResult:
+    """A submission's result; a cancelled wait (the client left) cancels its row."""
+    try:
+        return await asyncio.shield(submission.future)
+    except asyncio.CancelledError:
+        assert submission.request.cancel is not None
+        submission.request.cancel.set()
+        raise
+
+
+def settle(submission: Submission, outcome: GenerationResult | BaseException) -> None:
+    """Give a submission its outcome and end its stream (once: later outcomes are dropped)."""
+    if not submission.future.done():
+        if isinstance(outcome, BaseException):
+            submission.future.set_exception(outcome)
+        else:
+            submission.future.set_result(outcome)
+    if submission.deltas is not None:
+        submission.deltas.put_nowait(None)
+
+
+def finish(submission: Submission, outcome: GenerationResult | BaseException, metrics: GenerationMetrics) -> None:
+    """Count, time and settle a row's outcome (a row that failed alone settles as `RowFailed`)."""
+    if isinstance(outcome, GenerationResult):
+        metrics.generated_tokens.inc(len(outcome.token_ids))
+        outcome.timing["queue_s"] = time.perf_counter() - submission.enqueued_at - outcome.timing.get("total_s", 0.0)
+        if outcome.error is not None:
+            outcome = RowFailed(outcome.error)
+    settle(submission, outcome)

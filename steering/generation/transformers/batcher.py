@@ -21,13 +21,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
-from steering.generation.backend import GenerationMetrics, Submission
-from steering.generation.errors import NotServing, Overloaded, RowFailed, ShuttingDown
+from steering.generation.backend import GenerationMetrics, Submission, finish, new_submission, settle, wait_for
+from steering.generation.errors import NotServing, Overloaded, ShuttingDown
 from steering.generation.rows import GenerationRequest, GenerationResult, RowDelta
 from steering.generation.transformers.engine import Engine
 from steering.steer.inject import SteeringError
@@ -80,13 +77,7 @@ class Batcher:
             raise NotServing()
         if not self.accepting:
             raise ShuttingDown()
-        if request.cancel is None:
-            request.cancel = threading.Event()
-        if request.seed is None:  # fixed now, so that a retry of this row samples the same tokens
-            request.seed = random.getrandbits(63)
-        submission = Submission(
-            request, asyncio.get_running_loop().create_future(), asyncio.Queue() if stream else None
-        )
+        submission = new_submission(request, stream)
         try:
             self._queue.put_nowait(submission)
         except asyncio.QueueFull:
@@ -95,12 +86,7 @@ class Batcher:
         return submission
 
     async def result(self, submission: Submission) -> GenerationResult:
-        try:
-            return await asyncio.shield(submission.future)
-        except asyncio.CancelledError:
-            assert submission.request.cancel is not None
-            submission.request.cancel.set()
-            raise
+        return await wait_for(submission)
 
     async def _supervise(self) -> None:
         while True:
@@ -127,15 +113,7 @@ class Batcher:
         return False
 
     def _finish(self, submission: Submission, outcome: GenerationResult | BaseException) -> None:
-        """Count, time and settle one row's outcome (a row that failed alone is a `RowFailed`)."""
-        if isinstance(outcome, GenerationResult):
-            self.metrics.generated_tokens.inc(len(outcome.token_ids))
-            outcome.timing["queue_s"] = (
-                time.perf_counter() - submission.enqueued_at - outcome.timing.get("total_s", 0.0)
-            )
-            if outcome.error is not None:
-                outcome = RowFailed(outcome.error)
-        self._settle(submission, outcome)
+        finish(submission, outcome, self.metrics)
 
     async def _alone(self, submission: Submission) -> GenerationResult | BaseException:
         """One row run by itself from its start (a retry: what it streamed already is not sent again)."""
@@ -162,13 +140,7 @@ class Batcher:
 
     @staticmethod
     def _settle(submission: Submission, outcome: GenerationResult | BaseException) -> None:
-        if not submission.future.done():
-            if isinstance(outcome, BaseException):
-                submission.future.set_exception(outcome)
-            else:
-                submission.future.set_result(outcome)
-        if submission.deltas is not None:
-            submission.deltas.put_nowait(None)
+        settle(submission, outcome)
 
 
 def as_client_error(exc: BaseException) -> BaseException:

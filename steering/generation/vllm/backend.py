@@ -15,13 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
-import threading
-import time
 from collections.abc import Awaitable, Callable
 
-from steering.generation.backend import GenerationMetrics, Submission
-from steering.generation.errors import NotServing, Overloaded, RowFailed, ShuttingDown
+from steering.generation.backend import GenerationMetrics, Submission, finish, new_submission, settle, wait_for
+from steering.generation.errors import NotServing, Overloaded, ShuttingDown
 from steering.generation.rows import GenerationRequest, GenerationResult
 from steering.generation.vllm.engine import VllmEngine
 
@@ -76,12 +73,8 @@ class VllmBackend:
             raise ShuttingDown()
         if len(self._rows) >= self.max_held:
             raise Overloaded()
-        if request.cancel is None:
-            request.cancel = threading.Event()
-        if request.seed is None:
-            request.seed = random.getrandbits(63)
+        submission = new_submission(request, stream)
         loop = asyncio.get_running_loop()
-        submission = Submission(request, loop.create_future(), asyncio.Queue() if stream else None)
         row = loop.create_task(self._run(submission))
         self._rows.add(row)
         row.add_done_callback(self._rows.discard)
@@ -90,12 +83,7 @@ class VllmBackend:
         return submission
 
     async def result(self, submission: Submission) -> GenerationResult:
-        try:
-            return await asyncio.shield(submission.future)
-        except asyncio.CancelledError:
-            assert submission.request.cancel is not None
-            submission.request.cancel.set()
-            raise
+        return await wait_for(submission)
 
     async def _run(self, submission: Submission) -> None:
         try:
@@ -109,27 +97,12 @@ class VllmBackend:
                 else:
                     submission.put(item)
             assert result is not None
-            self._finish(submission, result)
+            finish(submission, result, self.metrics)
         except asyncio.CancelledError:
-            self._settle(submission, ShuttingDown())
+            settle(submission, ShuttingDown())
             raise
         except Exception as exc:
-            self._settle(submission, exc)
-
-    def _finish(self, submission: Submission, result: GenerationResult) -> None:
-        self.metrics.generated_tokens.inc(len(result.token_ids))
-        result.timing["queue_s"] = time.perf_counter() - submission.enqueued_at - result.timing.get("total_s", 0.0)
-        self._settle(submission, result if result.error is None else RowFailed(result.error))
-
-    @staticmethod
-    def _settle(submission: Submission, outcome: GenerationResult | BaseException) -> None:
-        if not submission.future.done():
-            if isinstance(outcome, BaseException):
-                submission.future.set_exception(outcome)
-            else:
-                submission.future.set_result(outcome)
-        if submission.deltas is not None:
-            submission.deltas.put_nowait(None)
+            settle(submission, exc)
 
     async def close(self) -> None:
         self.accepting = False
