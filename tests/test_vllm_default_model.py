@@ -1,32 +1,33 @@
-"""vLLM steered answers equal the transformers engine's on the real default model (SmolLM2-135M, float32).
+"""The service on vLLM answers as the service on the transformers engine, on the real default model (float32).
 
-Both engines get the same vectors, read from the model's own activations on the antonyms task (a task vector,
-a contrastive difference, last-token head means with chosen gates), in every injection mode at strengths that
-change the answers. Agreement held: identical greedy tokens, 16 per answer, 3 queries answered as one batch in
-each engine, per mode (tolerance: none; the two engines' float32 logits differ by rounding only).
+Two real servers (`python -m app`), `STEER_ENGINE=vllm` and `STEER_ENGINE=transformers`, import the same vectors,
+read from the model's own activations on the antonyms task (a task vector, a contrastive difference, last-token
+head means with chosen gates), one per injection mode at a strength that changes the answers. Agreement held:
+identical greedy answers (16 tokens, 3 queries sent at once to each server, per mode; tolerance: none, the
+engines' float32 logits differ by rounding only), plain answers too, through `/v1/generate` and the OpenAI
+route. A plan the vLLM engine cannot take is a 422 and the request beside it is unaffected.
 
-Run: `.venv-vllm/bin/python -m pytest -m vllm tests/test_vllm_default_model.py`.
+Run: `.venv-vllm/bin/python -m pytest -m vllm tests/test_vllm_default_model.py` (about 2 minutes on 2 cores).
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
+import httpx
 import pytest
 import torch
 
-from steering.generation.rows import GenerationRequest
-from steering.generation.transformers.engine import Engine
-from steering.generation.vllm.model_folder import vllm_model_folder
 from steering.methods.capture import last_token_activations
-from steering.model.loading import LoadedModel, default_cache_dir
-from steering.steer.inject import SteeringTerm
+from steering.model.loading import LoadedModel
 from steering.tasks.datasets import load_task, split_task
 from steering.tasks.templates import DEFAULT_TEMPLATE, render_example, render_query
 from steering.vectors.modes import MODE_NAMES
 from steering.vectors.task_vector import TaskVector
-from tests.vllm_fixtures import needs_vllm, start_engine
+from tests.conftest import ServerProcess, start_server
+from tests.vllm_fixtures import needs_vllm
 
 pytestmark = [needs_vllm, pytest.mark.vllm, pytest.mark.slow]
 
@@ -35,20 +36,25 @@ LAYER = 12
 
 
 @pytest.fixture(scope="module")
-def reference(default_lm: LoadedModel) -> Engine:
-    return Engine(default_lm)
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ServerProcess]]:
+    """Both engines' servers, started side by side (vLLM's start takes the longest)."""
+    root = tmp_path_factory.mktemp("vllm-service")
+
+    def start(engine: str) -> ServerProcess:
+        env = {"STEER_MODEL": "default", "STEER_ENGINE": engine, "STEER_DATA_DIR": str(root / engine)}
+        env |= {"STEER_VLLM_KV_CACHE_BYTES": str(256 << 20), "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+        return start_server(env, root / f"{engine}.log", timeout_s=300)
+
+    with ThreadPoolExecutor(2) as pool:
+        started = dict(zip(("vllm", "transformers"), pool.map(start, ("vllm", "transformers")), strict=True))
+    yield started
+    for server in started.values():
+        server.stop()
 
 
-@pytest.fixture(scope="module")
-async def vllm(default_lm: LoadedModel):
-    folder = await asyncio.to_thread(vllm_model_folder, default_lm, default_lm.name, default_cache_dir())
-    engine = await start_engine(folder, default_lm, max_num_batched_tokens=64, kv_cache_bytes=256 << 20)
-    yield engine
-    engine.close()
-
-
-def steering_per_mode(lm: LoadedModel) -> tuple[list[str], dict[str, SteeringTerm]]:
-    """Three test queries, and one term per mode built from the model's activations on antonyms."""
+def vectors_per_mode(lm: LoadedModel) -> tuple[list[str], dict[str, TaskVector]]:
+    """Three test inputs, and one vector per mode built from the model's activations on antonyms (each carries
+    the layers and strength it is applied with)."""
     demos, test = split_task(load_task("antonyms"), 20, 3, seed=0)
     few_shot = [
         "".join(render_example(DEFAULT_TEMPLATE, d) for d in demos[i : i + 5])
@@ -61,43 +67,92 @@ def steering_per_mode(lm: LoadedModel) -> tuple[list[str], dict[str, SteeringTer
     task, difference, means = acts["residual"].mean(0), (outputs - inputs).mean(0), acts["heads"].mean(0)
     gates = torch.full((lm.arch.num_layers, lm.arch.num_heads), -6.0)
     gates[8:14, :3] = 1.0  # three heads of six middle layers mix in their means
+    every_layer = list(range(lm.arch.num_layers))
 
-    def vector(mode: str, **tensors: torch.Tensor) -> TaskVector:
+    def vector(mode: str, strength: float, layers: list[int], **tensors: torch.Tensor) -> TaskVector:
         method = "soft_injection" if mode.startswith("head_mix") else "contrastive"
-        return TaskVector(method, mode, tensors, [LAYER], 1.0, lm.fingerprint)  # type: ignore[arg-type]
+        return TaskVector(method, mode, tensors, layers, strength, lm.fingerprint)  # type: ignore[arg-type]
 
     heads = {"head_means": means, "gate_logits": gates}
     answer_heads = {**heads, "answer_head_means": means.clone(), "answer_gate_logits": gates - 2.0}
-    every_layer = tuple(range(lm.arch.num_layers))
-    terms = {
-        "add_all": SteeringTerm(vector("add_all", residual=difference), 4.0),
-        "add_all_norm": SteeringTerm(vector("add_all_norm", residual=difference), 0.5, tuple(range(8, 16))),
-        "add_from_last": SteeringTerm(vector("add_from_last", residual=difference), 4.0),
-        "add_last": SteeringTerm(vector("add_last", residual=difference), 4.0),
-        "replace_last": SteeringTerm(vector("replace_last", residual=task), 1.0),
-        "head_mix_last": SteeringTerm(vector("head_mix_last", **heads), 1.0, every_layer),
-        "head_mix_answer": SteeringTerm(vector("head_mix_answer", **answer_heads), 1.0, every_layer),
+    vectors = {
+        "add_all": vector("add_all", 4.0, [LAYER], residual=difference),
+        "add_all_norm": vector("add_all_norm", 0.5, list(range(8, 16)), residual=difference.clone()),
+        "add_from_last": vector("add_from_last", 4.0, [LAYER], residual=difference.clone()),
+        "add_last": vector("add_last", 4.0, [LAYER], residual=difference.clone()),
+        "replace_last": vector("replace_last", 1.0, [LAYER], residual=task),
+        "head_mix_last": vector("head_mix_last", 1.0, every_layer, **heads),
+        "head_mix_answer": vector("head_mix_answer", 1.0, every_layer, **answer_heads),
     }
-    assert set(terms) == set(MODE_NAMES)
-    return [render_query(DEFAULT_TEMPLATE, d.input) for d in test], terms
+    assert set(vectors) == set(MODE_NAMES)
+    return [d.input for d in test], vectors
 
 
-async def answers(vllm, reference: Engine, queries: list[str], terms: Sequence[SteeringTerm]):
-    def requests() -> list[GenerationRequest]:
-        return [GenerationRequest(reference.encode(q), tuple(terms), ANSWER_TOKENS) for q in queries]
-
-    got = await asyncio.gather(*(vllm.complete(r) for r in requests()))
-    want = reference.generate(requests())
-    return [r.token_ids for r in got], [r.token_ids for r in want]
+def post_all(url: str, path: str, bodies: list[dict[str, Any]]) -> list[httpx.Response]:
+    """Send the bodies at once, so that the server batches them."""
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        return list(pool.map(lambda body: httpx.post(url + path, json=body, timeout=120), bodies))
 
 
-async def test_steered_answers_equal_the_transformers_engine_in_every_mode(
-    vllm, reference: Engine, default_lm: LoadedModel
+def import_vector(server: ServerProcess, vector: TaskVector) -> str:
+    response = httpx.post(f"{server.url}/v1/tasks/import", content=vector.to_bytes(), timeout=60)
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def test_vllm_answers_equal_the_transformers_engine_in_every_mode(
+    servers: dict[str, ServerProcess], default_lm: LoadedModel
 ) -> None:
-    queries, terms = steering_per_mode(default_lm)
-    plain, plain_want = await answers(vllm, reference, queries, ())
-    assert plain == plain_want
-    for mode, term in terms.items():
-        got, want = await answers(vllm, reference, queries, [term])
-        assert got == want, mode
-        assert got != plain, f"{mode} changed no answer: the comparison would prove nothing"
+    inputs, vectors = vectors_per_mode(default_lm)
+    task_ids = {mode: {name: import_vector(s, v) for name, s in servers.items()} for mode, v in vectors.items()}
+    assert all(len(set(ids.values())) == 1 for ids in task_ids.values()), "a task id is the vector's content"
+
+    def answers(mode: str | None) -> dict[str, list[str]]:
+        def body(text: str) -> dict[str, Any]:
+            steering = [] if mode is None else [{"task": task_ids[mode]["vllm"]}]
+            prompt = render_query(DEFAULT_TEMPLATE, text)
+            return {"prompt": prompt, "steering": steering, "max_new_tokens": ANSWER_TOKENS, "stop": []}
+
+        out = {}
+        for name, server in servers.items():
+            responses = post_all(server.url, "/v1/generate", [body(t) for t in inputs])
+            assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+            out[name] = [r.json()["text"] for r in responses]
+        return out
+
+    plain = answers(None)
+    assert plain["vllm"] == plain["transformers"]
+    for mode in vectors:
+        got = answers(mode)
+        assert got["vllm"] == got["transformers"], mode
+        assert got["vllm"] != plain["vllm"], f"{mode} changed no answer: the comparison would prove nothing"
+
+    chat = {
+        "messages": [{"role": "user", "content": "Say the opposite of hot."}],
+        "max_tokens": ANSWER_TOKENS,
+        "temperature": 0,
+        "steering": [{"task": task_ids["replace_last"]["vllm"], "strength": 0.5}],
+    }
+    replies = {
+        name: httpx.post(f"{s.url}/v1/chat/completions", json=chat, timeout=120).json() for name, s in servers.items()
+    }
+    assert replies["vllm"]["choices"][0]["message"] == replies["transformers"]["choices"][0]["message"]
+
+
+def test_bad_steering_references_are_4xx_and_fail_alone(
+    servers: dict[str, ServerProcess], default_lm: LoadedModel
+) -> None:
+    url = servers["vllm"].url
+    residual = last_token_activations(default_lm, ["Q: big\nA: small"])["residual"][0]
+    vector = TaskVector("contrastive", "add_last", {"residual": residual}, [LAYER], 1.0, default_lm.fingerprint)
+    task = import_vector(servers["vllm"], vector)
+    good = {"prompt": "Q: hot\nA:", "max_new_tokens": 8, "steering": [{"task": task}]}
+    alone = httpx.post(f"{url}/v1/generate", json=good, timeout=120).json()["text"]
+    bad = [
+        ({"task": task, "layers": [99]}, 422),
+        ({"task": "task-" + "0" * 24}, 404),
+    ]
+    for entry, status in bad:
+        responses = post_all(url, "/v1/generate", [good, {**good, "steering": [entry]}])
+        assert responses[0].status_code == 200 and responses[0].json()["text"] == alone
+        assert responses[1].status_code == status, responses[1].text
