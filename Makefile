@@ -57,10 +57,10 @@ bench: setup
 bench-load: setup
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m scripts.bench_load
 
-# What steering costs on vLLM (docs/PERFORMANCE.md); installs vLLM into the venv first, as STEER_ENGINE=vllm make setup.
-bench-vllm: $(VLLM_STAMP)
-	$(BIN)/python -m steering prepare
-	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m scripts.bench_vllm
+# What steering costs on vLLM (docs/PERFORMANCE.md), in the vLLM venv `make test` uses.
+bench-vllm:
+	$(MAKE) --no-print-directory VENV=$(VLLM_TEST_VENV) STEER_ENGINE=vllm setup
+	OMP_WAIT_POLICY=PASSIVE $(VLLM_TEST_VENV)/bin/python -m scripts.bench_vllm
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
