@@ -99,6 +99,7 @@ GENERATION_ERRORS: dict[type[Exception], tuple[int, str]] = {
     NotServing: (503, "not_serving"),
     RowFailed: (422, "generation_failed"),
     SteeringError: (422, "invalid_steering"),
+    GenerationError: (503, "generation_unavailable"),  # any other kind a backend may raise
 }
 
 

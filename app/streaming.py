@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 from sse_starlette import EventSourceResponse
 
-from app.errors import ApiError
+from app.errors import GENERATION_ERRORS, ApiError, generation_error
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +22,9 @@ PING_S = 15
 def error_event(exc: BaseException, request_id: str | None, event: str | None) -> dict:
     if isinstance(exc, ApiError):
         body = {"type": exc.type, "message": exc.message, **{k: v for k, v in exc.detail.items() if v is not None}}
+    elif isinstance(exc, tuple(GENERATION_ERRORS)):
+        _, type_, _ = generation_error(exc)
+        body = {"type": type_, "message": str(exc)}
     else:
         log.error("a stream failed [request %s]", request_id, exc_info=exc)
         body = {

@@ -180,6 +180,12 @@ async def test_a_row_whose_logits_overflow_fails_alone(api: Api) -> None:
     report("a vector that overflows the logits, in one batch with good requests", responses)
     batches = metric((await api.client.get("/metrics")).text, "steer_batch_size_count") - before
     assert batches < len(good) + 1  # they did share a batch
+    streamed_error = None  # a stream has answered 200 already: the failure is its last event, by its own type
+    async with api.client.stream("POST", "/v1/generate", json={**overflow, "stream": True}) as response:
+        async for line in response.aiter_lines():
+            if line.startswith("data:") and "error" in (data := json.loads(line.split(":", 1)[1])):
+                streamed_error = data["error"]
+    assert streamed_error is not None and streamed_error["type"] == "generation_failed", streamed_error
 
 
 class PoisonedModel:
