@@ -1,21 +1,10 @@
 """TaskStore on Redis (redis.asyncio): what replicas share. Records are JSON, vectors raw bytes.
 
-Keys, all under `prefix`:
-  {prefix}task:{id}       JSON string of the TaskRecord
-  {prefix}vec:{id}        raw vector bytes (safetensors, produced elsewhere)
-  {prefix}lock:{id}       holder string, SET NX PX; refresh/release by Lua comparing the holder
-  {prefix}tasks           sorted set id -> created_at: everyone's tasks, for listing
-  {prefix}owner:{owner}   sorted set id -> created_at per owner ("-" for None): list pages and counts
-  {prefix}unfinished      set of the ids whose status is pending or running, for reconcilers
-  {prefix}names:{owner}   hash name -> id per owner ("-" for None): names are unique per owner
-  {prefix}schema          "3" once the per-owner, unfinished and name indexes exist (older stores lack some)
-
-Every write that touches a record and its indexes is one Lua script, so nothing is ever seen
-half-written. Read-modify-write (update, finish, delete) is compare-and-swap: read the record,
-compute the new one in Python, and let a script write it only if the stored JSON is still the
-one that was read (else read again). Unlike WATCH/MULTI this keeps no state on a connection, so
-a call cut off by its deadline leaves nothing behind. Under Redis Cluster all keys must share a
-slot: use a hash-tagged prefix such as "{steer}:" there. Nothing read from Redis is unpickled.
+The keys are in `redis_keys.py`. Every write that touches a record and its indexes is one Lua script
+(`redis_scripts.py`), so nothing is ever seen half-written. Read-modify-write (update, finish, delete)
+is compare-and-swap: read the record, compute the new one in Python, and let a script write it only
+if the stored JSON is still the one that was read (else read again). Unlike WATCH/MULTI this keeps no
+state on a connection, so a call cut off by its deadline leaves nothing behind. Nothing read from Redis is unpickled.
 
 Every fault (unreachable, timed out, OOM under noeviction, READONLY replica, MISCONF, LOADING,
 BUSY, anything else redis-py raises) becomes StoreUnavailable within `deadline_s` (calls that
@@ -42,7 +31,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from . import redis_scripts as scripts
 from .base import UNFINISHED, NameTaken, StoreFull, StoreUnavailable, TaskRecord, apply_update, parse_record
+from .redis_keys import MGET_CHUNK, RedisKeys
+from .redis_migration import SCHEMA_VERSION, build_indexes
 
 log = logging.getLogger(__name__)
 
@@ -51,154 +43,13 @@ T = TypeVar("T")
 # Faults that say the server is not there (as opposed to one that answered with an error).
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
 
-# Scripts write only after all their checks, and Redis refuses a script for OOM at its first
-# write, never half-way: a script either writes everything or nothing.
-
-# KEYS: task, all, owner, unfinished, vec, names
-# ARGV: json, created_at, id, unfinished(0|1), has_vec(0|1), vec, name ('' for none)
-# Returns 1 written, 0 the id exists, or the id of the owner's task that holds the name (nothing written).
-_CREATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-if ARGV[7] ~= '' then
-  local holder = redis.call('HGET', KEYS[6], ARGV[7])
-  if holder and holder ~= ARGV[3] then return holder end
-  redis.call('HSET', KEYS[6], ARGV[7], ARGV[3])
-end
-redis.call('SET', KEYS[1], ARGV[1])
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
-if ARGV[4] == '1' then redis.call('SADD', KEYS[4], ARGV[3]) end
-if ARGV[5] == '1' then redis.call('SET', KEYS[5], ARGV[6]) else redis.call('DEL', KEYS[5]) end
-return 1
-"""
-# KEYS: task, all, old owner, new owner, unfinished, vec, old names, new names
-# ARGV: expected json, new json, id, created_at, unfinished(0|1), has_vec(0|1), vec, old name, new name,
-#       name changes (0|1)   (names '' for none)
-# Returns 1 written, 0 missing, -1 changed since it was read, or the id of the owner's task that holds
-# the new name (nothing written).
-_SWAP = """
-local cur = redis.call('GET', KEYS[1])
-if not cur then return 0 end
-if cur ~= ARGV[1] then return -1 end
-if ARGV[10] == '1' then
-  if ARGV[9] ~= '' then
-    local holder = redis.call('HGET', KEYS[8], ARGV[9])
-    if holder and holder ~= ARGV[3] then return holder end
-  end
-  if ARGV[8] ~= '' and redis.call('HGET', KEYS[7], ARGV[8]) == ARGV[3] then redis.call('HDEL', KEYS[7], ARGV[8]) end
-  if ARGV[9] ~= '' then redis.call('HSET', KEYS[8], ARGV[9], ARGV[3]) end
-end
-redis.call('SET', KEYS[1], ARGV[2])
-if KEYS[3] ~= KEYS[4] then redis.call('ZREM', KEYS[3], ARGV[3]) end
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
-redis.call('ZADD', KEYS[4], ARGV[4], ARGV[3])
-if ARGV[5] == '1' then redis.call('SADD', KEYS[5], ARGV[3]) else redis.call('SREM', KEYS[5], ARGV[3]) end
-if ARGV[6] == '1' then redis.call('SET', KEYS[6], ARGV[7]) end
-return 1
-"""
-# KEYS: task, vec, lock, all, owner, unfinished, names
-# ARGV: expected json ('' when none was read), id, name ('' for none)
-# Returns 1 deleted, 0 missing, -1 changed since it was read. A missing record still loses its leftovers.
-_DELETE = """
-local cur = redis.call('GET', KEYS[1])
-if cur and cur ~= ARGV[1] then return -1 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-redis.call('ZREM', KEYS[4], ARGV[2])
-if cur then redis.call('ZREM', KEYS[5], ARGV[2]) end
-if ARGV[3] ~= '' and redis.call('HGET', KEYS[7], ARGV[3]) == ARGV[2] then redis.call('HDEL', KEYS[7], ARGV[3]) end
-redis.call('SREM', KEYS[6], ARGV[2])
-if cur then return 1 end
-return 0
-"""
-# KEYS: task, owner, unfinished, names
-# ARGV: expected json, id, created_at, unfinished(0|1), name ('' for none), json without the name
-# (index rebuild, oldest first). Returns 0 changed since read, 1 indexed, 2 indexed but the name is an
-# older task's: this record loses it, so that every name in a record is the one the index finds.
-_INDEX = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
-if ARGV[4] == '1' then redis.call('SADD', KEYS[3], ARGV[2]) else redis.call('SREM', KEYS[3], ARGV[2]) end
-if ARGV[5] ~= '' then
-  local holder = redis.call('HGET', KEYS[4], ARGV[5])
-  if holder and holder ~= ARGV[2] then
-    redis.call('SET', KEYS[1], ARGV[6])
-    return 2
-  end
-  redis.call('HSET', KEYS[4], ARGV[5], ARGV[2])
-end
-return 1
-"""
-# KEYS: task, names, holder's task   ARGV: expected json, new json, id, old name ('' for none), name,
-#       expected holder ('' for none), expected holder json ('' when unreadable or gone), holder's new json
-# Gives the task the name, taking it from the holder in the same step. Returns 1 written, 0 missing,
-# -1 changed since read.
-_TAKE_NAME = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-  return -1
-end
-local holder = redis.call('HGET', KEYS[2], ARGV[5])
-if (holder or '') ~= ARGV[6] then return -1 end
-if ARGV[6] ~= '' and ARGV[6] ~= ARGV[3] and ARGV[7] ~= '' then
-  if redis.call('GET', KEYS[3]) ~= ARGV[7] then return -1 end
-  redis.call('SET', KEYS[3], ARGV[8])
-end
-if ARGV[4] ~= '' and redis.call('HGET', KEYS[2], ARGV[4]) == ARGV[3] then redis.call('HDEL', KEYS[2], ARGV[4]) end
-redis.call('HSET', KEYS[2], ARGV[5], ARGV[3])
-redis.call('SET', KEYS[1], ARGV[2])
-return 1
-"""
-# KEYS: names, holder's task   ARGV: name, holder   -- a name left pointing at a task that is gone
-_FREE_STALE_NAME = """
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] and redis.call('EXISTS', KEYS[2]) == 0 then
-  return redis.call('HDEL', KEYS[1], ARGV[1])
-end
-return 0
-"""
-# KEYS: index, task keys...   ARGV: ids (same order)   -- drops index entries whose record is gone
-_PRUNE = """
-local n = 0
-for i, id in ipairs(ARGV) do
-  if redis.call('EXISTS', KEYS[i + 1]) == 0 then n = n + redis.call('ZREM', KEYS[1], id) end
-end
-return n
-"""
-# KEYS: task, vec   ARGV: bytes  -- only while the task exists, so a late worker leaves no orphan
-_PUT_VECTOR = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('SET', KEYS[2], ARGV[1])
-  return 1
-end
-return 0
-"""
-# KEYS: lock   ARGV: holder, ttl_ms
-_REFRESH = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-# KEYS: lock   ARGV: holder
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
-_SCHEMA_VERSION = b"3"
 _BULK_BYTES_PER_S = 20e6  # the slowest transfer rate a vector call is given time for
-_CHUNK = 500
 _SWAP_ATTEMPTS = 200
 _MIGRATION_DEADLINE_S = 60.0
 
 
 def _ttl_ms(ttl_s: float) -> int:
     return max(1, round(ttl_s * 1000))
-
-
-def _flag(value: bool) -> str:
-    return "1" if value else "0"
 
 
 class RedisStore:
@@ -217,6 +68,7 @@ class RedisStore:
         bulk_socket_timeout_s: float = 10.0,
     ) -> None:
         self.prefix = prefix
+        self._keys = RedisKeys(prefix)
         self.deadline_s = deadline_s
         self.fail_fast_s = fail_fast_s
         self._down_since: float | None = None  # monotonic time of the last connection fault
@@ -237,44 +89,15 @@ class RedisStore:
         self._redis = client(socket_timeout_s)
         self._bulk = client(bulk_socket_timeout_s)  # only for calls that carry a vector
         # redis-py's Script runs EVALSHA and, on NOSCRIPT (a restarted Redis), loads the script again.
-        self._create = self._redis.register_script(_CREATE)
-        self._swap = self._redis.register_script(_SWAP)
-        self._delete = self._redis.register_script(_DELETE)
-        self._index_one = self._redis.register_script(_INDEX)
-        self._take = self._redis.register_script(_TAKE_NAME)
-        self._free_stale_name = self._redis.register_script(_FREE_STALE_NAME)
-        self._prune = self._redis.register_script(_PRUNE)
-        self._put_vector = self._redis.register_script(_PUT_VECTOR)
-        self._refresh = self._redis.register_script(_REFRESH)
-        self._release = self._redis.register_script(_RELEASE)
-
-    # keys
-    def _task(self, task_id: str) -> str:
-        return f"{self.prefix}task:{task_id}"
-
-    def _vec(self, task_id: str) -> str:
-        return f"{self.prefix}vec:{task_id}"
-
-    def _lock(self, task_id: str) -> str:
-        return f"{self.prefix}lock:{task_id}"
-
-    def _owner(self, owner: str | None) -> str:
-        return f"{self.prefix}owner:{'-' if owner is None else owner}"
-
-    def _names(self, owner: str | None) -> str:
-        return f"{self.prefix}names:{'-' if owner is None else owner}"
-
-    @property
-    def _all(self) -> str:
-        return f"{self.prefix}tasks"
-
-    @property
-    def _unfinished(self) -> str:
-        return f"{self.prefix}unfinished"
-
-    @property
-    def _schema(self) -> str:
-        return f"{self.prefix}schema"
+        self._create = self._redis.register_script(scripts.CREATE)
+        self._swap = self._redis.register_script(scripts.SWAP)
+        self._delete = self._redis.register_script(scripts.DELETE)
+        self._take = self._redis.register_script(scripts.TAKE_NAME)
+        self._free_stale_name = self._redis.register_script(scripts.FREE_STALE_NAME)
+        self._prune = self._redis.register_script(scripts.PRUNE)
+        self._put_vector = self._redis.register_script(scripts.PUT_VECTOR)
+        self._refresh = self._redis.register_script(scripts.REFRESH)
+        self._release = self._redis.register_script(scripts.RELEASE)
 
     # plumbing
     def _for(self, payload: bytes | int) -> float:
@@ -288,8 +111,8 @@ class RedisStore:
             raise StoreUnavailable("redis unavailable (it failed moments ago)")
         try:
             if not self._schema_ok:
-                if await asyncio.wait_for(self._redis.get(self._schema), self.deadline_s) != _SCHEMA_VERSION:
-                    await asyncio.wait_for(self._migrate(), _MIGRATION_DEADLINE_S)
+                if await asyncio.wait_for(self._redis.get(self._keys.schema), self.deadline_s) != SCHEMA_VERSION:
+                    await asyncio.wait_for(build_indexes(self._redis, self._keys), _MIGRATION_DEADLINE_S)
                 self._schema_ok = True
             result = await asyncio.wait_for(op(), deadline_s or self.deadline_s)
         except _UNREACHABLE as exc:
@@ -303,52 +126,26 @@ class RedisStore:
         self._down_since = None
         return result
 
-    async def _migrate(self) -> None:
-        """Build the per-owner, unfinished and name indexes of a store written before they existed (idempotent).
-
-        Oldest first: when tasks of one owner share a name, the oldest keeps it and the others lose it.
-        """
-        ids = [i.decode() for i in await self._redis.zrange(self._all, 0, -1)]
-        for start in range(0, len(ids), _CHUNK):
-            chunk = ids[start : start + _CHUNK]
-            raws = await self._redis.mget([self._task(i) for i in chunk])
-            named: builtins.list[tuple[str, str]] = []
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for task_id, raw in zip(chunk, raws, strict=True):
-                    rec = None if raw is None else parse_record(raw, task_id)
-                    if rec is not None:
-                        keys = [self._task(task_id), self._owner(rec.owner), self._unfinished, self._names(rec.owner)]
-                        unnamed = rec.model_copy(update={"name": None}).to_json()
-                        args = [raw, task_id, repr(rec.created_at), _flag(rec.status in UNFINISHED)]
-                        await self._index_one(keys=keys, args=[*args, rec.name or "", unnamed], client=pipe)
-                        named.append((task_id, rec.name or ""))
-                for (task_id, name), outcome in zip(named, await pipe.execute(), strict=True):
-                    if outcome == 2:
-                        log.warning("task %s loses the name %r, which an older task of its owner keeps", task_id, name)
-        await self._redis.set(self._schema, _SCHEMA_VERSION)
-        if ids:
-            log.info("redis store %s: indexed %d existing tasks by owner, status and name", self.prefix, len(ids))
-
     # records
     async def get(self, task_id: str) -> TaskRecord | None:
-        raw = await self._call(lambda: self._redis.get(self._task(task_id)))
+        raw = await self._call(lambda: self._redis.get(self._keys.task(task_id)))
         return None if raw is None else parse_record(raw, task_id)
 
     async def create(self, record: TaskRecord, vector: bytes | None = None) -> bool:
         keys = [
-            self._task(record.id),
-            self._all,
-            self._owner(record.owner),
-            self._unfinished,
-            self._vec(record.id),
-            self._names(record.owner),
+            self._keys.task(record.id),
+            self._keys.all,
+            self._keys.owner(record.owner),
+            self._keys.unfinished,
+            self._keys.vec(record.id),
+            self._keys.names(record.owner),
         ]
         args = [
             record.to_json(),
             repr(record.created_at),
             record.id,
-            _flag(record.status in UNFINISHED),
-            _flag(vector is not None),
+            scripts.flag(record.status in UNFINISHED),
+            scripts.flag(vector is not None),
             b"" if vector is None else bytes(vector),
             record.name or "",
         ]
@@ -368,7 +165,7 @@ class RedisStore:
     async def _name_taken(self, owner: str | None, name: str, holder: str) -> None:
         """Raise NameTaken, unless the holder is gone (a name a crashed or older writer left behind): then
         the name is freed and the caller tries again."""
-        keys = [self._names(owner), self._task(holder)]
+        keys = [self._keys.names(owner), self._keys.task(holder)]
         if not await self._free_stale_name(keys=keys, args=[name, holder]):
             raise NameTaken(name, holder)
         log.warning("freed the name %r, left pointing at task %s, which is gone", name, holder)
@@ -381,7 +178,7 @@ class RedisStore:
         return await self._call(lambda: self._read_modify_write(task_id, fields, data), deadline_s=self._for(data))
 
     async def _read_modify_write(self, task_id: str, fields: dict[str, Any], vector: bytes | None) -> TaskRecord | None:
-        key = self._task(task_id)
+        key = self._keys.task(task_id)
         for attempt in range(_SWAP_ATTEMPTS):
             raw = await self._redis.get(key)
             if raw is None:
@@ -390,20 +187,20 @@ class RedisStore:
             if old is None:
                 return None
             new = apply_update(old, fields)
-            owners = [self._owner(old.owner), self._owner(new.owner)]
-            names = [self._names(old.owner), self._names(new.owner)]
-            keys = [key, self._all, *owners, self._unfinished, self._vec(task_id), *names]
+            owners = [self._keys.owner(old.owner), self._keys.owner(new.owner)]
+            names = [self._keys.names(old.owner), self._keys.names(new.owner)]
+            keys = [key, self._keys.all, *owners, self._keys.unfinished, self._keys.vec(task_id), *names]
             args = [
                 raw,
                 new.to_json(),
                 task_id,
                 repr(new.created_at),
-                _flag(new.status in UNFINISHED),
-                _flag(vector is not None),
+                scripts.flag(new.status in UNFINISHED),
+                scripts.flag(vector is not None),
                 vector or b"",
                 old.name or "",
                 new.name or "",
-                _flag((old.owner, old.name) != (new.owner, new.name)),
+                scripts.flag((old.owner, old.name) != (new.owner, new.name)),
             ]
             n = await self._swap(keys=keys, args=args, client=self._redis if vector is None else self._bulk)
             if isinstance(n, bytes):
@@ -421,23 +218,23 @@ class RedisStore:
 
     async def _take_swap(self, task_id: str, name: str) -> TaskRecord | None:
         for attempt in range(_SWAP_ATTEMPTS):
-            raw = await self._redis.get(self._task(task_id))
+            raw = await self._redis.get(self._keys.task(task_id))
             old = None if raw is None else parse_record(raw, task_id)
             if old is None:
                 return None
             if old.name == name:
                 return old
-            holder = await self._redis.hget(self._names(old.owner), name)
+            holder = await self._redis.hget(self._keys.names(old.owner), name)
             holder_id = "" if holder is None else holder.decode()
             held, released = b"", b""
             if holder_id and holder_id != task_id:
-                held = await self._redis.get(self._task(holder_id)) or b""
+                held = await self._redis.get(self._keys.task(holder_id)) or b""
                 loser = parse_record(held, holder_id) if held else None
                 # An unreadable (or vanished) holder's record is left as it is; only the index entry moves.
                 held = held if loser is not None else b""
                 released = b"" if loser is None else apply_update(loser, {"name": None}).to_json().encode()
             new = apply_update(old, {"name": name})
-            keys = [self._task(task_id), self._names(old.owner), self._task(holder_id or task_id)]
+            keys = [self._keys.task(task_id), self._keys.names(old.owner), self._keys.task(holder_id or task_id)]
             args = [raw, new.to_json(), task_id, old.name or "", name, holder_id, held, released]
             n = await self._take(keys=keys, args=args)
             if n == 1:
@@ -448,11 +245,11 @@ class RedisStore:
         raise StoreUnavailable(f"renaming task {task_id} kept conflicting; gave up")
 
     async def find_name(self, owner: str | None, name: str) -> str | None:
-        task_id = await self._call(lambda: self._redis.hget(self._names(owner), name))
+        task_id = await self._call(lambda: self._redis.hget(self._keys.names(owner), name))
         return None if task_id is None else task_id.decode()
 
     async def count(self, owner: str | None) -> int:
-        return int(await self._call(lambda: self._redis.zcard(self._owner(owner))))
+        return int(await self._call(lambda: self._redis.zcard(self._keys.owner(owner))))
 
     async def list(
         self, owner: str | None = None, all_owners: bool = False, *, offset: int = 0, limit: int | None = None
@@ -461,7 +258,7 @@ class RedisStore:
             raise ValueError("offset and limit must not be negative")
         if limit == 0:
             return []
-        index = self._all if all_owners else self._owner(owner)
+        index = self._keys.all if all_owners else self._keys.owner(owner)
         stop = -1 if limit is None else offset + limit - 1
         return await self._call(lambda: self._page(index, offset, stop, None if all_owners else owner))
 
@@ -470,24 +267,24 @@ class RedisStore:
         ids = [i.decode() for i in await self._redis.zrevrange(index, start, stop)]
         out: builtins.list[TaskRecord] = []
         gone: builtins.list[str] = []
-        for first in range(0, len(ids), _CHUNK):
-            chunk = ids[first : first + _CHUNK]
-            for task_id, raw in zip(chunk, await self._redis.mget([self._task(i) for i in chunk]), strict=True):
+        for first in range(0, len(ids), MGET_CHUNK):
+            chunk = ids[first : first + MGET_CHUNK]
+            for task_id, raw in zip(chunk, await self._redis.mget([self._keys.task(i) for i in chunk]), strict=True):
                 if raw is None:
                     gone.append(task_id)
                     continue
                 rec = parse_record(raw, task_id)
-                if rec is not None and (index == self._all or rec.owner == owner):
+                if rec is not None and (index == self._keys.all or rec.owner == owner):
                     out.append(rec)
         if gone:  # deleted meanwhile (then this is a no-op) or lost: drop what points at nothing
             try:
-                await self._prune(keys=[index, *(self._task(i) for i in gone)], args=gone)
+                await self._prune(keys=[index, *(self._keys.task(i) for i in gone)], args=gone)
             except RedisError as exc:  # a read-only replica, say: the page is right all the same
                 log.debug("could not prune %d stale index entries: %s", len(gone), exc)
         return out
 
     async def unfinished(self) -> builtins.list[str]:
-        members = await self._call(lambda: self._redis.smembers(self._unfinished))
+        members = await self._call(lambda: self._redis.smembers(self._keys.unfinished))
         return sorted(m.decode() for m in members)
 
     async def delete(self, task_id: str) -> bool:
@@ -495,16 +292,16 @@ class RedisStore:
 
     async def _delete_swap(self, task_id: str) -> bool:
         for attempt in range(_SWAP_ATTEMPTS):
-            raw = await self._redis.get(self._task(task_id))
+            raw = await self._redis.get(self._keys.task(task_id))
             owner, name = (None, "") if raw is None else self._owner_and_name_of_raw(raw, task_id)
             keys = [
-                self._task(task_id),
-                self._vec(task_id),
-                self._lock(task_id),
-                self._all,
-                self._owner(owner),
-                self._unfinished,
-                self._names(owner),
+                self._keys.task(task_id),
+                self._keys.vec(task_id),
+                self._keys.lock(task_id),
+                self._keys.all,
+                self._keys.owner(owner),
+                self._keys.unfinished,
+                self._keys.names(owner),
             ]
             n = await self._delete(keys=keys, args=[raw or b"", task_id, name])
             if n >= 0:
@@ -529,28 +326,32 @@ class RedisStore:
     # vectors
     async def put_vector(self, task_id: str, data: bytes) -> None:
         """Store the vector bytes; a no-op when the task record does not exist (deleted meanwhile)."""
-        keys, blob = [self._task(task_id), self._vec(task_id)], bytes(data)
+        keys, blob = [self._keys.task(task_id), self._keys.vec(task_id)], bytes(data)
         await self._call(
             lambda: self._put_vector(keys=keys, args=[blob], client=self._bulk), deadline_s=self._for(blob)
         )
 
     async def get_vector(self, task_id: str) -> bytes | None:
         # Its size first (a quick call that fails fast when Redis is away), to give the transfer its time.
-        size = await self._call(lambda: self._redis.strlen(self._vec(task_id)))
+        size = await self._call(lambda: self._redis.strlen(self._keys.vec(task_id)))
         if not size:
             return None
-        raw = await self._call(lambda: self._bulk.get(self._vec(task_id)), deadline_s=self._for(int(size)))
+        raw = await self._call(lambda: self._bulk.get(self._keys.vec(task_id)), deadline_s=self._for(int(size)))
         return None if raw is None else bytes(raw)
 
     # locks
     async def acquire_lock(self, task_id: str, holder: str, ttl_s: float) -> bool:
-        return bool(await self._call(lambda: self._redis.set(self._lock(task_id), holder, nx=True, px=_ttl_ms(ttl_s))))
+        return bool(
+            await self._call(lambda: self._redis.set(self._keys.lock(task_id), holder, nx=True, px=_ttl_ms(ttl_s)))
+        )
 
     async def refresh_lock(self, task_id: str, holder: str, ttl_s: float) -> bool:
-        return bool(await self._call(lambda: self._refresh(keys=[self._lock(task_id)], args=[holder, _ttl_ms(ttl_s)])))
+        return bool(
+            await self._call(lambda: self._refresh(keys=[self._keys.lock(task_id)], args=[holder, _ttl_ms(ttl_s)]))
+        )
 
     async def release_lock(self, task_id: str, holder: str) -> None:
-        await self._call(lambda: self._release(keys=[self._lock(task_id)], args=[holder]))
+        await self._call(lambda: self._release(keys=[self._keys.lock(task_id)], args=[holder]))
 
     # lifecycle
     async def ping(self) -> bool:

@@ -6,7 +6,8 @@ process's calls on its single connection. Several processes may share the file (
 disk: WAL does not work over network file systems): put-if-absent is INSERT OR IGNORE,
 read-modify-write runs in BEGIN IMMEDIATE transactions, and locks are conditional upserts.
 Lock expiry compares wall-clock times (time.time()) of the processes sharing the file. A task's name
-is also a column, unique per owner (a partial unique index), written in the same transaction as the record.
+is also a column, unique per owner (a partial unique index, `sqlite_names.py`), written in the same
+transaction as the record. The tables and the migration of older files are in `sqlite_schema.py`.
 Every sqlite3 error (locked past the busy timeout, disk full, I/O error, a corrupt file) comes out
 as StoreUnavailable; after one that is not mere locking the connection is reopened on next use.
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import errno
-import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -25,40 +25,11 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .base import UNFINISHED, NameTaken, StoreFull, StoreUnavailable, TaskRecord, apply_update, parse_record
-
-log = logging.getLogger(__name__)
+from .base import UNFINISHED, StoreFull, StoreUnavailable, TaskRecord, apply_update, parse_record
+from .sqlite_names import claim_name, name_holder
+from .sqlite_schema import create_schema
 
 T = TypeVar("T")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS tasks (
-    id TEXT PRIMARY KEY,
-    owner TEXT,
-    created_at REAL NOT NULL,
-    data TEXT NOT NULL,
-    status TEXT,
-    name TEXT
-);
-CREATE INDEX IF NOT EXISTS tasks_created ON tasks (created_at DESC, id DESC);
-CREATE INDEX IF NOT EXISTS tasks_owner_created ON tasks (owner, created_at DESC, id DESC);
-CREATE TABLE IF NOT EXISTS vectors (
-    id TEXT PRIMARY KEY,
-    data BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS locks (
-    id TEXT PRIMARY KEY,
-    holder TEXT NOT NULL,
-    expires_at REAL NOT NULL
-);
-"""
-# Created after the migration below has added the columns to files written before they existed.
-_STATUS_INDEX = "CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status)"
-# NULL owners (the open server) must collide too, and NULLs never do in a unique index: hence ifnull.
-_NAME_INDEX = (
-    "CREATE UNIQUE INDEX IF NOT EXISTS tasks_owner_name ON tasks (ifnull(owner, ''), name) WHERE name IS NOT NULL"
-)
-_NAMES_INDEXED = 1  # PRAGMA user_version once the names of the records are in the name column
 
 _UPSERT_VECTOR = "INSERT INTO vectors (id, data) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET data = excluded.data"
 _UNFINISHED_SQL = ", ".join(f"'{s}'" for s in sorted(UNFINISHED))
@@ -67,57 +38,6 @@ _UNFINISHED_SQL = ", ".join(f"'{s}'" for s in sorted(UNFINISHED))
 def _is_transient(exc: sqlite3.Error) -> bool:
     """True for "database is locked" / "busy": another process holds the lock; the connection itself is fine."""
     return any(word in str(exc).lower() for word in ("locked", "busy"))
-
-
-def _migrate(conn: sqlite3.Connection) -> None:
-    """Files written before the status or the name column: add them and fill them from the records."""
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
-    if "status" not in columns:
-        conn.execute("ALTER TABLE tasks ADD COLUMN status TEXT")
-    if "name" not in columns:
-        conn.execute("ALTER TABLE tasks ADD COLUMN name TEXT")
-    rows = conn.execute("SELECT id, data FROM tasks WHERE status IS NULL").fetchall()
-    for task_id, data in rows:
-        rec = parse_record(data, task_id)
-        conn.execute("UPDATE tasks SET status = ? WHERE id = ?", (rec.status if rec else "unreadable", task_id))
-    conn.execute(_STATUS_INDEX)
-    if conn.execute("PRAGMA user_version").fetchone()[0] < _NAMES_INDEXED:
-        _index_names(conn)
-        conn.execute(f"PRAGMA user_version = {_NAMES_INDEXED}")
-    conn.execute(_NAME_INDEX)
-
-
-def _index_names(conn: sqlite3.Connection) -> None:
-    """Records written before names were unique per owner: the oldest task keeps a shared name, the others
-    lose it (logged), so that every name in a record is the one the index finds."""
-    rows = conn.execute("SELECT id, data FROM tasks ORDER BY created_at, id").fetchall()
-    for task_id, data in rows:
-        rec = parse_record(data, task_id)
-        if rec is None or rec.name is None:
-            continue
-        holder = _name_holder(conn, rec.owner, rec.name)
-        if holder is None:
-            conn.execute("UPDATE tasks SET name = ? WHERE id = ?", (rec.name, task_id))
-        elif holder != task_id:
-            log.warning("task %s loses the name %r, which the older task %s keeps", task_id, rec.name, holder)
-            unnamed = rec.model_copy(update={"name": None})
-            conn.execute("UPDATE tasks SET data = ? WHERE id = ?", (unnamed.to_json(), task_id))
-
-
-def _name_holder(conn: sqlite3.Connection, owner: str | None, name: str) -> str | None:
-    row = conn.execute(
-        "SELECT id FROM tasks WHERE ifnull(owner, '') = ifnull(?, '') AND name = ?", (owner, name)
-    ).fetchone()
-    return None if row is None else row[0]
-
-
-def _claim_name(conn: sqlite3.Connection, task_id: str, owner: str | None, name: str | None) -> None:
-    """Raise NameTaken when another task of `owner` is called `name` (inside the writing transaction)."""
-    if name is None:
-        return
-    holder = _name_holder(conn, owner, name)
-    if holder is not None and holder != task_id:
-        raise NameTaken(name, holder)
 
 
 def _enable_wal(conn: sqlite3.Connection, timeout_s: float) -> None:
@@ -174,10 +94,7 @@ class SqliteStore:
             _enable_wal(conn, self._busy_timeout_s)
             conn.execute("PRAGMA synchronous=NORMAL")
             with _immediate(conn):
-                for stmt in _SCHEMA.split(";"):
-                    if stmt.strip():
-                        conn.execute(stmt)
-                _migrate(conn)
+                create_schema(conn)
         except BaseException:
             conn.close()
             raise
@@ -234,7 +151,7 @@ class SqliteStore:
             with _immediate(conn):
                 if conn.execute("SELECT 1 FROM tasks WHERE id = ?", (record.id,)).fetchone() is not None:
                     return False
-                _claim_name(conn, record.id, record.owner, record.name)
+                claim_name(conn, record.id, record.owner, record.name)
                 conn.execute(
                     "INSERT INTO tasks (id, owner, created_at, data, status, name) VALUES (?, ?, ?, ?, ?, ?)", args
                 )
@@ -264,7 +181,7 @@ class SqliteStore:
                 return None
             new = apply_update(old, fields)
             if (new.owner, new.name) != (old.owner, old.name):
-                _claim_name(conn, task_id, new.owner, new.name)
+                claim_name(conn, task_id, new.owner, new.name)
             conn.execute(
                 "UPDATE tasks SET owner = ?, created_at = ?, data = ?, status = ?, name = ? WHERE id = ?",
                 (new.owner, new.created_at, new.to_json(), new.status, new.name, task_id),
@@ -282,7 +199,7 @@ class SqliteStore:
                     return None
                 if old.name == name:
                     return old
-                holder = _name_holder(conn, old.owner, name)
+                holder = name_holder(conn, old.owner, name)
                 if holder is not None and holder != task_id:
                     held = conn.execute("SELECT data FROM tasks WHERE id = ?", (holder,)).fetchone()[0]
                     loser = parse_record(held, holder)
@@ -296,7 +213,7 @@ class SqliteStore:
         return await self._run(op)
 
     async def find_name(self, owner: str | None, name: str) -> str | None:
-        return await self._run(lambda conn: _name_holder(conn, owner, name))
+        return await self._run(lambda conn: name_holder(conn, owner, name))
 
     async def count(self, owner: str | None) -> int:
         def op(conn: sqlite3.Connection) -> int:
