@@ -17,7 +17,7 @@ from steering.eval.config import (
     parse_method_options,
     parse_multiples,
 )
-from steering.tasks.datasets import task_names
+from steering.eval.task_source import available_tasks
 from steering.wire.method_names import METHOD_NAMES
 
 
@@ -29,7 +29,16 @@ def eval_command(
     url: Annotated[
         str | None, typer.Option("--url", help="Evaluate through a running server at URL instead of in-process.")
     ] = None,
-    tasks: Annotated[str, typer.Option(help="Comma-separated packaged tasks, or 'all'.")] = ",".join(DEFAULT_TASKS),
+    tasks: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated tasks, or 'all' [default: the development suite; with --tasks-dir, all]."),
+    ] = None,
+    tasks_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--tasks-dir", help="Read the tasks from this folder's <name>.jsonl files, e.g. steering/eval/unseen."
+        ),
+    ] = None,
     methods: Annotated[str, typer.Option(help="Comma-separated steering methods.")] = ",".join(DEFAULT_METHODS),
     k_shot: Annotated[int, typer.Option("--k-shot", min=0, help="Demonstrations in the in-context baseline.")] = 10,
     demos: Annotated[int, typer.Option("--demos", min=1, help="Demonstrations per task.")] = 40,
@@ -56,10 +65,11 @@ def eval_command(
     from steering.eval.suite import run_suite
 
     method_list = parse_list(methods, METHOD_NAMES, "method")
+    default_tasks = "all" if tasks_dir is not None else ",".join(DEFAULT_TASKS)
     config = EvalConfig(
         model=model,
         url=url,
-        tasks=parse_list(tasks, task_names(), "task"),
+        tasks=parse_list(tasks or default_tasks, available_tasks(tasks_dir), "task"),
         methods=method_list,
         k_shot=k_shot,
         n_demos=demos,
@@ -68,6 +78,7 @@ def eval_command(
         multiples=parse_multiples(multiples),
         options=parse_method_options(option or [], method_list),
         max_new_tokens=max_new_tokens,
+        tasks_dir=str(tasks_dir) if tasks_dir is not None else None,
     )
     api_key = getattr(ctx.obj, "api_key", None)
     with open_backend(config, api_key) as backend:

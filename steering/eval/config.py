@@ -36,6 +36,7 @@ class EvalConfig:
     multiples: list[float] = field(default_factory=lambda: list(DEFAULT_MULTIPLES))
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     max_new_tokens: int = 16
+    tasks_dir: str | None = None  # read the tasks from this folder's .jsonl files instead of the packaged ones
 
     def method_options(self, method: str) -> dict[str, Any]:
         """The options sent with a method: the overrides, with the suite's seed unless one is given."""
@@ -81,6 +82,8 @@ def parse_multiples(text: str) -> list[float]:
 def reproduce_command(config: EvalConfig) -> str:
     """The `steer eval` command line that runs this config."""
     parts = ["steer eval", f"--url {config.url}" if config.url else f"--model {config.model}"]
+    if config.tasks_dir is not None:
+        parts.append(f"--tasks-dir {config.tasks_dir}")
     parts += [f"--tasks {','.join(config.tasks)}", f"--methods {','.join(config.methods)}"]
     parts += [f"--k-shot {config.k_shot}", f"--demos {config.n_demos}", f"--test {config.n_test}"]
     parts += [f"--seed {config.seed}", f"--multiples {','.join(f'{m:g}' for m in config.multiples)}"]

@@ -14,9 +14,10 @@ from steering.eval.backends import Backend, Steer
 from steering.eval.config import EvalConfig, reproduce_command
 from steering.eval.progress import NullReporter, Reporter
 from steering.eval.scoring import DEFINITIONS, Probe, build_probe, score, summarise
+from steering.eval.task_source import load_eval_task
 from steering.methods.auto import rank_key
 from steering.methods.registry import auto_candidates
-from steering.tasks.datasets import load_task, split_task
+from steering.tasks.datasets import split_task
 from steering.tasks.verdict import verdict
 from steering.wire.protocol import Demonstration
 
@@ -72,7 +73,7 @@ def _without_outputs(scores: dict[str, Any]) -> dict[str, Any]:
 
 def evaluate_task(backend: Backend, task: str, config: EvalConfig, reporter: Reporter) -> dict[str, Any]:
     started = time.perf_counter()
-    demos, test = split_task(load_task(task), config.n_demos, config.n_test, config.seed)
+    demos, test = split_task(load_eval_task(task, config.tasks_dir), config.n_demos, config.n_test, config.seed)
     probe = build_probe(demos, test, config.k_shot, config.seed)
     result: dict[str, Any] = {
         "inputs": [d.input for d in test],
