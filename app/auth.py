@@ -7,7 +7,7 @@ import hmac
 
 from fastapi import Request
 
-from app.errors import ApiError
+from app.error_codes import ApiErrors
 
 
 def owner_of(key: str) -> str:
@@ -29,13 +29,8 @@ class KeyChecker:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
-            raise ApiError(
-                401,
-                "unauthorized",
-                "this server needs an API key: Authorization: Bearer <key>",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+            raise ApiErrors.NO_API_KEY()
         for key in self.keys:
             if hmac.compare_digest(key.encode(), token.strip().encode()):
                 return owner_of(key)
-        raise ApiError(401, "unauthorized", "invalid API key", headers={"WWW-Authenticate": "Bearer"})
+        raise ApiErrors.INVALID_API_KEY()

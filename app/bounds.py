@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
-from app.errors import ApiError, quoted
+from app.error_codes import ApiErrors
+from app.errors import quoted
 from app.settings import Settings
 from steering.vectors.task_vector import ActivationScale
 
@@ -22,11 +23,11 @@ class Bounds:
         norms of every vector imported or read from the store (`steering.vectors.task_vector.check_norms`)."""
         self.settings, self.num_layers, self.scale = settings, num_layers, scale
 
-    def strength(self, value: float, where: str = "strength", error: str = "strength_out_of_range") -> float:
+    def strength(self, value: float, where: str = "strength") -> float:
         """A strength (requested, computed, imported or given as an option): finite, within ±max_strength."""
         limit = self.settings.max_strength
         if not (isinstance(value, (int, float)) and math.isfinite(value) and abs(value) <= limit):
-            raise ApiError(422, error, f"{where} must be a finite number within ±{limit}")
+            raise ApiErrors.STRENGTH_OUT_OF_RANGE(where=where, limit=limit)
         return float(value)
 
     def task_strength(self, task_id: str, entries: Sequence[tuple[int, float]]) -> None:
@@ -36,26 +37,19 @@ class Bounds:
         total = sum(abs(strength) for _, strength in entries)
         if total > limit:
             where = ", ".join(f"steering.{i}" for i, _ in entries)
-            raise ApiError(
-                422,
-                "strength_out_of_range",
-                f"{where} all steer with task {quoted(task_id)}: their strengths add up to {total:g} (the sum of "
-                f"|strength|), and one task's entries may add up to at most {limit:g}",
-            )
+            raise ApiErrors.TASK_STRENGTH_OUT_OF_RANGE(where=where, task=quoted(task_id), total=total, limit=limit)
 
-    def layers(self, layers: Iterable[int], where: str = "layers", error: str = "invalid_layers") -> tuple[int, ...]:
+    def layers(self, layers: Iterable[int], where: str = "layers") -> tuple[int, ...]:
         """Layer indices of this model, each once, at least one."""
         unique = tuple(dict.fromkeys(layers))
         if not unique:
-            raise ApiError(422, error, f"{where}, when given, must name at least one layer")
+            raise ApiErrors.NO_LAYERS(where=where)
         bad = [la for la in unique if not 0 <= la < self.num_layers]
         if bad:
-            raise ApiError(422, error, f"{where}: layer {bad[0]} is out of range 0..{self.num_layers - 1}")
+            raise ApiErrors.LAYER_OUT_OF_RANGE(where=where, layer=bad[0], last=self.num_layers - 1)
         return unique
 
     def new_tokens(self, value: int) -> int:
         if value > self.settings.max_new_tokens:
-            raise ApiError(
-                422, "max_new_tokens_too_large", f"max_new_tokens is limited to {self.settings.max_new_tokens}"
-            )
+            raise ApiErrors.MAX_NEW_TOKENS_TOO_LARGE(limit=self.settings.max_new_tokens)
         return value

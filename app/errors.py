@@ -11,7 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.store import StoreFull, StoreUnavailable, TaskRecord
+from app.error_codes import ApiError, ApiErrors
+from app.store import StoreFull, StoreUnavailable
 from steering.generation.errors import GenerationError, NotServing, Overloaded, RowFailed, ShuttingDown
 from steering.steer.inject import SteeringError
 from steering.wire.protocol import NAMED_ERRORS, ErrorResponse
@@ -35,14 +36,6 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         503: "Overloaded, shutting down, or the task store is unreachable; retry after Retry-After seconds.",
     }.items()
 }
-
-
-class ApiError(Exception):
-    def __init__(
-        self, status: int, type_: str, message: str, /, *, headers: dict[str, str] | None = None, **detail: Any
-    ) -> None:
-        super().__init__(message)
-        self.status, self.type, self.message, self.headers, self.detail = status, type_, message, headers, detail
 
 
 QUOTED_CHARS = 40
@@ -74,14 +67,6 @@ def unparsable_body(cause: BaseException | None) -> str | None:
     return None
 
 
-def not_found(what: str) -> ApiError:
-    return ApiError(404, "not_found", f"{what} not found")
-
-
-def task_not_ready(record: TaskRecord) -> ApiError:
-    return ApiError(409, "task_not_ready", f"task {record.id!r} is {record.status}", status=record.status)
-
-
 def request_id(request: Request) -> str | None:
     return getattr(request.state, "request_id", None)
 
@@ -90,6 +75,10 @@ def error_response(status: int, type_: str, message: str, headers=None, /, **det
     body: dict[str, Any] = {"type": type_, "message": message}
     body.update({k: v for k, v in detail.items() if v is not None})
     return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def api_error_response(exc: ApiError) -> JSONResponse:
+    return error_response(exc.status, exc.type, exc.message, exc.headers, **exc.detail)
 
 
 # The library's generation errors, each as its status and type (the message is the exception's own).
@@ -119,7 +108,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.type, exc.message, exc.headers, **exc.detail)
+        return api_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -165,16 +154,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StoreFull)
     async def _store_full(request: Request, exc: StoreFull) -> JSONResponse:
         log.error("store full: %s", exc)
-        return error_response(
-            503,
-            "store_full",
-            "the task store is full and refuses writes; reads still work. Retry later or delete tasks",
-            {"Retry-After": "30"},
-        )
+        return api_error_response(ApiErrors.STORE_FULL())
 
     @app.exception_handler(StoreUnavailable)
     async def _store_down(request: Request, exc: StoreUnavailable) -> JSONResponse:
         log.warning("store unavailable: %s", exc)
-        return error_response(
-            503, "store_unavailable", "the task store is unreachable; retry shortly", {"Retry-After": "2"}
-        )
+        return api_error_response(ApiErrors.STORE_UNAVAILABLE())

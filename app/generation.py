@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import copy
-import threading
 from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from fastapi import Request
 from sse_starlette import EventSourceResponse
 
-from app.errors import ApiError, request_id
+from app.error_codes import ApiErrors
+from app.errors import request_id
 from app.settings import Settings
 from app.streaming import sse_response
 from app.tasks import TaskService
+from app.tokenizing import PromptTokenizer
 from steering.generation.backend import GenerationBackend, Submission
 from steering.generation.rows import GenerationRequest, GenerationResult
 from steering.model.loading import LoadedModel
@@ -23,8 +22,6 @@ from steering.steer.inject import SteeringTerm
 from steering.tasks.answer_end import AnswerEnd, template_end
 from steering.tasks.templates import DEFAULT_TEMPLATE, render_query
 from steering.wire.protocol import ChatMessage, SteeringEntry
-
-TOKENIZING_THREADS = 2  # prompts rendered and tokenized at once, each thread with its own tokenizer
 
 
 @dataclass
@@ -41,29 +38,7 @@ class Sampling:
 class GenerationService:
     def __init__(self, lm: LoadedModel, tasks: TaskService, backend: GenerationBackend, settings: Settings) -> None:
         self.lm, self.tasks, self.backend, self.settings = lm, tasks, backend, settings
-        # Prompts are rendered and tokenized off the event loop (a 1 MB prompt takes one to two seconds), each
-        # thread on a copy of the tokenizer of its own: a Rust tokenizer refuses two threads at once, and the
-        # generation thread uses the model's.
-        self._tokenizing = ThreadPoolExecutor(max_workers=TOKENIZING_THREADS, thread_name_prefix="tokenize")
-        self._local = threading.local()
-
-    def _tokenizer(self):
-        if not hasattr(self._local, "tokenizer"):
-            self._local.tokenizer = copy.deepcopy(self.lm.tokenizer)
-        return self._local.tokenizer
-
-    def _prompt_ids(self, prompt: str | None, messages: Sequence[ChatMessage] | None) -> list[int]:
-        """On a tokenizing thread: the chat rendered (when `messages`), then the prompt's token ids."""
-        text = self.render_chat(messages) if messages is not None else prompt or ""
-        return list(self._tokenizer()(text)["input_ids"])
-
-    def render_chat(self, messages: Sequence[ChatMessage]) -> str:
-        tokenizer = self._tokenizer()
-        if not getattr(tokenizer, "chat_template", None):
-            raise ApiError(422, "no_chat_template", "this model has no chat template: send `prompt` instead")
-        return tokenizer.apply_chat_template(
-            [m.model_dump() for m in messages], add_generation_prompt=True, tokenize=False
-        )
+        self._prompts = PromptTokenizer(lm.tokenizer)
 
     async def prepare(
         self,
@@ -85,24 +60,14 @@ class GenerationService:
         if messages is None and input_text is not None:
             template = terms[0].vector.template if terms else DEFAULT_TEMPLATE
             text = render_query(template, input_text)
-        loop = asyncio.get_running_loop()
-        ids = await loop.run_in_executor(self._tokenizing, self._prompt_ids, text, messages)
+        ids = await self._prompts.ids(text, messages)
         if not ids:
-            raise ApiError(422, "empty_prompt", "the prompt is empty")
+            raise ApiErrors.EMPTY_PROMPT()
         if len(ids) > self.settings.max_prompt_tokens:
-            raise ApiError(
-                422,
-                "prompt_too_long",
-                f"the prompt has {len(ids)} tokens; the limit is {self.settings.max_prompt_tokens}",
-            )
+            raise ApiErrors.PROMPT_TOO_LONG(tokens=len(ids), limit=self.settings.max_prompt_tokens)
         window = context_window(self.lm)
         if window is not None and len(ids) + sampling.max_new_tokens > window:
-            raise ApiError(
-                422,
-                "context_length_exceeded",
-                f"the prompt's {len(ids)} tokens plus max_new_tokens {sampling.max_new_tokens} exceed the model's "
-                f"context of {window} tokens",
-            )
+            raise ApiErrors.CONTEXT_LENGTH_EXCEEDED(tokens=len(ids), new_tokens=sampling.max_new_tokens, window=window)
         return GenerationRequest(
             prompt_ids=ids,
             steering=tuple(terms),
@@ -128,7 +93,7 @@ class GenerationService:
             if not result.done():
                 result.cancel()  # sets the row's cancel flag
         if not result.done() or result.cancelled():
-            raise ApiError(499, "client_closed_request", "the client closed the connection before the answer")
+            raise ApiErrors.CLIENT_CLOSED_REQUEST()
         return result.result()
 
     def start_stream(self, request: GenerationRequest) -> Submission:

@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from fastapi import FastAPI
 
-from app.errors import ApiError
+from app.error_codes import ApiErrors
 
 T = TypeVar("T")
 
@@ -22,12 +22,7 @@ class ImportSlots:
 
     def acquire(self) -> None:
         if self.busy >= self.limit:
-            raise ApiError(
-                429,
-                "too_many_imports",
-                f"{self.limit} vector imports are being read already; retry shortly",
-                headers={"Retry-After": "1"},
-            )
+            raise ApiErrors.TOO_MANY_IMPORTS(limit=self.limit)
         self.busy += 1
 
     def release(self) -> None:
@@ -40,12 +35,7 @@ class ImportSlots:
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout_s)
         except TimeoutError:
-            raise ApiError(
-                503,
-                "import_timeout",
-                f"reading the vector took over {timeout_s:.0f} s; retry when the server is less busy",
-                headers={"Retry-After": "5"},
-            ) from None
+            raise ApiErrors.IMPORT_TIMEOUT(timeout_s=timeout_s) from None
 
     def _finished(self, future: asyncio.Future) -> None:
         self.release()

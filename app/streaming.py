@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 
 from sse_starlette import EventSourceResponse
 
-from app.errors import GENERATION_ERRORS, ApiError, generation_error
+from app.error_codes import ApiError
+from app.errors import GENERATION_ERRORS, generation_error
 
 log = logging.getLogger(__name__)
 

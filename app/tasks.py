@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from app.bounds import Bounds
-from app.errors import ApiError, not_found, quoted, task_not_ready
+from app.error_codes import ApiError, ApiErrors
+from app.errors import quoted
 from app.metrics import Metrics
 from app.settings import Settings
 from app.store import NameTaken, StoreUnavailable, TaskRecord, TaskStore
@@ -37,13 +38,7 @@ def _options_message(exc: Exception) -> str:
 
 
 def name_taken(exc: NameTaken) -> ApiError:
-    return ApiError(
-        409,
-        "name_taken",
-        f"name: {quoted(exc.name)} is the name of task {exc.holder!r} of this key: rename or delete that task, or "
-        'send "take_name": true to move the name to this one',
-        task=exc.holder,
-    )
+    return ApiErrors.NAME_TAKEN(name=quoted(exc.name), task=exc.holder)
 
 
 def task_id_for(owner: str | None, fingerprint: str, body: TaskCreate, options: dict) -> str:
@@ -100,25 +95,18 @@ class TaskService:
     def _check_limits(self, body: TaskCreate) -> dict:
         limit = self.settings.max_demonstrations
         if len(body.demonstrations) > limit:
-            raise ApiError(422, "too_many_demonstrations", f"at most {limit} demonstrations per task")
+            raise ApiErrors.TOO_MANY_DEMONSTRATIONS(limit=limit)
         longest = max(max(len(d.input), len(d.output)) for d in body.demonstrations)
         if longest > self.settings.max_demonstration_chars:
-            raise ApiError(
-                422,
-                "demonstration_too_long",
-                f"a demonstration's input or output has {longest} characters; the limit is "
-                f"{self.settings.max_demonstration_chars}",
-            )
+            raise ApiErrors.DEMONSTRATION_TOO_LONG(chars=longest, limit=self.settings.max_demonstration_chars)
         try:
             model = options_model(body.method)
         except (ImportError, ValueError):
-            raise ApiError(
-                422, "unknown_method", f"method {quoted(body.method)} is not available on this server"
-            ) from None
+            raise ApiErrors.UNKNOWN_METHOD(method=quoted(body.method)) from None
         try:
             options = model(**body.options).model_dump()
         except (ValidationError, TypeError) as exc:
-            raise ApiError(422, "invalid_options", _options_message(exc)) from None
+            raise ApiErrors.INVALID_OPTIONS(reason=_options_message(exc)) from None
         self._check_options(options)
         return options
 
@@ -130,21 +118,24 @@ class TaskService:
                 self._check_options(value, f"{where}.{key}")
             elif value is None:
                 continue
-            elif key in ("layer", "layers"):
-                self.bounds.layers(value if isinstance(value, list) else [value], f"{where}.{key}", "invalid_options")
-            elif key in ("strength", "strengths"):
-                for strength in value if isinstance(value, list) else [value]:
-                    self.bounds.strength(strength, f"{where}.{key}", "invalid_options")
+            elif key in ("layer", "layers", "strength", "strengths"):
+                self._check_option(key, value if isinstance(value, list) else [value], f"{where}.{key}")
+
+    def _check_option(self, key: str, values: list, where: str) -> None:
+        """The request's bound on an option's layers or strengths, failing as `invalid_options`."""
+        try:
+            if key.startswith("layer"):
+                self.bounds.layers(values, where)
+            else:
+                for strength in values:
+                    self.bounds.strength(strength, where)
+        except ApiError as exc:
+            raise ApiErrors.INVALID_OPTIONS(reason=exc.message) from None
 
     async def check_task_quota(self, owner: str | None) -> None:
         """How many tasks one key may keep (registered or imported)."""
         if await self.store.count(owner) >= self.settings.max_tasks_per_key:
-            raise ApiError(
-                429,
-                "task_quota_exceeded",
-                f"this key already has {self.settings.max_tasks_per_key} tasks: delete some first",
-                headers={"Retry-After": "60"},
-            )
+            raise ApiErrors.TASK_QUOTA_EXCEEDED(limit=self.settings.max_tasks_per_key)
 
     async def _check_quotas(self, owner: str | None) -> None:
         """Per key: how many tasks it may keep, and how many may compute at once (across replicas)."""
@@ -152,12 +143,8 @@ class TaskService:
         records = await asyncio.gather(*(self.store.get(i) for i in await self.store.unfinished()))
         computing = sum(1 for r in records if r is not None and r.owner == owner)
         if computing >= self.settings.max_computations_per_key:
-            raise ApiError(
-                429,
-                "computation_quota_exceeded",
-                f"this key already has {computing} tasks computing; the limit is "
-                f"{self.settings.max_computations_per_key}: retry when one is ready",
-                headers={"Retry-After": "10"},
+            raise ApiErrors.COMPUTATION_QUOTA_EXCEEDED(
+                computing=computing, limit=self.settings.max_computations_per_key
             )
 
     async def register(self, body: TaskCreate, owner: str | None) -> tuple[TaskRecord, bool]:
@@ -184,7 +171,7 @@ class TaskService:
                 if existing.status != "ready":
                     self.worker.submit(task_id)
                 return existing, False
-        raise ApiError(409, "conflict", f"task {task_id!r} is being deleted and created concurrently; retry")
+        raise ApiErrors.CONFLICT(task_id=task_id)
 
     def _expand_template(self, body: TaskCreate) -> TaskCreate:
         """`template: "chat"` becomes this model's chat template (steering.tasks.templates.chat_template)."""
@@ -193,7 +180,7 @@ class TaskService:
         try:
             return body.model_copy(update={"template": chat_template(self.lm.tokenizer)})
         except NoChatTemplate as exc:
-            raise ApiError(422, "no_chat_template", f'{exc}: register with a template other than "chat"') from None
+            raise ApiErrors.NO_CHAT_TEMPLATE_FOR_TASK(reason=exc) from None
 
     def _new_record(self, task_id: str, body: TaskCreate, options: dict, owner: str | None) -> TaskRecord:
         now = time.time()
@@ -245,7 +232,7 @@ class TaskService:
         except NameTaken as exc:
             raise name_taken(exc) from None
         if renamed is None:
-            raise not_found(f"task {record.id!r}")
+            raise ApiErrors.TASK_NOT_FOUND(task=repr(record.id))
         cached = self.vectors.get(record.id)
         if cached is not None:
             self.vectors.put(renamed, cached.vector)
@@ -257,14 +244,14 @@ class TaskService:
             return ref
         found = await self.store.find_name(owner, ref)
         if found is None:
-            raise not_found(f"task {quoted(ref)}")
+            raise ApiErrors.TASK_NOT_FOUND(task=quoted(ref))
         return found
 
     async def get(self, ref: str, owner: str | None) -> TaskRecord:
         """The owner's task that `ref` (an id or a name) names."""
         record = await self.store.get(await self.task_id(ref, owner))
         if record is None or record.owner != owner:
-            raise not_found(f"task {quoted(ref)}")
+            raise ApiErrors.TASK_NOT_FOUND(task=quoted(ref))
         return record
 
     async def list(self, owner: str | None, offset: int, limit: int) -> tuple[list[TaskRecord], int]:
@@ -295,16 +282,13 @@ class TaskService:
                 raise
             record = cached.record
         if record is None or record.owner != owner:
-            raise not_found(f"task {quoted(task_id)}")
+            raise ApiErrors.TASK_NOT_FOUND(task=quoted(task_id))
         if record.fingerprint != self.lm.fingerprint:
-            raise ApiError(
-                409,
-                "model_mismatch",
-                f"task {record.id!r} was computed on model {record.fingerprint}, "
-                f"this server runs {self.lm.fingerprint}",
+            raise ApiErrors.TASK_MODEL_MISMATCH(
+                task_id=record.id, task_model=record.fingerprint, served=self.lm.fingerprint
             )
         if record.status != "ready":
-            raise task_not_ready(record)
+            raise ApiErrors.TASK_NOT_READY(task_id=record.id, status=record.status)
         self.metrics.vector_cache.labels("hit" if cached is not None else "miss").inc()
         if cached is not None:
             return record, cached.vector
@@ -333,18 +317,14 @@ class TaskService:
             log.warning("task %s is ready but %s: computing it again", record.id, problem)
             await self.store.update(record.id, status="pending", summary=None, error=None, orphaned=0)
             self.worker.submit(record.id)
-            return ApiError(409, "task_not_ready", f"task {record.id!r}: {problem}; it is being recomputed")
+            return ApiErrors.VECTOR_RECOMPUTING(task_id=record.id, problem=problem)
         await self.store.update(record.id, status="failed", error=f"{problem}: import the file again")
-        return ApiError(409, "task_not_ready", f"task {record.id!r}: {problem}; import it again")
+        return ApiErrors.VECTOR_TO_IMPORT_AGAIN(task_id=record.id, problem=problem)
 
     async def steering_terms(self, entries: Sequence[SteeringEntry], owner: str | None) -> list[SteeringTerm]:
         """Resolve entries into terms; every strength that will be applied (given or default) is bounded here."""
         if len(entries) > self.settings.max_steering_entries:
-            raise ApiError(
-                422,
-                "too_many_steering_entries",
-                f"at most {self.settings.max_steering_entries} steering entries per request",
-            )
+            raise ApiErrors.TOO_MANY_STEERING_ENTRIES(limit=self.settings.max_steering_entries)
         bounds = self.bounds
         for i, entry in enumerate(entries):
             if entry.strength is not None:

@@ -25,7 +25,8 @@ from typing import Literal
 
 from fastapi import Request
 
-from app.errors import ApiError, quoted, task_not_ready
+from app.error_codes import ApiErrors
+from app.errors import quoted
 from app.import_slots import ImportSlots, import_slots
 from app.services import Services, services
 from app.store import TaskRecord
@@ -60,10 +61,10 @@ class VectorFiles:
         record = await self.svc.tasks.get(task_id, owner)
         task_id = record.id  # the path may have given the task's name
         if record.status != "ready":
-            raise task_not_ready(record)
+            raise ApiErrors.TASK_NOT_READY(task_id=record.id, status=record.status)
         data = await self.svc.store.get_vector(task_id)
         if data is None:
-            raise ApiError(409, "task_not_ready", f"task {task_id!r} has no vector stored yet")
+            raise ApiErrors.NO_VECTOR_STORED(task_id=task_id)
         if format == "gguf":
             data = await asyncio.to_thread(_stored_to_gguf, data, model_hint(self.svc.lm), drop_layer_zero)
         return data, f"{task_id}.{format}"
@@ -78,7 +79,7 @@ class VectorFiles:
         try:
             data = await body()
             if not data:
-                raise ApiError(422, "invalid_vector", "the request body is empty: send the vector file as the raw body")
+                raise ApiErrors.EMPTY_VECTOR_BODY()
             fmt = format or ("gguf" if data[:4] == GGUF_MAGIC else "safetensors")
             handed_over = True
             lm, scale = self.svc.lm, self.svc.bounds.scale
@@ -139,7 +140,7 @@ def _stored_to_gguf(data: bytes, hint: str, drop_layer_zero: bool) -> bytes:
     try:
         vector = TaskVector.from_bytes(data)
     except VectorImportError as exc:
-        raise ApiError(409, "task_not_ready", f"the stored vector is unreadable ({exc}); import it again") from None
+        raise ApiErrors.STORED_VECTOR_UNREADABLE(reason=exc) from None
     return _to_gguf(vector, hint, drop_layer_zero)
 
 
@@ -149,7 +150,7 @@ def _to_gguf(vector: TaskVector, hint: str, drop_layer_zero: bool) -> bytes:
         try:
             export_gguf(vector, path, hint, drop_layer_zero=drop_layer_zero)
         except ExportError as exc:
-            raise ApiError(422, "not_exportable", str(exc)) from None
+            raise ApiErrors.NOT_EXPORTABLE(reason=exc) from None
         return path.read_bytes()
 
 
@@ -169,18 +170,14 @@ def _from_safetensors(body: bytes, lm: LoadedModel, scale: ActivationScale) -> T
     try:
         vector = TaskVector.from_bytes(body)
     except VectorImportError as exc:
-        raise ApiError(422, "invalid_vector", f"the body is not a steering vector in safetensors: {exc}") from None
+        raise ApiErrors.NOT_A_SAFETENSORS_VECTOR(reason=exc) from None
     if vector.fingerprint != lm.fingerprint:
-        raise ApiError(
-            409,
-            "model_mismatch",
-            f"the vector was computed on model {vector.fingerprint}, this server runs {lm.fingerprint}",
-        )
+        raise ApiErrors.VECTOR_MODEL_MISMATCH(vector_model=vector.fingerprint, served=lm.fingerprint)
     try:
         check_for_model(vector, lm.arch, scale)
     except VectorImportError as exc:
         # Same fingerprint, shapes of another model (the file contradicts itself), or norms that dwarf the model's.
-        raise ApiError(422, "invalid_vector", str(exc)) from None
+        raise ApiErrors.INVALID_VECTOR(reason=exc) from None
     return vector
 
 
@@ -188,23 +185,20 @@ def _from_gguf(body: bytes, lm: LoadedModel, scale: ActivationScale) -> TaskVect
     try:
         hint, directions = read_gguf_directions(body)
     except VectorImportError as exc:
-        raise ApiError(422, "invalid_vector", str(exc)) from None
+        raise ApiErrors.INVALID_VECTOR(reason=exc) from None
     accepted = {model_hint(lm).lower(), lm.arch.family.lower()}
     if (hint or "").lower() not in accepted:
-        raise ApiError(
-            409,
-            "model_mismatch",
-            f"the control vector is for model family {quoted(hint) if hint is not None else None}; "
-            f"this server runs {model_hint(lm)!r} (family {lm.arch.family!r})",
+        raise ApiErrors.CONTROL_VECTOR_FAMILY_MISMATCH(
+            family=quoted(hint) if hint is not None else None, model=model_hint(lm), served_family=lm.arch.family
         )
     try:
         # A GGUF has no fingerprint: its layers and row sizes are the only sign of the model it was made for.
         vector = directions_to_vector(hint, directions, lm.fingerprint, lm.arch.num_layers, lm.arch.hidden_size)
         check_for_model(vector, lm.arch, scale)
     except ModelMismatch as exc:
-        raise ApiError(409, "model_mismatch", str(exc)) from None
+        raise ApiErrors.MODEL_MISMATCH(reason=exc) from None
     except VectorImportError as exc:
-        raise ApiError(422, "invalid_vector", str(exc)) from None
+        raise ApiErrors.INVALID_VECTOR(reason=exc) from None
     return vector
 
 

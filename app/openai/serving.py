@@ -16,7 +16,8 @@ from fastapi import Request
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
-from app.errors import ApiError, quoted
+from app.error_codes import ApiErrors
+from app.errors import quoted
 from app.generation import GenerationService, Sampling
 from app.openai.protocol import ChatCompletionRequest, CompletionRequest
 from app.openai.responses import (
@@ -81,13 +82,7 @@ def check_model(requested: str | None, served: str, configured: str) -> None:
     the served model."""
     if requested is None or requested in model_names(served, configured):
         return
-    raise ApiError(
-        404,
-        "model_not_found",
-        f"model: {quoted(requested)} is not served here; this server serves {served!r} (GET /v1/models)",
-        param="model",
-        code="model_not_found",
-    )
+    raise ApiErrors.MODEL_NOT_FOUND(requested=quoted(requested), served=served)
 
 
 def completion(header: Header, text: str, result: GenerationResult) -> Completion:

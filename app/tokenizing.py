@@ -1,0 +1,46 @@
+"""Prompts rendered and tokenized off the event loop (a 1 MB prompt takes one to two seconds)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from app.error_codes import ApiErrors
+from steering.wire.protocol import ChatMessage
+
+TOKENIZING_THREADS = 2  # prompts rendered and tokenized at once, each thread with its own tokenizer
+
+
+class PromptTokenizer:
+    """Each thread tokenizes on a copy of the tokenizer of its own: a Rust tokenizer refuses two threads at
+    once, and the generation thread uses the model's."""
+
+    def __init__(self, tokenizer: Any, threads: int = TOKENIZING_THREADS) -> None:
+        self._original = tokenizer
+        self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tokenize")
+        self._local = threading.local()
+
+    async def ids(self, prompt: str | None, messages: Sequence[ChatMessage] | None) -> list[int]:
+        """The chat rendered (when `messages`, else the prompt), then its token ids."""
+        return await asyncio.get_running_loop().run_in_executor(self._threads, self._ids, prompt, messages)
+
+    def _ids(self, prompt: str | None, messages: Sequence[ChatMessage] | None) -> list[int]:
+        text = self._render_chat(messages) if messages is not None else prompt or ""
+        return list(self._tokenizer()(text)["input_ids"])
+
+    def _tokenizer(self) -> Any:
+        if not hasattr(self._local, "tokenizer"):
+            self._local.tokenizer = copy.deepcopy(self._original)
+        return self._local.tokenizer
+
+    def _render_chat(self, messages: Sequence[ChatMessage]) -> str:
+        tokenizer = self._tokenizer()
+        if not getattr(tokenizer, "chat_template", None):
+            raise ApiErrors.NO_CHAT_TEMPLATE()
+        return tokenizer.apply_chat_template(
+            [m.model_dump() for m in messages], add_generation_prompt=True, tokenize=False
+        )
