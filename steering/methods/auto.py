@@ -1,9 +1,9 @@
-"""`auto`: compute the candidate methods that fit the time budget and keep the best on held-out data.
+"""`auto`: compute the candidate methods and keep the best on held-out data.
 
 Every candidate uses the same seed and dev fraction, hence the same held-out demonstrations, so their
-dev accuracies compare like for like. Candidates run cheapest first; one is skipped when the time
-left is less than what it is expected to need. Soft injection also early-stops on that split, which
-favours it slightly in the comparison.
+dev accuracies compare like for like. Candidates run cheapest first; which of them start is the budget's
+(`auto_budget`): by default all of them, whatever the model's size or the machine's load. Soft injection
+also early-stops on that split, which favours it slightly in the comparison.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import Field
 
+from steering.methods.auto_budget import Budget
 from steering.methods.common import Job, MethodOptions, MethodSpec
 from steering.vectors.task_vector import TaskVector
 from steering.wire.method_names import VectorMethod
@@ -28,7 +29,15 @@ class AutoOptions(MethodOptions):
         min_length=1,
         description="Methods to try, in order. ICV and contrastive are for style tasks and are not tried by default.",
     )
-    time_budget_s: float = Field(240.0, gt=0, description="Stop trying further candidates past this budget.")
+    time_budget_s: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Wall-clock seconds: a candidate expected to end past them is skipped. Unset: every candidate runs "
+            "(the choice does not depend on the model's size or the machine's load) unless it would end past "
+            "a 1500 s ceiling that protects the server."
+        ),
+    )
     method_options: dict[CandidateMethod, dict[str, Any]] = Field(
         default_factory=dict, description="Extra options per candidate method, e.g. {'soft_injection': {'steps': 60}}."
     )
@@ -50,6 +59,7 @@ def compute(job: Job, options: AutoOptions, methods: Mapping[str, MethodSpec]) -
     # Only what the caller set is passed on: each candidate keeps its own defaults (soft injection's
     # k_shot and num_prompts differ from the others'), so a candidate computes exactly as it would alone.
     shared = opts.model_dump(exclude_unset=True, exclude={"candidates", "time_budget_s", "method_options"})
+    budget = Budget(opts.time_budget_s)
     started = time.perf_counter()
     tried: list[dict[str, Any]] = []
     best: TaskVector | None = None  # the first candidate always runs
@@ -58,8 +68,9 @@ def compute(job: Job, options: AutoOptions, methods: Mapping[str, MethodSpec]) -
         elapsed = time.perf_counter() - started
         spec = methods[method]
         expected = unit_cost * spec.relative_cost if unit_cost is not None else 0.0
-        if best is not None and elapsed + expected > opts.time_budget_s:
-            tried.append({"method": method, "skipped": f"expected {expected:.0f} s, over the time budget"})
+        skip = budget.skip_reason(elapsed, expected) if best is not None else None
+        if skip is not None:
+            tried.append({"method": method, "skipped": skip})
             continue
         job.check()
         sub_job = Job(
@@ -90,6 +101,7 @@ def compute(job: Job, options: AutoOptions, methods: Mapping[str, MethodSpec]) -
             "highest held-out exact match (ties: first-token accuracy, then the log-probability of the right token)"
         ),
         "candidates": tried,
+        "budget": budget.describe(),
     }
     best.compute_seconds = time.perf_counter() - started
     return best
