@@ -70,13 +70,16 @@ class Job:
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A method as the registry lists it: its options model, its computation and how it is chosen."""
+    """A method as its module declares it (a module-level `SPEC`, found by `registry.py`): its name, options
+    model, computation and how it is chosen."""
 
+    name: str  # as `steering.wire.method_names` lists it
     options: type[MethodOptions]  # validates the method's options
     compute: Callable[[Job, dict], TaskVector]
     # Expected cost relative to a task vector's; `auto` uses it to skip candidates that would overrun its budget.
     relative_cost: float = 1.0
     tried_by_auto: bool = False  # among `auto`'s default candidates (in registry order)
+    style: bool = False  # steers style and tone rather than an input-to-output mapping
 
 
 @dataclass

@@ -18,6 +18,7 @@ from steering.methods.common import (
     DevSet,
     Job,
     MethodOptions,
+    MethodSpec,
     choose,
     finish,
     framed,
@@ -33,9 +34,6 @@ from steering.wire.protocol import Demonstration
 
 class ContrastiveOptions(MethodOptions):
     pass
-
-
-OPTIONS = ContrastiveOptions
 
 
 def pair_differences(job: Job, pairs: Sequence[Demonstration]) -> Tensor:
@@ -68,3 +66,6 @@ def compute(job: Job, options: dict) -> TaskVector:
     vector.layers = [best.candidate.params["layer"]]
     vector.default_strength = best.candidate.params["strength"]
     return finish(vector, job, dev, split, best, scan=best.table)
+
+
+SPEC = MethodSpec("contrastive", ContrastiveOptions, compute, relative_cost=1.0, style=True)

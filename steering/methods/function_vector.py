@@ -28,6 +28,7 @@ from steering.methods.common import (
     DevSet,
     Job,
     MethodOptions,
+    MethodSpec,
     answer_token,
     choose,
     few_shot_prompts,
@@ -50,9 +51,6 @@ class FunctionVectorOptions(MethodOptions):
     positions: Literal["last", "from_last"] = Field(
         "last", description="Add at the last prompt token only, or also at every generated token."
     )
-
-
-OPTIONS = FunctionVectorOptions
 
 
 def _one_hot_heads(rows: int, num_heads: int, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -178,3 +176,6 @@ def compute(job: Job, options: dict) -> TaskVector:
         layer_scan=by_layer.table,
         setting_scan=by_setting.table,
     )
+
+
+SPEC = MethodSpec("function_vector", FunctionVectorOptions, compute, relative_cost=2.0, tried_by_auto=True)

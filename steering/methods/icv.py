@@ -20,6 +20,7 @@ from steering.methods.common import (
     DevSet,
     Job,
     MethodOptions,
+    MethodSpec,
     choose,
     finish,
     new_vector,
@@ -33,9 +34,6 @@ from steering.vectors.task_vector import TaskVector
 
 class IcvOptions(MethodOptions):
     pass
-
-
-OPTIONS = IcvOptions
 
 
 def shift_direction(diffs: Tensor) -> Tensor:
@@ -66,3 +64,6 @@ def compute(job: Job, options: dict) -> TaskVector:
     by_strength = choose(job, dev, [Candidate((SteeringTerm(vector, s),), {"strength": s}) for s in strengths])
     vector.default_strength = by_strength.candidate.params["strength"]
     return finish(vector, job, dev, split, by_strength, strength_scan=by_strength.table)
+
+
+SPEC = MethodSpec("icv", IcvOptions, compute, relative_cost=0.5, style=True)

@@ -1,30 +1,52 @@
-"""The registry of steering methods: each name of `steering.wire.method_names` mapped to its code and properties."""
+"""The registry of steering methods, found in their modules: each module of this package that declares a
+`SPEC` (a `MethodSpec`) is a method. Adding one is its module and its test; its name must also be in
+`steering.wire.method_names`, the HTTP contract (torch-free, so it cannot ask the modules), and the
+registry refuses to load while the two disagree."""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field, model_validator
 
-from steering.methods import auto, contrastive, function_vector, icv, soft_injection, task_vector
+from steering.methods import auto
 from steering.methods.common import Job, MethodSpec
 from steering.vectors.task_vector import TaskVector
-from steering.wire.method_names import METHOD_NAMES
+from steering.wire.method_names import VECTOR_METHOD_NAMES
 
 
-def _spec(module, relative_cost: float = 1.0, tried_by_auto: bool = False) -> MethodSpec:
-    return MethodSpec(module.OPTIONS, module.compute, relative_cost, tried_by_auto)
+def declared_specs(folder: Path = Path(__file__).parent, package: str = __package__) -> dict[str, MethodSpec]:
+    """The `SPEC` of every module of a package (this one) that declares one, by name."""
+    found: dict[str, MethodSpec] = {}
+    for module_info in pkgutil.iter_modules([str(folder)]):
+        if f"{package}.{module_info.name}" == __name__:
+            continue
+        spec = getattr(importlib.import_module(f"{package}.{module_info.name}"), "SPEC", None)
+        if isinstance(spec, MethodSpec):
+            if spec.name in found:
+                raise RuntimeError(f"two modules of steering.methods declare the method {spec.name!r}")
+            found[spec.name] = spec
+    return found
 
 
-# In the order of METHOD_NAMES. ICV and contrastive are for style tasks, so `auto` does not try them by default.
-VECTOR_METHODS: Mapping[str, MethodSpec] = {
-    "icv": _spec(icv, relative_cost=0.5),
-    "task_vector": _spec(task_vector, relative_cost=1.0, tried_by_auto=True),
-    "function_vector": _spec(function_vector, relative_cost=2.0, tried_by_auto=True),
-    "soft_injection": _spec(soft_injection, relative_cost=6.0, tried_by_auto=True),
-    "contrastive": _spec(contrastive, relative_cost=1.0),
-}
+def in_wire_order(specs: Mapping[str, MethodSpec]) -> dict[str, MethodSpec]:
+    """The specs in the order of the wire's names; an error unless both name the same methods."""
+    unlisted, missing = set(specs) - set(VECTOR_METHOD_NAMES), set(VECTOR_METHOD_NAMES) - set(specs)
+    if unlisted or missing:
+        raise RuntimeError(
+            "steering.wire.method_names and the methods' modules disagree: "
+            f"declared but not on the wire {sorted(unlisted)}, on the wire but declared by no module {sorted(missing)}"
+        )
+    return {name: specs[name] for name in VECTOR_METHOD_NAMES}
+
+
+# In the order of the wire's names. Style methods (ICV, contrastive) are not among `auto`'s default candidates.
+VECTOR_METHODS: Mapping[str, MethodSpec] = in_wire_order(declared_specs())
+STYLE_METHODS: frozenset[str] = frozenset(name for name, spec in VECTOR_METHODS.items() if spec.style)
 
 
 def auto_candidates() -> list[str]:
@@ -54,9 +76,11 @@ def _compute_auto(job: Job, options: dict[str, Any]) -> TaskVector:
     return auto.compute(job, CheckedAutoOptions(**options), VECTOR_METHODS)
 
 
-METHODS: Mapping[str, MethodSpec] = {**VECTOR_METHODS, "auto": MethodSpec(CheckedAutoOptions, _compute_auto)}
-if tuple(METHODS) != METHOD_NAMES:
-    raise RuntimeError("the registry must name each method of steering.wire.method_names once, in that order")
+# `auto` is declared here rather than in its module: its options and computation need the other methods' specs.
+METHODS: Mapping[str, MethodSpec] = {
+    **VECTOR_METHODS,
+    "auto": MethodSpec("auto", CheckedAutoOptions, _compute_auto),
+}
 
 
 def method_spec(method: str) -> MethodSpec:

@@ -33,6 +33,7 @@ from steering.methods.common import (
     DevSet,
     Job,
     MethodOptions,
+    MethodSpec,
     Split,
     answer_ids,
     answer_token,
@@ -87,9 +88,6 @@ class SoftInjectionOptions(MethodOptions):
     @property
     def answer_schedule(self) -> Schedule:
         return Schedule(self.answer_steps, self.answer_lr, self.eval_every, self.patience)
-
-
-OPTIONS = SoftInjectionOptions
 
 
 def _check_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
@@ -263,3 +261,6 @@ def compute(job: Job, options: dict) -> TaskVector:
     return finish(
         vector, job, dev, split, chosen, strength_scan=chosen.table, **_summary(training, gate_logits, layers), **extra
     )
+
+
+SPEC = MethodSpec("soft_injection", SoftInjectionOptions, compute, relative_cost=6.0, tried_by_auto=True)

@@ -12,6 +12,7 @@ from steering.methods.common import (
     DevSet,
     Job,
     MethodOptions,
+    MethodSpec,
     choose,
     few_shot_prompts,
     finish,
@@ -26,9 +27,6 @@ from steering.vectors.task_vector import TaskVector
 
 class TaskVectorOptions(MethodOptions):
     pass
-
-
-OPTIONS = TaskVectorOptions
 
 
 def compute(job: Job, options: dict) -> TaskVector:
@@ -50,3 +48,6 @@ def compute(job: Job, options: dict) -> TaskVector:
     vector.layers = [layer]
     vector.default_strength = by_strength.candidate.params["strength"]
     return finish(vector, job, dev, split, by_strength, layer_scan=by_layer.table, strength_scan=by_strength.table)
+
+
+SPEC = MethodSpec("task_vector", TaskVectorOptions, compute, relative_cost=1.0, tried_by_auto=True)

@@ -1,7 +1,9 @@
 """The names of the steering methods: the one list, in the order the wire format lists them.
 
-Free of dependencies so that the wire models (`protocol.py`), vector metadata and the `steer` command
-can name methods without importing torch; `steering/methods/registry.py` maps each name to its code.
+Free of dependencies so that the wire models (`protocol.py`, hence the OpenAPI schema), vector metadata and
+the `steer` command can name methods without importing torch. Everything else about a method is declared in
+its own module (`SPEC` in `steering/methods/<name>.py`); `steering/methods/registry.py` finds those and refuses
+to load unless they name exactly these methods.
 """
 
 from __future__ import annotations
