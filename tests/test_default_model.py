@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -10,12 +11,12 @@ import torch
 from steering.eval.evaluator import TaskEvaluator
 from steering.generation.rows import GenerationRequest
 from steering.generation.transformers.engine import Engine
-from steering.methods import compute_vector
 from steering.model.loading import LoadedModel, default_model_folder, load_model
 from steering.steer.inject import SteeringTerm
-from steering.tasks.datasets import load_task, split_task
 from steering.tasks.templates import DEFAULT_TEMPLATE, render_query
 from steering.vectors.task_vector import TaskVector
+from tests.conftest import DefaultTaskVector
+from tests.uncached_generation import generate_without_cache
 
 pytestmark = pytest.mark.slow
 
@@ -24,12 +25,8 @@ TASKS = ("antonyms", "present_past")
 
 
 @pytest.fixture(scope="module")
-def task_vectors(default_lm: LoadedModel) -> dict[str, tuple[TaskVector, list]]:
-    out = {}
-    for task in TASKS:
-        demos, test = split_task(load_task(task), 40, 20, seed=0)
-        out[task] = (compute_vector(default_lm, demos, "task_vector"), test)
-    return out
+def task_vectors(default_task_vector: Callable[[str], DefaultTaskVector]) -> dict[str, tuple[TaskVector, list]]:
+    return {task: (default_task_vector(task).vector, default_task_vector(task).test) for task in TASKS}
 
 
 def _queries(engine: Engine, test, n: int = 4) -> list[list[int]]:
@@ -76,7 +73,7 @@ def test_kv_cache_on_and_off_agree(default_lm: LoadedModel, task_vectors) -> Non
     vector, test = task_vectors["present_past"]
     requests = [GenerationRequest(p, (SteeringTerm(vector, 1.0),), max_new_tokens=5) for p in _queries(engine, test)]
     cached = [r.token_ids for r in engine.generate(requests)]
-    assert cached == [r.token_ids for r in engine.generate(requests, use_cache=False)]
+    assert cached == [r.token_ids for r in generate_without_cache(engine, requests)]
 
 
 @pytest.mark.parametrize("task", TASKS)

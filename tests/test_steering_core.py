@@ -27,6 +27,7 @@ from steering.tasks.answer_end import AnswerEnd
 from steering.tasks.templates import DEFAULT_TEMPLATE
 from steering.vectors.task_vector import FingerprintMismatch, TaskVector
 from steering.wire.protocol import Demonstration
+from tests.uncached_generation import generate_without_cache
 
 PAIRS = [
     ("hot", "cold"),
@@ -198,7 +199,7 @@ def test_kv_cache_on_and_off_give_the_same_tokens(tiny_lm: LoadedModel, vectors,
     engine = Engine(tiny_lm)
     plans = [[SteeringTerm(vectors[method], 2.0)]] * len(PROMPTS)
     assert _tokens(engine.generate(_requests(engine, plans))) == _tokens(
-        engine.generate(_requests(engine, plans), use_cache=False)
+        generate_without_cache(engine, _requests(engine, plans))
     )
 
 

@@ -55,7 +55,6 @@ class GenerationResult:
 class RowDelta:
     """New text of one row after a step; `finish_reason` is set on the row's last delta."""
 
-    row: int
     text: str
     finish_reason: FinishReason | None = None
 
@@ -114,7 +113,7 @@ class RowState:
 
     def fail(self, error: str) -> RowDelta:
         self.error, self.finish = error, "error"
-        return RowDelta(0, "", "error")
+        return RowDelta("", "error")
 
     def _stop_index(self) -> int | None:
         found = [i for i in (self.text.find(s, max(self.emitted - len(s), 0)) for s in self.request.stop) if i >= 0]
@@ -131,7 +130,7 @@ class RowState:
                 end -= 1
         if end <= self.emitted and self.finish is None:
             return None
-        delta = RowDelta(0, self.text[self.emitted : max(end, self.emitted)], self.finish)
+        delta = RowDelta(self.text[self.emitted : max(end, self.emitted)], self.finish)
         self.emitted = max(end, self.emitted)
         return delta
 
@@ -169,7 +168,7 @@ def next_tokens(logits: Tensor, rows: Sequence[RowState]) -> list[int | str]:
 
 
 def sample_step(logits: Tensor, rows: Sequence[RowState], pad_id: int) -> tuple[list[int], list[RowDelta | None]]:
-    """One decode step's sampling, the same in every loop: each row's next token fed back to the model (the pad
+    """One decode step's sampling: each row's next token fed back to the model (the pad
     token for a row that failed) and what the step changed in the row (`None` when nothing reached the client)."""
     tokens: list[int] = []
     deltas: list[RowDelta | None] = []

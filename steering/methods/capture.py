@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
-from steering.generation.transformers.engine import left_pad, positions_from_mask
+from steering.generation.transformers.tokens import left_pad, positions_from_mask
 from steering.model.loading import LoadedModel
 from steering.steer.inject import BatchSteering, SteeringTerm, maybe_attached
 from steering.vectors.task_vector import ActivationScale

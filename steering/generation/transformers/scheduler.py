@@ -18,11 +18,17 @@ costs the same for 2 rows as for 4, and 1.7x more than for 1 row alone (SmolLM2-
 joining a busy batch would make every step of a short answer slower. On a GPU, where rows are nearly free,
 set it to 0: one lane.
 
+This is the transformers engine's one decode loop. How rows are admitted is the caller's policy:
+`ContinuousBackend` adds newcomers before every step; a static batch (`Scheduler.static`, used by
+`Engine.generate`, `StaticBackend` and every retry of a row alone) adds its rows once, prefills them in one
+group and one pass, decodes them in one lane and adds nobody until the last has ended.
+
 The caller holds the model's lock around each `step()`; between steps the model is free.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import deque
 from collections.abc import Hashable
@@ -33,13 +39,14 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from steering.generation.rows import FinishReason, GenerationRequest, GenerationResult, RowState, sample_step
-from steering.generation.transformers.engine import Engine, left_pad, positions_from_mask
 from steering.generation.transformers.kvbatch import KVBatch, join, keep_rows
+from steering.generation.transformers.tokens import ModelTokens, left_pad, positions_from_mask
 from steering.steer.inject import BatchSteering, decode_terms, maybe_attached
 
 DEFAULT_PREFILL_CHUNK_TOKENS = 256
 DEFAULT_PRIORITY_NEW_TOKENS = 16
 MAX_BULK_PAUSE = 16  # priority-lane steps in a row before the other lane gets one
+UNCHUNKED = sys.maxsize  # a prefill group takes every newcomer and prefills their whole prompts in one pass
 PRIORITY, BULK = 0, 1
 
 
@@ -93,7 +100,7 @@ class _Running:
 class Scheduler:
     def __init__(
         self,
-        engine: Engine,
+        engine: ModelTokens,
         *,
         prefill_chunk_tokens: int = DEFAULT_PREFILL_CHUNK_TOKENS,
         priority_new_tokens: int = DEFAULT_PRIORITY_NEW_TOKENS,
@@ -105,6 +112,12 @@ class Scheduler:
         self._prefill: _Prefill | None = None
         self._lanes: list[_Running | None] = [None, None]
         self._bulk_paused = 0  # priority-lane steps since the bulk lane last decoded
+
+    @classmethod
+    def static(cls, engine: ModelTokens) -> Scheduler:
+        """For static batches: the rows added before the first step are prefilled together in one pass and
+        decode in one lane (they still leave the batch as they end)."""
+        return cls(engine, prefill_chunk_tokens=UNCHUNKED, priority_new_tokens=0)
 
     def __len__(self) -> int:
         """Rows in flight: waiting for prefill, prefilling, or decoding."""
