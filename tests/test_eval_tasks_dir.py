@@ -67,3 +67,15 @@ def test_cli_eval_runs_every_task_of_a_folder(tmp_path: Path) -> None:
     assert f"--tasks-dir {folder}" in data["meta"]["command"]
     refused = CliRunner().invoke(app, [*args[:5], "--tasks", "antonyms", "--out", str(tmp_path / "x"), "--no-progress"])
     assert refused.exit_code == 2 and "unknown task" in refused.output
+
+
+def test_cli_eval_with_no_method_scores_the_prompting_baselines(tmp_path: Path) -> None:
+    args = ["eval", "--model", "tiny:llama", "--tasks-dir", str(UNSEEN_DIR), "--tasks", "element_name"]
+    args += ["--methods", "none", "--demos", "6", "--test", "3", "--k-shot", "2", "--max-new-tokens", "3"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path), "--no-progress"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "results.json").read_text())
+    conditions = data["tasks"]["element_name"]["conditions"]
+    assert set(conditions) == {"zero_shot", "few_shot"} and data["tasks"]["element_name"]["methods"] == {}
+    assert (tmp_path / "per_task.png").is_file() and not (tmp_path / "sweep.png").exists()
+    assert "--methods none" in data["meta"]["command"]

@@ -39,7 +39,9 @@ def eval_command(
             "--tasks-dir", help="Read the tasks from this folder's <name>.jsonl files, e.g. steering/eval/unseen."
         ),
     ] = None,
-    methods: Annotated[str, typer.Option(help="Comma-separated steering methods.")] = ",".join(DEFAULT_METHODS),
+    methods: Annotated[
+        str, typer.Option(help="Comma-separated steering methods; 'none' scores only zero-shot and k-shot prompting.")
+    ] = ",".join(DEFAULT_METHODS),
     k_shot: Annotated[int, typer.Option("--k-shot", min=0, help="Demonstrations in the in-context baseline.")] = 10,
     demos: Annotated[int, typer.Option("--demos", min=1, help="Demonstrations per task.")] = 40,
     test: Annotated[int, typer.Option("--test", min=1, help="Held-out test items per task.")] = 20,
@@ -64,7 +66,7 @@ def eval_command(
     from steering.eval.report import errors_list, markdown_summary, write_outputs
     from steering.eval.suite import run_suite
 
-    method_list = parse_list(methods, METHOD_NAMES, "method")
+    method_list = [] if methods.strip() == "none" else parse_list(methods, METHOD_NAMES, "method")
     default_tasks = "all" if tasks_dir is not None else ",".join(DEFAULT_TASKS)
     config = EvalConfig(
         model=model,

@@ -84,7 +84,7 @@ def reproduce_command(config: EvalConfig) -> str:
     parts = ["steer eval", f"--url {config.url}" if config.url else f"--model {config.model}"]
     if config.tasks_dir is not None:
         parts.append(f"--tasks-dir {config.tasks_dir}")
-    parts += [f"--tasks {','.join(config.tasks)}", f"--methods {','.join(config.methods)}"]
+    parts += [f"--tasks {','.join(config.tasks)}", f"--methods {','.join(config.methods) or 'none'}"]
     parts += [f"--k-shot {config.k_shot}", f"--demos {config.n_demos}", f"--test {config.n_test}"]
     parts += [f"--seed {config.seed}", f"--multiples {','.join(f'{m:g}' for m in config.multiples)}"]
     parts.append(f"--max-new-tokens {config.max_new_tokens}")

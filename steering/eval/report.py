@@ -55,6 +55,8 @@ def sweep_table(result: dict[str, Any]) -> list[str]:
 
 def verdict_table(result: dict[str, Any]) -> list[str]:
     """Per task, the verdict on the last method evaluated (auto when it is): rating and summary."""
+    if not result["config"]["methods"]:
+        return ["No steering method was evaluated."]
     method = result["config"]["methods"][-1]
     lines = [f"| task | {method}: verdict on its held-out demonstrations |", "|---|---|"]
     for name, task in result["tasks"].items():
@@ -117,12 +119,15 @@ def markdown_summary(result: dict[str, Any]) -> str:
 
 
 def write_outputs(result: dict[str, Any], out: str | Path) -> list[Path]:
-    """results.json, results.md, sweep.png and per_task.png in `out` (created); returns the paths."""
+    """results.json, results.md, per_task.png and (when a method was evaluated) sweep.png in `out` (created);
+    returns the paths."""
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = [folder / "results.json", folder / "results.md", folder / "sweep.png", folder / "per_task.png"]
+    paths = [folder / "results.json", folder / "results.md", folder / "per_task.png"]
     paths[0].write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     paths[1].write_text(markdown(result), encoding="utf-8")
-    plot_sweep(result, paths[2])
-    plot_per_task(result, paths[3])
+    plot_per_task(result, paths[2])
+    if result["config"]["methods"]:
+        paths.append(folder / "sweep.png")
+        plot_sweep(result, paths[3])
     return paths
