@@ -1,7 +1,8 @@
 """What steering costs on vLLM (`make bench-vllm`): steered / plain vLLM per token at 1 and 8 clients, and
 vLLM against the transformers engine at 8 clients, all in one process and one run.
 
-vLLM runs in-process (`VllmEngine` over `AsyncLLM`, eager, V1 model runner) on the default model in float32;
+vLLM runs in-process (`VllmEngine` over `AsyncLLM`, V1 model runner) on the default model in float32, compiled
+with the steering ops inside (`--eager`: eager with Python hooks);
 the transformers engine runs as the service runs it (`ContinuousBackend`, 8 rows). Decode cost per token
 excludes the prefill: (time of N new tokens - time of 1) / (N - 1), every client making exactly N tokens
 (end-of-sequence ignored). The measurements are interleaved (A B C A B C ..., the order rotated every
@@ -109,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", default=os.environ.get("STEER_MODEL", "default"), help="default, tiny:llama, ...")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few tokens, one repetition")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the JSON goes (the table beside it)")
+    parser.add_argument("--eager", action="store_true", help="vLLM eager with Python hooks, not compiled")
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # vLLM's workers share the cores with this process
@@ -123,7 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             lm.tokenizer,
             eos_ids=set(),
             fingerprint=lm.fingerprint,
-            options=VllmOptions(max_num_seqs=8, max_num_batched_tokens=512, kv_cache_bytes=512 << 20),
+            options=VllmOptions(
+                max_num_seqs=8, max_num_batched_tokens=512, kv_cache_bytes=512 << 20, enforce_eager=args.eager
+            ),
         )
     )
 
@@ -169,7 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     loop.run_until_complete(backend.close())
 
     rows = figures(samples, steering)
-    text = table(rows, lm, settings, time.perf_counter() - started)
+    form = "eager" if args.eager else "compiled"
+    text = table(rows, lm, settings, time.perf_counter() - started, form)
     print(text)
     report = {
         "meta": {
@@ -181,7 +186,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "dtype": "float32",
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started_wall)),
             "duration_s": round(time.perf_counter() - started, 1),
-            "settings": vars(settings) | {"clients": CLIENTS, "vllm_max_num_seqs": 8, "transformers_max_batch": 8},
+            "settings": vars(settings)
+            | {
+                "clients": CLIENTS,
+                "vllm_max_num_seqs": 8,
+                "transformers_max_batch": 8,
+                "vllm_form": form,
+            },
             "machine": machine_facts() | {"vllm": _vllm_version()},
             **sampler.summary(),
         },
@@ -225,10 +236,10 @@ def figures(samples: dict[str, dict[str, list[float]]], steering: dict[str, Any]
     return rows
 
 
-def table(rows: list[dict[str, Any]], lm: LoadedModel, settings: Settings, duration_s: float) -> str:
+def table(rows: list[dict[str, Any]], lm: LoadedModel, settings: Settings, duration_s: float, form: str) -> str:
     header = (
-        f"vLLM steering bench: {lm.name} (float32, {os.cpu_count()} CPUs), {settings.tokens} tokens per client, "
-        f"{settings.reps} repetitions, {duration_s:.0f} s"
+        f"vLLM steering bench ({form}): {lm.name} (float32, {os.cpu_count()} CPUs), "
+        f"{settings.tokens} tokens per client, {settings.reps} repetitions, {duration_s:.0f} s"
     )
     width = max(len(r["figure"]) for r in rows)
     lines = [header, f"{'figure':<{width}}  ratio   ms/token  tok/s  what"]

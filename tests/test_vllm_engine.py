@@ -28,20 +28,11 @@ from steering.generation.transformers.engine import Engine
 from steering.model.loading import LoadedModel, load_model
 from steering.steer.inject import SteeringError, SteeringTerm
 from steering.vectors.modes import MODE_NAMES
-from tests.vllm_fixtures import needs_vllm, random_vector, save_tiny_llama, start_engine
+from tests.vllm_fixtures import LONG, PROMPTS, needs_vllm, random_vector, save_tiny_llama, start_engine
 
 pytestmark = [needs_vllm, pytest.mark.vllm]
 
 CHUNK_TOKENS = 32
-PROMPTS = [
-    "Q: hot\nA:",
-    "France",
-    "Q: the quick brown fox jumps\nA:",
-    "Q: hot\nA: cold\n\nQ: big\nA: small\n\nQ: up\nA:",
-    "red green blue",
-]
-# Longer than two KV blocks and several prefill chunks.
-LONG = "Q: hot\nA: cold\n\nQ: big\nA: small\n\nQ: up\nA: down\n\n" * 4 + "Q: happy\nA:"
 
 
 @pytest.fixture(scope="module")

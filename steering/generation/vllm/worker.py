@@ -2,18 +2,22 @@
 
 vLLM adds the class named by `worker_extension_cls` to its worker's bases; the front end calls its
 methods on every rank with `collective_rpc` (`steer_install` once after start-up, then `steer_load` /
-`steer_unload` as vectors come and go). Nothing of vLLM is patched on disk:
+`steer_unload` as vectors come and go). Nothing of vLLM is patched on disk. Two forms:
 
-- `steer_install` hooks every decoder layer (its output, the residual stream) and every attention output
-  projection (its input, the heads), and wraps the model runner's `_model_forward` so that each forward
-  first maps its flattened tokens to their requests (`token_steering.StepSteering`). Dummy and profiling
-  runs bypass `_model_forward`, so they see no steering.
-- Vectors arrive as safetensors bytes (`TaskVector.to_bytes`, never pickle) under their content id; each
-  rank keeps its own slice of the per-head tensors. The front end decides which ids are loaded
-  (`slots.VectorSlots`): a plan only names loaded ids.
+- eager (`enforce_eager`): `steer_install` adds Python hooks to every decoder layer (its output, the residual
+  stream) and every attention output projection (its input, the heads); each forward, the hooks apply
+  `token_steering.StepSteering`'s edits to the steered requests' tokens;
+- compiled: the model was loaded with `graph_loader`'s ops already in it (vLLM compiled them into its graph);
+  each forward first rewrites the persistent buffers they read (`graph_steering.GraphSteering`).
 
-Python hooks only run in eager mode and on the V1 model runner (MRV1, whose `input_batch` orders the
-flattened tokens); `steer_install` refuses anything else rather than serve unsteered rows.
+Either way `steer_install` wraps the model runner's `_model_forward`, which maps each forward's flattened
+tokens to their requests; dummy and profiling runs bypass it and see no steering. Vectors arrive as
+safetensors bytes (`TaskVector.to_bytes`, never pickle) under their content id; each rank keeps its own
+slice of the per-head tensors. The front end decides which ids are loaded (`slots.VectorSlots`): a plan only
+names loaded ids.
+
+Both forms need the V1 model runner (MRV1, whose `input_batch` orders the flattened tokens), and a compiled
+model needs the ops installed at load; `steer_install` refuses anything else rather than serve unsteered rows.
 """
 
 from __future__ import annotations
@@ -21,11 +25,14 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from torch import nn
 
+from steering.generation.vllm import graph_loader
+from steering.generation.vllm.graph_steering import GraphSteering
+from steering.generation.vllm.model_parts import RankShape, attention_out, decoder_layers, rank_shape
 from steering.generation.vllm.plan import EXTRA_ARGS_KEY, decode_plan
 from steering.generation.vllm.token_steering import LayerPlan, StepRow, StepSteering, build_layer_plans
 from steering.steer.inject import SteeringTerm
@@ -35,18 +42,6 @@ log = logging.getLogger(__name__)
 
 _PLAN_CACHE = 256  # parsed plans kept (a plan string is the same object for a request's whole life)
 _EDITS_CACHE = 8  # batches' summed edits kept: a decode batch keeps its composition for many steps
-_ATTENTION_OUT = ("o_proj", "dense", "out_proj")
-
-
-@dataclass(frozen=True)
-class RankShape:
-    """What the edits are sized by on this rank: every layer, the whole residual, this rank's heads."""
-
-    num_layers: int
-    hidden_size: int
-    num_heads: int  # on this rank
-    head_dim: int
-    first_head: int  # this rank's first head among all heads
 
 
 class _RankSteering:
@@ -56,6 +51,7 @@ class _RankSteering:
         self.runner, self.shape, self.max_slots = runner, shape, max_slots
         self.vectors: dict[str, TaskVector] = {}
         self.step: StepSteering | None = None
+        self.graph: GraphSteering | None = None  # the compiled form's buffers, when the model has them
         self._plans: OrderedDict[str, tuple[SteeringTerm, ...]] = OrderedDict()
         self._edits: OrderedDict[tuple[str, ...], dict[int, LayerPlan]] = OrderedDict()
 
@@ -73,10 +69,14 @@ class _RankSteering:
             for name, tensor in vector.tensors.items()
         }
         self.vectors[vector_id] = replace(vector, tensors=sliced)
+        if self.graph is not None:
+            self.graph.load(vector_id, self.vectors[vector_id])
 
     def unload(self, vector_ids: list[str]) -> None:
         for vector_id in vector_ids:
             self.vectors.pop(vector_id, None)
+        if self.graph is not None:
+            self.graph.unload(vector_ids)
         self._plans.clear()
         self._edits.clear()
 
@@ -108,109 +108,112 @@ class _RankSteering:
         return layers
 
     def step_from_runner(self) -> StepSteering | None:
-        """This forward's steering, read from the MRV1 runner's persistent batch (None: no steered token)."""
-        runner = self.runner
-        batch = runner.input_batch
-        num_reqs = batch.num_reqs
-        counts = runner.num_scheduled_tokens.np[:num_reqs]
-        plans: list[str] = []
-        rows: list[StepRow] = []
-        start = 0
-        for i, request_id in enumerate(batch.req_ids[:num_reqs]):
-            count = int(counts[i])
-            params = runner.requests[request_id].sampling_params
-            plan = (params.extra_args or {}).get(EXTRA_ARGS_KEY) if params is not None else None
-            if plan and count:
-                state = runner.requests[request_id]
-                computed = int(batch.num_computed_tokens_cpu[i])
-                plans.append(plan)
-                rows.append(StepRow(start, count, computed, state.num_prompt_tokens))
-            start += count
+        """This forward's steering in the eager form (None: no steered token)."""
+        rows = scheduled_rows(self.runner)
         if not rows:
             return None
-        return StepSteering(self._layer_plans(tuple(plans)), rows, runner.device)
+        plans = tuple(plan for plan, _ in rows)
+        return StepSteering(self._layer_plans(plans), [row for _, row in rows], self.runner.device)
 
 
-def _attention_out(layer: nn.Module) -> nn.Module:
-    attention = getattr(layer, "self_attn", None) or getattr(layer, "attn", None)
-    for name in _ATTENTION_OUT:
-        module = getattr(attention, name, None)
-        if isinstance(module, nn.Module):
-            return module
-    raise RuntimeError(f"no attention output projection found in {type(layer).__name__}")
+def scheduled_rows(runner: Any) -> list[tuple[str, StepRow]]:
+    """The steered requests of this forward with their plans, read from the MRV1 runner's persistent batch."""
+    batch = runner.input_batch
+    num_reqs = batch.num_reqs
+    counts = runner.num_scheduled_tokens.np[:num_reqs]
+    rows: list[tuple[str, StepRow]] = []
+    start = 0
+    for i, request_id in enumerate(batch.req_ids[:num_reqs]):
+        count = int(counts[i])
+        state = runner.requests[request_id]
+        params = state.sampling_params
+        plan = (params.extra_args or {}).get(EXTRA_ARGS_KEY) if params is not None else None
+        if plan and count:
+            computed = int(batch.num_computed_tokens_cpu[i])
+            rows.append((plan, StepRow(start, count, computed, state.num_prompt_tokens)))
+        start += count
+    return rows
 
 
-def _decoder_layers(model: nn.Module) -> list[tuple[int, nn.Module]]:
-    """This rank's decoder layers with their global indices (pipeline stages hold only some)."""
-    inner = getattr(model, "model", model)
-    layers = getattr(inner, "layers", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise RuntimeError(f"{type(model).__name__} has no `model.layers`: not a decoder vLLM steering supports")
-    return [(i, layer) for i, layer in enumerate(layers) if type(layer).__name__ != "PPMissingLayer"]
-
-
-def _check_eager_mrv1(worker: Any) -> None:
+def _check_runner(worker: Any, compiled_form: bool) -> None:
+    """MRV1, and a compiled model only with the compiled form's ops in it."""
     from vllm.config import CompilationMode
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
     config = worker.vllm_config
-    if not config.model_config.enforce_eager or config.compilation_config.mode != CompilationMode.NONE:
-        raise RuntimeError(
-            "steering hooks only run in eager mode: start vLLM with enforce_eager=True (a compiled model skips them)"
-        )
     runner = worker.model_runner
     if getattr(config, "use_v2_model_runner", False) or not isinstance(runner, GPUModelRunner):
         raise RuntimeError(
             f"steering needs vLLM's V1 model runner (MRV1), not {type(runner).__name__}: set VLLM_USE_V2_MODEL_RUNNER=0"
+        )
+    eager = config.model_config.enforce_eager and config.compilation_config.mode == CompilationMode.NONE
+    if not (eager or compiled_form):
+        raise RuntimeError(
+            "a compiled model skips steering hooks added after start-up: start vLLM with "
+            f"load_format={graph_loader.LOAD_FORMAT!r} (the compiled form) or enforce_eager=True"
         )
 
 
 class SteeringWorkerExtension:
     """Methods vLLM mixes into its worker; called on every rank through `collective_rpc`."""
 
-    def steer_install(self, max_slots: int) -> dict[str, int]:
-        """Hook the model once; returns this rank's shape (the front end checks vectors against the whole)."""
-        from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
-
+    def steer_install(self, max_slots: int) -> dict[str, Any]:
+        """Set steering up once; returns the whole model's shape (the front end checks vectors against it) and
+        the form in use."""
         worker: Any = self
         if getattr(worker, "_steering", None) is not None:
             return worker._steering_info
-        _check_eager_mrv1(worker)
         runner = worker.model_runner
-        config = worker.vllm_config.model_config.hf_config.get_text_config()
-        heads = int(config.num_attention_heads)
-        tp_size, tp_rank = get_tensor_model_parallel_world_size(), get_tensor_model_parallel_rank()
-        local_heads = heads // tp_size
-        shape = RankShape(
-            num_layers=int(config.num_hidden_layers),
-            hidden_size=int(config.hidden_size),
-            num_heads=local_heads,
-            head_dim=int(getattr(config, "head_dim", None) or config.hidden_size // heads),
-            first_head=tp_rank * local_heads,
-        )
+        tables = graph_loader.installed_tables(runner.get_model())
+        _check_runner(worker, compiled_form=tables is not None)
+        shape = rank_shape(worker.vllm_config)
         state = _RankSteering(runner, shape, max_slots)
-        for index, layer in _decoder_layers(runner.get_model()):
-            layer.register_forward_hook(_residual_hook(state, index))
-            _attention_out(layer).register_forward_pre_hook(_heads_hook(state, index))
+        if tables is not None:
+            if tables.slots != max_slots + 1:
+                raise RuntimeError(f"the steering tables hold {tables.slots - 1} vectors, not {max_slots}")
+            graph = state.graph = GraphSteering(tables, int(worker.vllm_config.scheduler_config.max_num_seqs))
+
+            def begin() -> None:
+                graph.begin(scheduled_rows(runner))
+
+            def end() -> None:
+                graph.end()
+        else:
+            for index, layer in decoder_layers(runner.get_model()):
+                layer.register_forward_hook(_residual_hook(state, index))
+                attention_out(layer).register_forward_pre_hook(_heads_hook(state, index))
+
+            def begin() -> None:
+                state.step = state.step_from_runner()
+
+            def end() -> None:
+                state.step = None
+
         forward = runner._model_forward
 
         def steered_forward(*args: Any, **kwargs: Any) -> Any:
-            state.step = state.step_from_runner()
+            begin()
             try:
                 return forward(*args, **kwargs)
             finally:
-                state.step = None
+                end()
 
         runner._model_forward = steered_forward
         worker._steering = state
         worker._steering_info = {
             "num_layers": shape.num_layers,
             "hidden_size": shape.hidden_size,
-            "num_heads": heads,
+            "num_heads": shape.all_heads,
             "head_dim": shape.head_dim,
-            "tp_size": tp_size,
+            "tp_size": shape.tp_size,
+            "form": "compiled" if tables is not None else "eager",
         }
-        log.info("steering installed on rank %d of %d (%d slots)", tp_rank, tp_size, max_slots)
+        log.info(
+            "steering (%s form) installed on a rank of %d (%d slots)",
+            worker._steering_info["form"],
+            shape.tp_size,
+            max_slots,
+        )
         return worker._steering_info
 
     def steer_load(self, vector_id: str, data: bytes) -> None:

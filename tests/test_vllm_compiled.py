@@ -1,0 +1,144 @@
+"""The compiled form of vLLM steering (ops installed at load, persistent buffers; `graph_loader.py`), on the real
+vLLM CPU engine compiled with torch.compile (inductor), against the eager form on the same tiny llama.
+
+Invariants: compiled steered tokens equal eager steered tokens in every mode, over one and several prefill
+chunks, and for rows of a mixed batch (several tasks per request, layer overrides, negative strengths, plain
+rows); strength 0 compiled is plain compiled (greedy and sampled); a compiled steered row is never the plain
+row; the compiled model gets a compile-cache key of its own. The eager form is held to the transformers
+engine by `test_vllm_engine.py`.
+
+Each compiled start costs minutes of torch.compile on 2 cores: one compiled engine serves the module.
+Run: `.venv-vllm/bin/python -m pytest -m vllm tests/test_vllm_compiled.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from steering.generation.rows import GenerationRequest, GenerationResult
+from steering.generation.transformers.engine import Engine
+from steering.model.loading import LoadedModel, load_model
+from steering.steer.inject import SteeringTerm
+from steering.vectors.modes import MODE_NAMES
+from tests.vllm_fixtures import LONG, PROMPTS, needs_vllm, random_vector, save_tiny_llama, start_engine
+
+pytestmark = [needs_vllm, pytest.mark.vllm]
+
+OPTIONS = {"max_num_batched_tokens": 32, "block_size": 32, "max_slots": 4}  # LONG spans several prefill chunks
+
+
+@dataclass(frozen=True)
+class Tiny:
+    folder: Path  # what vLLM loads
+    lm: LoadedModel  # the same weights on transformers: vectors' shapes, and prompts encoded
+    tokens: Engine
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
+    folder = save_tiny_llama(tmp_path_factory.mktemp("vllm-compiled"))
+    lm = load_model(str(folder))
+    return Tiny(folder, lm, Engine(lm))
+
+
+@pytest.fixture(scope="module")
+async def engines(tiny: Tiny):
+    eager = await start_engine(tiny.folder, tiny.lm, **OPTIONS)
+    try:
+        compiled = await start_engine(tiny.folder, tiny.lm, enforce_eager=False, **OPTIONS)
+    except BaseException:
+        eager.close()
+        raise
+    yield eager, compiled
+    compiled.close()
+    eager.close()
+
+
+def request(tokens: Engine, prompt: str, terms=(), n: int = 8, **kwargs) -> GenerationRequest:
+    return GenerationRequest(tokens.encode(prompt), tuple(terms), max_new_tokens=n, **kwargs)
+
+
+async def both(engines, req: GenerationRequest) -> tuple[GenerationResult, GenerationResult]:
+    eager, compiled = engines
+    return await eager.complete(req), await compiled.complete(req)
+
+
+def test_the_compiled_form_has_a_compile_cache_key_of_its_own(tiny: Tiny) -> None:
+    """vLLM keys compiled artifacts by its config: the stock model's must never be loaded for the steered one."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    from steering.generation.vllm import graph_loader
+
+    def config_hash(**extra: object) -> str:
+        args = EngineArgs(model=str(tiny.folder), dtype="float32", max_model_len=512, **extra)  # type: ignore[arg-type]
+        return args.create_engine_config().compute_hash()
+
+    stock = config_hash()
+    steered = config_hash(load_format=graph_loader.LOAD_FORMAT, additional_config=graph_loader.additional_config(4))
+    assert steered != stock
+    assert config_hash(load_format=graph_loader.LOAD_FORMAT, additional_config=graph_loader.additional_config(4)) == (
+        steered
+    )
+
+
+async def test_the_engines_run_the_forms_asked_for(engines) -> None:
+    eager, compiled = engines
+    assert compiled.llm.vllm_config.compilation_config.mode.name != "NONE"
+    assert not compiled.llm.vllm_config.model_config.enforce_eager
+    forms = [info["form"] for info in await compiled.llm.collective_rpc("steer_install", args=(4,))]
+    assert forms == ["compiled"]
+    assert [info["form"] for info in await eager.llm.collective_rpc("steer_install", args=(4,))] == ["eager"]
+
+
+@pytest.mark.parametrize("mode", MODE_NAMES)
+async def test_compiled_steers_as_eager_in_every_mode(engines, tiny: Tiny, mode) -> None:
+    """Greedy tokens equal token for token, one prefill chunk and several; and the steered row is not plain."""
+    vector = random_vector(tiny.lm, mode, seed=3, scale=0.5)
+    for prompt in (PROMPTS[3], LONG):
+        eager, compiled = await both(engines, request(tiny.tokens, prompt, [SteeringTerm(vector, 1.0)]))
+        assert compiled.token_ids == eager.token_ids, prompt
+    plain = await engines[1].complete(request(tiny.tokens, PROMPTS[3]))
+    steered = await engines[1].complete(request(tiny.tokens, PROMPTS[3], [SteeringTerm(vector, 1.0)]))
+    assert steered.token_ids != plain.token_ids, f"{mode} left the compiled row plain"
+
+
+async def test_compiled_mixed_batch_rows_equal_eager_solo_rows(engines, tiny: Tiny) -> None:
+    """Rows with several tasks, layer overrides and negative strengths, beside plain rows, all in flight at once
+    on the compiled engine, each equal to its eager solo run (more vectors than slots: columns are reused)."""
+    vectors = {m: random_vector(tiny.lm, m, i + 40, scale=0.5) for i, m in enumerate(MODE_NAMES)}
+    plans = [
+        [SteeringTerm(vectors["replace_last"], 0.8), SteeringTerm(vectors["add_all"], -0.6, (1,))],
+        [],
+        [SteeringTerm(vectors["add_from_last"], 0.7), SteeringTerm(vectors["add_last"], -0.5)],
+        [SteeringTerm(vectors["head_mix_answer"], 0.9), SteeringTerm(vectors["add_all_norm"], 2.0)],
+        [SteeringTerm(vectors["head_mix_last"], 1.0), SteeringTerm(vectors["head_mix_answer"], 0.5, (0,))],
+        [],
+    ]
+    prompts = [PROMPTS[0], PROMPTS[3], LONG, PROMPTS[2], PROMPTS[4], LONG]
+    requests = [request(tiny.tokens, p, plan, 6 + i) for i, (p, plan) in enumerate(zip(prompts, plans, strict=True))]
+    eager, compiled = engines
+    alone = [await eager.complete(r) for r in requests]
+    together = await asyncio.gather(*(compiled.complete(r) for r in requests))
+    assert [r.token_ids for r in together] == [r.token_ids for r in alone]
+
+
+async def test_strength_zero_compiled_is_plain_compiled(engines, tiny: Tiny) -> None:
+    """Also beside steered rows in the same forwards: the ops leave row-0 tokens exactly as they were."""
+    compiled = engines[1]
+    vector = random_vector(tiny.lm, "head_mix_answer", 1)
+    steering = random_vector(tiny.lm, "add_all", 2)
+    for prompt in (*PROMPTS[:3], LONG):
+        plain = await compiled.complete(request(tiny.tokens, prompt))
+        zero, _ = await asyncio.gather(
+            compiled.complete(request(tiny.tokens, prompt, [SteeringTerm(vector, 0.0)])),
+            compiled.complete(request(tiny.tokens, prompt, [SteeringTerm(steering, 1.0)])),
+        )
+        assert zero.token_ids == plain.token_ids, prompt
+    sampled = dict(temperature=0.9, top_p=0.9, seed=7)
+    plain = await compiled.complete(request(tiny.tokens, PROMPTS[0], n=12, **sampled))
+    zero = await compiled.complete(request(tiny.tokens, PROMPTS[0], [SteeringTerm(vector, 0.0)], n=12, **sampled))
+    assert zero.token_ids == plain.token_ids
