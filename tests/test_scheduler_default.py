@@ -3,24 +3,26 @@ for token, their solo runs, with real task vectors and every injection mode."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from steering.generation.rows import GenerationRequest
 from steering.generation.transformers.engine import Engine
-from steering.methods import compute_vector
 from steering.model.loading import LoadedModel
 from steering.steer.inject import SteeringTerm
-from steering.tasks.datasets import load_task, split_task
 from steering.tasks.templates import DEFAULT_TEMPLATE, render_query
+from tests.conftest import DefaultTaskVector
 from tests.test_scheduler import run, solo, synthetic_vector
 
 pytestmark = pytest.mark.slow
 
 
-def test_rows_that_join_and_leave_give_their_solo_tokens(default_lm: LoadedModel) -> None:
+def test_rows_that_join_and_leave_give_their_solo_tokens(
+    default_lm: LoadedModel, default_task_vector: Callable[[str], DefaultTaskVector]
+) -> None:
     engine = Engine(default_lm)
-    demos, test = split_task(load_task("antonyms"), 40, 20, seed=0)
-    vector = compute_vector(default_lm, demos, "task_vector")
+    vector, demos, test = default_task_vector("antonyms")
     queries = [engine.encode(render_query(DEFAULT_TEMPLATE, d.input)) for d in test[:6]]
     few_shot = engine.encode(
         "".join(f"Q: {d.input}\nA: {d.output}\n\n" for d in demos[:10]) + render_query(DEFAULT_TEMPLATE, test[6].input)
