@@ -64,6 +64,10 @@ class GraphSteering:
                 tables.targets[:, at] = targets.to(tables.targets.device, dtype)
         self._columns[vector_id] = (column, spec)
 
+    def column(self, vector_id: str) -> int | None:
+        entry = self._columns.get(vector_id)
+        return None if entry is None else entry[0]
+
     @torch.no_grad()
     def unload(self, vector_ids: Sequence[str]) -> None:
         tables = self.tables
