@@ -4,9 +4,12 @@ that raises is retried row by row on the same scheduler, so only the row that ra
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from steering.generation.backend import Submission
+from steering.generation.errors import ShuttingDown
 from steering.generation.rows import GenerationRequest
 from steering.generation.transformers.batcher import Batcher
 from steering.generation.transformers.continuous import ContinuousBackend
@@ -98,3 +101,24 @@ async def test_a_step_that_raises_is_retried_row_by_row(tiny_llama: LoadedModel,
     while (piece := streamed.deltas.get_nowait()) is not None:
         pieces.append(piece)
     assert "".join(pieces) == results[0].text  # what it streamed before the fault was not sent again
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+async def test_closing_fails_the_rows_in_flight_and_those_waiting_for_company(
+    tiny_llama: LoadedModel, policy: str
+) -> None:
+    engine = Engine(tiny_llama)
+    engine.eos_ids = set()
+    running = backend(policy, engine, Metrics())
+    running.start()
+    in_flight = running.submit(GenerationRequest(engine.encode(PROMPTS[0]), max_new_tokens=200), stream=True)
+    await first_piece(in_flight)
+    gathering = StaticBackend(engine, 8, 60.0, 16, Metrics())  # a window far longer than the test
+    gathering.start()
+    waiting = [gathering.submit(GenerationRequest(engine.encode(p), max_new_tokens=4)) for p in PROMPTS[:2]]
+    await asyncio.sleep(0.2)  # the window has taken them off the queue
+    await running.close()
+    await gathering.close()
+    for submission in [in_flight, *waiting]:
+        with pytest.raises(ShuttingDown):
+            await asyncio.wait_for(asyncio.shield(submission.future), 5)

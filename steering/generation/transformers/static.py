@@ -8,6 +8,7 @@ import asyncio
 import time
 
 from steering.generation.backend import GenerationMetrics, Submission
+from steering.generation.errors import ShuttingDown
 from steering.generation.transformers.batcher import Batcher
 from steering.generation.transformers.engine import Engine
 from steering.generation.transformers.scheduler import Scheduler
@@ -38,6 +39,10 @@ class StaticBackend(Batcher):
                 batch.append(await asyncio.wait_for(self._queue.get(), remaining))
             except TimeoutError:
                 break
+            except asyncio.CancelledError:  # closed while the batch waited for company
+                for submission in batch:
+                    self._settle(submission, ShuttingDown())
+                raise
         while len(batch) < self.max_batch and not self._queue.empty():
             batch.append(self._queue.get_nowait())
         return batch
