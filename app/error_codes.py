@@ -1,8 +1,8 @@
 """Every error the service raises by name, defined once: its status, type, message and headers.
 
 `raise ApiErrors.PROMPT_TOO_LONG(tokens=n, limit=m)` formats the message template with the fields given;
-`app/errors.py` answers it in the one JSON error shape. The library's generation errors keep their own
-table there (`GENERATION_ERRORS`), since their messages are the exceptions' own.
+`app/errors.py` answers it in the one JSON error shape, and maps the library's generation errors to their
+entries here (`GENERATION_ERRORS`).
 """
 
 from __future__ import annotations
@@ -151,6 +151,14 @@ class ApiErrors(Enum):
         "reading the vector took over {timeout_s:.0f} s; retry when the server is less busy",
         retry_after(5),
     )
+
+    # the generation backend's errors, by kind (app/errors.py GENERATION_ERRORS): the message is the exception's
+    OVERLOADED = ErrorSpec(503, "overloaded", "{reason}")
+    SHUTTING_DOWN = ErrorSpec(503, "shutting_down", "{reason}")
+    NOT_SERVING = ErrorSpec(503, "not_serving", "{reason}")
+    GENERATION_FAILED = ErrorSpec(422, "generation_failed", "{reason}")
+    INVALID_STEERING = ErrorSpec(422, "invalid_steering", "{reason}")
+    GENERATION_UNAVAILABLE = ErrorSpec(503, "generation_unavailable", "{reason}")
 
     # the store (answered by the handlers of app/errors.py)
     STORE_FULL = ErrorSpec(

@@ -81,30 +81,32 @@ def api_error_response(exc: ApiError) -> JSONResponse:
     return error_response(exc.status, exc.type, exc.message, exc.headers, **exc.detail)
 
 
-# The library's generation errors, each as its status and type (the message is the exception's own).
-GENERATION_ERRORS: dict[type[Exception], tuple[int, str]] = {
-    Overloaded: (503, "overloaded"),
-    ShuttingDown: (503, "shutting_down"),
-    NotServing: (503, "not_serving"),
-    RowFailed: (422, "generation_failed"),
-    SteeringError: (422, "invalid_steering"),
-    GenerationError: (503, "generation_unavailable"),  # any other kind a backend may raise
+# The library's generation errors, each as its entry of the table (first match; the message is the exception's own).
+GENERATION_ERRORS: dict[type[Exception], ApiErrors] = {
+    Overloaded: ApiErrors.OVERLOADED,
+    ShuttingDown: ApiErrors.SHUTTING_DOWN,
+    NotServing: ApiErrors.NOT_SERVING,
+    RowFailed: ApiErrors.GENERATION_FAILED,
+    SteeringError: ApiErrors.INVALID_STEERING,
+    GenerationError: ApiErrors.GENERATION_UNAVAILABLE,  # any other kind a backend may raise
 }
 
 
-def generation_error(exc: Exception) -> tuple[int, str, dict[str, str] | None]:
-    """Status, type and headers of a generation backend's error (a `GenerationError` or `SteeringError`)."""
-    status, type_ = next(v for k, v in GENERATION_ERRORS.items() if isinstance(exc, k))
+def generation_error(exc: Exception) -> ApiError:
+    """A generation backend's error (a `GenerationError` or `SteeringError`) as the ApiError it answers, with the
+    Retry-After the backend asks for."""
+    error = next(code for kind, code in GENERATION_ERRORS.items() if isinstance(exc, kind))(reason=exc)
     retry = getattr(exc, "retry_after_s", None)
-    return status, type_, {"Retry-After": str(max(1, round(retry)))} if retry else None
+    if retry:
+        error.headers = {"Retry-After": str(max(1, round(retry)))}
+    return error
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GenerationError)
     @app.exception_handler(SteeringError)
     async def _generation(request: Request, exc: Exception) -> JSONResponse:
-        status, type_, headers = generation_error(exc)
-        return error_response(status, type_, str(exc), headers)
+        return api_error_response(generation_error(exc))
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:

@@ -21,11 +21,10 @@ PING_S = 15
 
 
 def error_event(exc: BaseException, request_id: str | None, event: str | None) -> dict:
+    if isinstance(exc, tuple(GENERATION_ERRORS)):
+        exc = generation_error(exc)
     if isinstance(exc, ApiError):
         body = {"type": exc.type, "message": exc.message, **{k: v for k, v in exc.detail.items() if v is not None}}
-    elif isinstance(exc, tuple(GENERATION_ERRORS)):
-        _, type_, _ = generation_error(exc)
-        body = {"type": type_, "message": str(exc)}
     else:
         log.error("a stream failed [request %s]", request_id, exc_info=exc)
         body = {
