@@ -20,6 +20,8 @@ def retry_after(seconds: int) -> dict[str, str]:
 
 
 class ApiError(Exception):
+    """An error answered as the JSON error shape; raised through the table below, never written inline."""
+
     def __init__(
         self, status: int, type_: str, message: str, /, *, headers: dict[str, str] | None = None, **detail: Any
     ) -> None:
@@ -27,6 +29,7 @@ class ApiError(Exception):
         self.status, self.type, self.message, self.headers, self.detail = status, type_, message, headers, detail
 
 
+# eq=False: entries compare by identity, so no two Enum members alias however alike, and the dict fields need no hash.
 @dataclass(frozen=True, eq=False)
 class ErrorSpec:
     status: int
