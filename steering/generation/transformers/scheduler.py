@@ -20,8 +20,9 @@ set it to 0: one lane.
 
 This is the transformers engine's one decode loop. How rows are admitted is the caller's policy:
 `ContinuousBackend` adds newcomers before every step; a static batch (`Scheduler.static`, used by
-`Engine.generate`, `StaticBackend` and every retry of a row alone) adds its rows once, prefills them in one
-group and one pass, decodes them in one lane and adds nobody until the last has ended.
+`Engine.generate` and `StaticBackend`) adds its rows once, prefills them in one group and one pass, decodes
+them in one lane and adds nobody until the last has ended; a backend retries a row alone by adding it by
+itself to its own scheduler.
 
 The caller holds the model's lock around each `step()`; between steps the model is free.
 """
