@@ -11,6 +11,11 @@ ends it, and the text is decoded the same way. A row ended on our side is aborte
 
 A plan this engine cannot run raises `SteeringError` before anything reaches vLLM (the service answers
 422), never a silently unsteered row.
+
+vLLM runs compiled by default, with the steering ops installed at load (`graph_loader.py`; every mode runs
+there), or eager with Python hooks (`VllmOptions.enforce_eager`, `STEER_VLLM_ENFORCE_EAGER=1`). Either way the
+engine starts only on the V1 model runner and only once `self_check.py` has seen a steered token differ from
+the plain one.
 """
 
 from __future__ import annotations
