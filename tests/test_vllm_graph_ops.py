@@ -7,11 +7,10 @@ unloaded vector's column is empty and goes to the next vector.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 import torch
 
+from steering.generation.vllm.engine import ModelDims
 from steering.generation.vllm.graph_ops import SteeringTables
 from steering.generation.vllm.graph_steering import GraphSteering
 from steering.generation.vllm.plan import PlannedTerm, encode_plan
@@ -21,15 +20,7 @@ from steering.vectors.modes import MODE_NAMES, expected_shapes, mode_spec
 from steering.vectors.task_vector import TaskVector
 
 
-@dataclass(frozen=True)
-class Shape:
-    num_layers: int = 3
-    hidden_size: int = 16
-    num_heads: int = 4
-    head_dim: int = 4
-
-
-SHAPE = Shape()
+SHAPE = ModelDims(num_layers=3, hidden_size=16, num_heads=4, head_dim=4)
 
 
 def vector(mode: str, seed: int) -> TaskVector:
