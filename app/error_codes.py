@@ -52,6 +52,16 @@ class ApiErrors(Enum):
     NO_API_KEY = ErrorSpec(401, "unauthorized", "this server needs an API key: Authorization: Bearer <key>", BEARER)
     INVALID_API_KEY = ErrorSpec(401, "unauthorized", "invalid API key", BEARER)
 
+    # bodies (app/middleware.py; inside FastAPI's body parsing they travel as HTTPExceptions of the same status)
+    BODY_TOO_SLOW = ErrorSpec(
+        408,
+        "request_timeout",
+        "the request body came too slowly: {received} bytes in {elapsed_s:.0f} s (allowed: {timeout_s:g} s, plus 1 s "
+        "per {min_rate} bytes)",
+    )
+    BODY_TOO_LARGE = ErrorSpec(413, "body_too_large", "the request body is over {limit} bytes")
+    UNSUPPORTED_BODY = ErrorSpec(400, "invalid_request", "{reason}")
+
     # request bounds (app/bounds.py, app/generation.py)
     STRENGTH_OUT_OF_RANGE = ErrorSpec(422, "strength_out_of_range", "{where} must be a finite number within ±{limit}")
     TASK_STRENGTH_OUT_OF_RANGE = ErrorSpec(

@@ -13,7 +13,8 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import error_response, quoted
+from app.error_codes import ApiErrors
+from app.errors import api_error_response, quoted
 from app.metrics import Metrics
 
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -69,7 +70,7 @@ class BodyReading:
         except _BodyTimeout as exc:
             if body.response_started:
                 raise
-            await error_response(408, "request_timeout", str(exc.detail))(scope, body.receive, body.send)
+            await api_error_response(exc.error)(scope, body.receive, body.send)
 
 
 class _RequestBody:
@@ -140,11 +141,10 @@ class _BodyTimeout(HTTPException):
     """An HTTPException, so that FastAPI's body parsing passes it on (it turns other errors into a 400)."""
 
     def __init__(self, received: int, elapsed_s: float, limits: BodyReading) -> None:
-        super().__init__(
-            408,
-            f"the request body came too slowly: {received} bytes in {elapsed_s:.0f} s (allowed: "
-            f"{limits.timeout_s:g} s, plus 1 s per {limits.min_rate} bytes)",
+        self.error = ApiErrors.BODY_TOO_SLOW(
+            received=received, elapsed_s=elapsed_s, timeout_s=limits.timeout_s, min_rate=limits.min_rate
         )
+        super().__init__(self.error.status, self.error.message)
 
 
 class BodyEncoding:
@@ -162,7 +162,7 @@ class BodyEncoding:
         if problem is None:
             await self.app(scope, receive, send)
             return
-        await error_response(400, "invalid_request", problem)(scope, receive, send)
+        await api_error_response(ApiErrors.UNSUPPORTED_BODY(reason=problem))(scope, receive, send)
 
 
 _UTF8_CHARSETS = {"utf-8", "utf8", "us-ascii", "ascii"}  # ASCII is UTF-8
@@ -216,19 +216,15 @@ class BodyLimit:
             await self._too_large(scope, receive, send, max_bytes)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send, max_bytes: int) -> None:
-        response = error_response(413, "body_too_large", _too_large_message(max_bytes))
-        await response(scope, receive, send)
-
-
-def _too_large_message(max_bytes: int) -> str:
-    return f"the request body is over {max_bytes} bytes"
+        await api_error_response(ApiErrors.BODY_TOO_LARGE(limit=max_bytes))(scope, receive, send)
 
 
 class _TooLarge(HTTPException):
     """An HTTPException, so that FastAPI's body parsing passes it on (it turns other errors into a 400)."""
 
     def __init__(self, max_bytes: int) -> None:
-        super().__init__(413, _too_large_message(max_bytes))
+        error = ApiErrors.BODY_TOO_LARGE(limit=max_bytes)
+        super().__init__(error.status, error.message)
 
 
 class RequestMetrics:
