@@ -64,7 +64,7 @@ def test_in_process_writes_json_markdown_and_plots(tiny_llama: LoadedModel, tmp_
     config = small_config(["task_vector", "function_vector"])
     result = run_suite(config, LocalBackend(tiny_llama))
     paths = write_outputs(result, tmp_path)
-    assert [p.name for p in paths] == ["results.json", "results.md", "sweep.png", "per_task.png"]
+    assert [p.name for p in paths] == ["results.json", "results.md", "per_task.png", "sweep.png"]
     for png in paths[2:]:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
@@ -102,7 +102,8 @@ def test_in_process_writes_json_markdown_and_plots(tiny_llama: LoadedModel, tmp_
 
 
 def test_http_backend_matches_in_process(tiny_llama: LoadedModel, server_factory: Callable[..., ServerProcess]) -> None:
-    config = small_config(["task_vector"])
+    # Two strength multiples: a further one sends the same requests again at another strength.
+    config = small_config(["task_vector"], multiples=[0.0, 1.0])
     local = run_suite(config, LocalBackend(tiny_llama))
     server = server_factory(STEER_MODEL="tiny:llama")
     with RemoteBackend(server.url) as backend:
