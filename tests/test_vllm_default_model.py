@@ -7,6 +7,10 @@ identical greedy answers (16 tokens, 3 queries sent at once to each server, per 
 engines' float32 logits differ by rounding only), plain answers too, through `/v1/generate` and the OpenAI
 route. A plan the vLLM engine cannot take is a 422 and the request beside it is unaffected.
 
+The vLLM server runs eager (`STEER_VLLM_ENFORCE_EAGER=1`): compiled, vLLM 0.32 compiles the default model at
+every start on CPU, which took 8-15 minutes on these loaded 2 cores, past the suite's 900 s per test. The
+compiled form is held to the eager one in `test_vllm_compiled.py`.
+
 Run: `.venv-vllm/bin/python -m pytest -m vllm tests/test_vllm_default_model.py` (about 2 minutes on 2 cores).
 """
 
@@ -43,6 +47,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Serv
     def start(engine: str) -> ServerProcess:
         env = {"STEER_MODEL": "default", "STEER_ENGINE": engine, "STEER_DATA_DIR": str(root / engine)}
         env |= {"STEER_VLLM_KV_CACHE_BYTES": str(256 << 20), "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+        env |= {"STEER_VLLM_ENFORCE_EAGER": "1"}
         return start_server(env, root / f"{engine}.log", timeout_s=300)
 
     with ThreadPoolExecutor(2) as pool:
