@@ -12,18 +12,13 @@ from steering.tasks.datasets import load_task, split_task
 from steering.tasks.templates import DEFAULT_TEMPLATE
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
-EXACT_MARGIN = 0.05  # steered exact match within 5 points of 10-shot prompting (measured: 53.8 vs 53.1)
+EXACT_MARGIN = 0.05  # steered exact match within 5 points of 10-shot prompting (measured: 81.2 vs 77.5)
 
-TASKS = (
-    "antonyms",
-    "country_capital",
-    "english_french",
-    "present_past",
-    "singular_plural",
-    "english_spanish",
-    "country_currency",
-    "comparative",
-)
+# Each task is a whole soft injection computation on the default model (the cost of this file), so few, one
+# per path: one-token answers (antonyms, singular_plural: no answer gates) and longer answers, whose answer
+# gates are trained and kept (country_capital) or trained and dropped on held-out exact match (present_past).
+# All 16 packaged tasks are measured by `steer eval` (docs/RESULTS.md).
+TASKS = ("antonyms", "singular_plural", "present_past", "country_capital")
 
 
 def test_soft_injection_matches_ten_shot_prompting_on_average(default_lm: LoadedModel) -> None:
@@ -38,21 +33,21 @@ def test_soft_injection_matches_ten_shot_prompting_on_average(default_lm: Loaded
         rows.append(
             (
                 task,
-                evaluator.scores(evaluator.queries),
+                evaluator.scores(evaluator.queries, exact=False),  # zero-shot exact match is asserted nowhere
                 evaluator.scores(few_shot),
                 evaluator.scores(evaluator.queries, steer),
-                vector.compute_seconds,
+                f"{vector.mode}, {vector.compute_seconds:.0f} s",
             )
         )
-    for task, zero, few, steered, seconds in rows:
+    for task, zero, few, steered, how in rows:
         print(
-            f"{task:18s} first-token / exact: zero-shot {zero.first_token:.2f} / {zero.exact:.2f}  "
+            f"{task:18s} first-token / exact: zero-shot {zero.first_token:.2f} / -  "
             f"10-shot {few.first_token:.2f} / {few.exact:.2f}  "
-            f"soft injection {steered.first_token:.2f} / {steered.exact:.2f}  ({seconds:.0f} s)"
+            f"soft injection {steered.first_token:.2f} / {steered.exact:.2f}  ({how})"
         )
     first = [sum(r[i].first_token for r in rows) / len(rows) for i in (1, 2, 3)]
-    exact = [sum(r[i].exact for r in rows) / len(rows) for i in (1, 2, 3)]
+    exact = [sum(r[i].exact for r in rows) / len(rows) for i in (2, 3)]  # 10-shot, soft injection
     print(f"{'mean':18s} first-token {first}  exact {exact}")
     assert first[2] >= first[1]
     assert first[2] >= first[0] + 0.30
-    assert exact[2] >= exact[1] - EXACT_MARGIN
+    assert exact[1] >= exact[0] - EXACT_MARGIN
