@@ -4,8 +4,8 @@ vLLM CPU engine compiled with torch.compile (inductor), against the eager form o
 Invariants: compiled steered tokens equal eager steered tokens in every mode, over one and several prefill
 chunks, and for rows of a mixed batch (several tasks per request, layer overrides, negative strengths, plain
 rows); strength 0 compiled is plain compiled (greedy and sampled); a compiled steered row is never the plain
-row; the compiled model gets a compile-cache key of its own. The eager form is held to the transformers
-engine by `test_vllm_engine.py`.
+row; the compiled model gets a compile-cache key of its own; a model compiled without the ops is refused.
+The eager form is held to the transformers engine by `test_vllm_engine.py`.
 
 Each compiled start costs minutes of torch.compile on 2 cores: one compiled engine serves the module.
 Run: `.venv-vllm/bin/python -m pytest -m vllm tests/test_vllm_compiled.py`.
@@ -142,3 +142,28 @@ async def test_strength_zero_compiled_is_plain_compiled(engines, tiny: Tiny) -> 
     plain = await compiled.complete(request(tiny.tokens, PROMPTS[0], n=12, **sampled))
     zero = await compiled.complete(request(tiny.tokens, PROMPTS[0], [SteeringTerm(vector, 0.0)], n=12, **sampled))
     assert zero.token_ids == plain.token_ids
+
+
+async def test_a_compiled_model_without_the_ops_is_refused(tiny: Tiny) -> None:
+    """vLLM compiled without the steering loader (hooks would be added after compiling, and skipped): the worker
+    extension refuses to install rather than serve every row plain."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    from steering.generation.vllm.engine import WORKER_EXTENSION
+
+    args = AsyncEngineArgs(
+        model=str(tiny.folder),
+        dtype="float32",
+        max_model_len=512,
+        kv_cache_memory_bytes=64 << 20,
+        worker_extension_cls=WORKER_EXTENSION,
+        disable_log_stats=True,
+    )
+    llm = AsyncLLM.from_engine_args(args)
+    try:
+        assert not llm.vllm_config.model_config.enforce_eager
+        with pytest.raises(Exception, match="compiled model skips steering hooks"):
+            await llm.collective_rpc("steer_install", args=(4,))
+    finally:
+        llm.shutdown()
