@@ -167,3 +167,23 @@ async def test_a_compiled_model_without_the_ops_is_refused(tiny: Tiny) -> None:
             await llm.collective_rpc("steer_install", args=(4,))
     finally:
         llm.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("setting", "cuda", "eager"),
+    [(None, False, True), (None, True, False), ("auto", False, True), ("0", False, False), ("1", True, True)],
+)
+def test_the_form_follows_the_setting_and_the_device(monkeypatch, setting: str | None, cuda: bool, eager: bool) -> None:
+    """Unset or `auto`: compiled where CUDA is present, eager on a CPU (where vLLM 0.32 compiles at every start);
+    0 and 1 force the form."""
+    import torch
+
+    from steering.generation.vllm.engine import EAGER_ENV, VllmOptions
+
+    if setting is None:
+        monkeypatch.delenv(EAGER_ENV, raising=False)
+    else:
+        monkeypatch.setenv(EAGER_ENV, setting)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert VllmOptions().eager() is eager
+    assert VllmOptions(enforce_eager=not eager).eager() is (not eager)

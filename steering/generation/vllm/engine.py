@@ -12,8 +12,9 @@ ends it, and the text is decoded the same way. A row ended on our side is aborte
 A plan this engine cannot run raises `SteeringError` before anything reaches vLLM (the service answers
 422), never a silently unsteered row.
 
-vLLM runs compiled by default, with the steering ops installed at load (`graph_loader.py`; every mode runs
-there), or eager with Python hooks (`VllmOptions.enforce_eager`, `STEER_VLLM_ENFORCE_EAGER=1`). Either way the
+vLLM runs compiled (the default with CUDA), with the steering ops installed at load (`graph_loader.py`; every
+mode runs there), or eager with Python hooks (the default on a CPU; `VllmOptions.enforce_eager`,
+`STEER_VLLM_ENFORCE_EAGER`). Either way the
 engine starts only on the V1 model runner and only once `self_check.py` has seen a steered token differ from
 the plain one.
 """
@@ -69,15 +70,21 @@ class VllmOptions:
     enable_prefix_caching: bool = True
     seed: int = 0
     # True: Python hooks in eager mode; False: vLLM compiles the model (CUDA graphs on GPUs) with the compiled
-    # form's ops in it (`graph_loader.py`); None: `STEER_VLLM_ENFORCE_EAGER` decides (unset: compiled).
+    # form's ops in it (`graph_loader.py`); None: `STEER_VLLM_ENFORCE_EAGER` decides, and unset or `auto`
+    # compiles where CUDA is present and runs eager on a CPU, where vLLM 0.32 compiles again at every start
+    # (minutes) and the compiled step gains little.
     enforce_eager: bool | None = None
 
     def eager(self) -> bool:
         if self.enforce_eager is not None:
             return self.enforce_eager
-        value = os.environ.get(EAGER_ENV, "0").strip().lower()
-        if value not in {"0", "1", "true", "false", ""}:
-            raise ValueError(f"{EAGER_ENV} is 1 or 0, not {value!r}")
+        value = os.environ.get(EAGER_ENV, "auto").strip().lower()
+        if value not in {"0", "1", "true", "false", "auto", ""}:
+            raise ValueError(f"{EAGER_ENV} is 1, 0 or auto, not {value!r}")
+        if value in {"auto", ""}:
+            import torch
+
+            return not torch.cuda.is_available()
         return value in {"1", "true"}
 
 
