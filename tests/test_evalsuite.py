@@ -102,8 +102,7 @@ def test_in_process_writes_json_markdown_and_plots(tiny_llama: LoadedModel, tmp_
 
 
 def test_http_backend_matches_in_process(tiny_llama: LoadedModel, server_factory: Callable[..., ServerProcess]) -> None:
-    # Two strength multiples: a further one sends the same requests again at another strength.
-    config = small_config(["task_vector"], multiples=[0.0, 1.0])
+    config = small_config(["task_vector"])
     local = run_suite(config, LocalBackend(tiny_llama))
     server = server_factory(STEER_MODEL="tiny:llama")
     with RemoteBackend(server.url) as backend:
