@@ -1,12 +1,15 @@
-"""What steering costs on vLLM (`make bench-vllm`): steered / plain vLLM per token at 1 and 8 clients, and
-vLLM against the transformers engine at 8 clients, all in one process and one run.
+"""What steering costs on vLLM (`make bench-vllm`): steered / plain vLLM per token at 1 and 8 clients, vLLM
+against the transformers engine at 8 clients, and the time to first token of a zero-shot steered request
+against a 10-shot prompt on vLLM, all in one process and one run.
 
 vLLM runs in-process (`VllmEngine` over `AsyncLLM`, V1 model runner) on the default model in float32, compiled
 with the steering ops inside (`--eager`: eager with Python hooks);
 the transformers engine runs as the service runs it (`ContinuousBackend`, 8 rows). Decode cost per token
 excludes the prefill: (time of N new tokens - time of 1) / (N - 1), every client making exactly N tokens
-(end-of-sequence ignored). The measurements are interleaved (A B C A B C ..., the order rotated every
-repetition) and each ratio is the median of the per-repetition ratios, so both sides see the same machine.
+(end-of-sequence ignored). Time to first token is a one-token request's whole time, one client, on the
+queries of a packaged task (its own demonstrations as the 10 shots). The measurements are interleaved
+(A B C A B C ..., the order rotated every repetition) and each ratio is the median of the per-repetition
+ratios, so both sides see the same machine.
 
 Writes `bench-results/vllm.json` (every sample, settings, machine, load) and `bench-results/vllm.txt`.
 """
@@ -33,23 +36,27 @@ from steering.generation.vllm.engine import VllmEngine, VllmOptions
 from steering.generation.vllm.model_folder import vllm_model_folder
 from steering.model.loading import LoadedModel, default_cache_dir, load_model
 from steering.steer.inject import SteeringTerm
-from steering.tasks.templates import DEFAULT_TEMPLATE, render_query
+from steering.tasks.datasets import load_task
+from steering.tasks.templates import DEFAULT_TEMPLATE, few_shot_prompt, render_query
 from steering.vectors.modes import expected_shapes, mode_spec
 from steering.vectors.task_vector import TaskVector
 
 DEFAULT_OUT = Path("bench-results/vllm.json")
 WORDS = ["hot", "big", "fast", "happy", "open", "early", "light", "strong"]
 CLIENTS = (1, 8)
+SHOTS = 10
+FIRST_TOKEN_TASK = "antonyms"
 
 
 @dataclass(frozen=True)
 class Settings:
     tokens: int
     reps: int
+    first_token_queries: int
 
 
-FULL = Settings(tokens=48, reps=5)
-QUICK = Settings(tokens=8, reps=1)
+FULL = Settings(tokens=48, reps=5, first_token_queries=8)
+QUICK = Settings(tokens=8, reps=1, first_token_queries=2)
 
 
 class FixedLengthVllm(VllmEngine):
@@ -93,6 +100,31 @@ def plans(lm: LoadedModel) -> dict[str, tuple[SteeringTerm, ...]]:
         "task_vector": (SteeringTerm(synthetic_vector(lm, "replace_last", 1), 1.0, middle),),
         "icv": (SteeringTerm(synthetic_vector(lm, "add_all_norm", 2), 0.1, every_layer),),
         "soft_injection": (SteeringTerm(synthetic_vector(lm, "head_mix_answer", 3), 1.0, every_layer),),
+    }
+
+
+def first_token_runs(
+    lm: LoadedModel, vllm: VllmEngine, loop: asyncio.AbstractEventLoop, terms: tuple[SteeringTerm, ...], queries: int
+) -> dict[str, Callable[[], float]]:
+    """Seconds to the first token per query, one client: zero-shot steered, 10-shot prompt, zero-shot plain."""
+    demos = load_task(FIRST_TOKEN_TASK)
+    shots, asked = demos[:SHOTS], demos[SHOTS : SHOTS + queries]
+    zero = [lm.tokenizer.encode(render_query(DEFAULT_TEMPLATE, q.input)) for q in asked]
+    few = [lm.tokenizer.encode(few_shot_prompt(DEFAULT_TEMPLATE, shots, q.input)) for q in asked]
+
+    def first_token(prompts: list[list[int]], steering: tuple[SteeringTerm, ...]) -> Callable[[], float]:
+        def sample() -> float:
+            async def one(ids: list[int]) -> None:
+                await vllm.complete(GenerationRequest(list(ids), steering, max_new_tokens=1))
+
+            return sum(timed(lambda ids=ids: loop.run_until_complete(one(ids))) for ids in prompts) / len(prompts)
+
+        return sample
+
+    return {
+        "zero-shot steered": first_token(zero, terms),
+        f"{SHOTS}-shot": first_token(few, ()),
+        "zero-shot plain": first_token(zero, ()),
     }
 
 
@@ -169,6 +201,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 runs, settings.reps, on_rep=lambda rep: print(f"  rep {rep}", flush=True)
             )
             print(f"{clients} client(s) measured", flush=True)
+        samples["first token"] = interleaved(
+            first_token_runs(lm, vllm, loop, steering["task_vector"], settings.first_token_queries),
+            settings.reps,
+            on_rep=lambda rep: print(f"  rep {rep}", flush=True),
+        )
+        print("first token measured", flush=True)
     vllm.close()
     loop.run_until_complete(backend.close())
 
@@ -210,6 +248,9 @@ def figures(samples: dict[str, dict[str, list[float]]], steering: dict[str, Any]
     """Per-token times (median ms) and the ratios the run is for (median of per-repetition ratios)."""
     rows: list[dict[str, Any]] = []
     for clients, runs in samples.items():
+        if clients == "first token":
+            rows += first_token_figures(runs)
+            continue
         for name in steering:
             vllm = runs[f"vllm {name}"]
             plain = name == "plain"
@@ -234,6 +275,33 @@ def figures(samples: dict[str, dict[str, list[float]]], steering: dict[str, Any]
                     }
                 )
     return rows
+
+
+def first_token_figures(runs: dict[str, list[float]]) -> list[dict[str, Any]]:
+    steered, few = runs["zero-shot steered"], runs[f"{SHOTS}-shot"]
+    return [
+        {
+            "figure": f"first token: zero-shot steered / {SHOTS}-shot prompt, 1 client",
+            "ratio": round(median(paired_ratios(steered, few)), 3),
+            "ms_per_token": round(1000 * median(steered), 1),
+            "tok_per_s": round(1 / median(steered), 1),
+            "what": f"task_vector (replace_last), {FIRST_TOKEN_TASK} queries; ms here: the steered request's",
+        },
+        {
+            "figure": f"first token: {SHOTS}-shot prompt, 1 client",
+            "ratio": None,
+            "ms_per_token": round(1000 * median(few), 1),
+            "tok_per_s": round(1 / median(few), 1),
+            "what": f"{SHOTS} demonstrations of {FIRST_TOKEN_TASK} before each query",
+        },
+        {
+            "figure": "first token: zero-shot steered / zero-shot plain, 1 client",
+            "ratio": round(median(paired_ratios(steered, runs["zero-shot plain"])), 3),
+            "ms_per_token": round(1000 * median(runs["zero-shot plain"]), 1),
+            "tok_per_s": round(1 / median(runs["zero-shot plain"]), 1),
+            "what": "what steering adds to the prefill; ms here: the plain request's",
+        },
+    ]
 
 
 def table(rows: list[dict[str, Any]], lm: LoadedModel, settings: Settings, duration_s: float, form: str) -> str:
