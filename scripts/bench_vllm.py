@@ -104,13 +104,17 @@ def plans(lm: LoadedModel) -> dict[str, tuple[SteeringTerm, ...]]:
 
 
 def first_token_runs(
-    lm: LoadedModel, vllm: VllmEngine, loop: asyncio.AbstractEventLoop, terms: tuple[SteeringTerm, ...], queries: int
+    encode: Callable[[str], list[int]],
+    vllm: VllmEngine,
+    loop: asyncio.AbstractEventLoop,
+    terms: tuple[SteeringTerm, ...],
+    queries: int,
 ) -> dict[str, Callable[[], float]]:
     """Seconds to the first token per query, one client: zero-shot steered, 10-shot prompt, zero-shot plain."""
     demos = load_task(FIRST_TOKEN_TASK)
     shots, asked = demos[:SHOTS], demos[SHOTS : SHOTS + queries]
-    zero = [lm.tokenizer.encode(render_query(DEFAULT_TEMPLATE, q.input)) for q in asked]
-    few = [lm.tokenizer.encode(few_shot_prompt(DEFAULT_TEMPLATE, shots, q.input)) for q in asked]
+    zero = [encode(render_query(DEFAULT_TEMPLATE, q.input)) for q in asked]
+    few = [encode(few_shot_prompt(DEFAULT_TEMPLATE, shots, q.input)) for q in asked]
 
     def first_token(prompts: list[list[int]], steering: tuple[SteeringTerm, ...]) -> Callable[[], float]:
         def sample() -> float:
@@ -202,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             print(f"{clients} client(s) measured", flush=True)
         samples["first token"] = interleaved(
-            first_token_runs(lm, vllm, loop, steering["task_vector"], settings.first_token_queries),
+            first_token_runs(engine.encode, vllm, loop, steering["task_vector"], settings.first_token_queries),
             settings.reps,
             on_rep=lambda rep: print(f"  rep {rep}", flush=True),
         )
