@@ -264,6 +264,7 @@ class VectorWorker:
             options=spec.get("options", {}),
             progress=progress,
             should_stop=stop.is_set,
+            time_limit_s=self.settings.compute_timeout_s,  # `auto` starts no candidate that would run past it
         )
 
     async def _report(self, task_id: str, info: dict[str, Any]) -> None:

@@ -51,12 +51,14 @@ class ModelClock:
         return replace(spec, compute=compute)
 
 
-def run_auto(lm: LoadedModel, unit_s: float, monkeypatch: pytest.MonkeyPatch, **options: Any) -> TaskVector:
+def run_auto(
+    lm: LoadedModel, unit_s: float, monkeypatch: pytest.MonkeyPatch, time_limit_s: float | None = None, **options: Any
+) -> TaskVector:
     clock = ModelClock(unit_s)
     monkeypatch.setattr(auto, "time", clock)
     methods = {name: clock.timed(method_spec(name)) for name in auto_candidates()}
     demos, _ = split_task(load_task("antonyms"), 24, 0, seed=0)
-    job = Job(lm, demos, DEFAULT_TEMPLATE)
+    job = Job(lm, demos, DEFAULT_TEMPLATE, time_limit_s=time_limit_s)
     return auto.compute(job, CheckedAutoOptions(**{**FAST, **options}), methods)
 
 
@@ -100,3 +102,14 @@ def test_the_ceiling_keeps_a_very_slow_model_from_computing_on(
     vector = run_auto(tiny_llama, unit_s, monkeypatch)
     assert ran(vector) == ["task_vector", "function_vector"]
     assert "ceiling" in skipped(vector)["soft_injection"]
+
+
+def test_the_ceiling_follows_the_callers_time_limit(tiny_llama: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A 120 s limit (a server's STEER_COMPUTE_TIMEOUT_S): the ceiling is 100 s; at 30 s per unit the function
+    # vector ends at 90 s and soft injection would end at 270 s.
+    vector = run_auto(tiny_llama, DEFAULT_MODEL, monkeypatch, time_limit_s=120)
+    assert ran(vector) == ["task_vector", "function_vector"]
+    assert "past the 100 s ceiling" in skipped(vector)["soft_injection"]
+    assert vector.metrics["auto"]["budget"]["ceiling_s"] == 100
+    # A longer limit lets every candidate run on the same model.
+    assert ran(run_auto(tiny_llama, DEFAULT_MODEL, monkeypatch, time_limit_s=3600)) == auto_candidates()

@@ -323,6 +323,22 @@ async def test_a_computation_past_its_time_limit_fails_with_the_reason(tmp_path:
         assert time.monotonic() - started < 10  # stopped soon after the limit, not at the end of the work
 
 
+async def test_autos_ceiling_sits_under_the_servers_compute_timeout(tmp_path: Path) -> None:
+    """With no `time_budget_s`, `auto` stops starting candidates at 5/6 of the server's compute timeout, so a
+    slow model ends with its best candidate instead of failing at the limit (the clock is tests/test_auto_budget)."""
+    fast = {
+        "num_prompts": 4,
+        "k_shot": 3,
+        "candidates": ["task_vector", "function_vector"],
+        "method_options": {"function_vector": {"num_heads": 4}},
+    }
+    async with running_app(settings(tmp_path, compute_timeout_s=600.0)) as (_, client):
+        task = (await client.post("/v1/tasks", json=task_body(ANTONYMS, "auto", options=fast))).json()["id"]
+        info = await wait_task(client, task, timeout_s=120)
+        assert info["status"] == "ready", info
+        assert info["metrics"]["auto"]["budget"] == {"rule": "every candidate, within the ceiling", "ceiling_s": 500}
+
+
 def stored_record(lm, **fields: Any) -> TaskRecord:
     now = time.time()
     spec = {

@@ -35,6 +35,7 @@ def compute_vector(
     options: dict[str, Any] | None = None,
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
+    time_limit_s: float | None = None,
 ) -> TaskVector:
     job = Job(
         lm=lm,
@@ -42,6 +43,7 @@ def compute_vector(
         template=template or DEFAULT_TEMPLATE,
         progress=progress or (lambda info: None),
         should_stop=should_stop or (lambda: False),
+        time_limit_s=time_limit_s,
     )
     vector = method_spec(method).compute(job, dict(options or {}))
     vector.answer_end = job_answer_end(job)

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import Field
 
-from steering.methods.auto_budget import Budget
+from steering.methods.auto_budget import Budget, ceiling_for
 from steering.methods.common import Job, MethodOptions, MethodSpec
 from steering.vectors.task_vector import TaskVector
 from steering.wire.method_names import VectorMethod
@@ -59,7 +59,7 @@ def compute(job: Job, options: AutoOptions, methods: Mapping[str, MethodSpec]) -
     # Only what the caller set is passed on: each candidate keeps its own defaults (soft injection's
     # k_shot and num_prompts differ from the others'), so a candidate computes exactly as it would alone.
     shared = opts.model_dump(exclude_unset=True, exclude={"candidates", "time_budget_s", "method_options"})
-    budget = Budget(opts.time_budget_s)
+    budget = Budget(opts.time_budget_s, ceiling_for(job.time_limit_s))
     started = time.perf_counter()
     tried: list[dict[str, Any]] = []
     best: TaskVector | None = None  # the first candidate always runs
@@ -79,6 +79,7 @@ def compute(job: Job, options: AutoOptions, methods: Mapping[str, MethodSpec]) -
             job.template,
             progress=lambda info, m=method: job.progress({"candidate": m, **info}),
             should_stop=job.should_stop,
+            time_limit_s=job.time_limit_s,
             memo=job.memo,
         )
         vector = spec.compute(sub_job, {**shared, **opts.method_options.get(method, {})})

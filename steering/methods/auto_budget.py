@@ -6,9 +6,10 @@ changed the choice from one run to the next. So by default the budget is the can
 in the model's own compute (each candidate's relative cost, in units of the first one's measured time):
 every candidate the request names runs, on any model and under any load, and the choice depends only on
 the demonstrations. A wall-clock ceiling stays as protection, so a request cannot compute without end on a
-slow model or machine; it sits under the server's compute timeout (30 min by default), so `auto` stops
-starting candidates and returns the best it has instead of the task failing. An explicit `time_budget_s`
-is honoured as given, a wall-clock budget as before.
+slow model or machine; it sits under the caller's time limit (the server's compute timeout,
+`STEER_COMPUTE_TIMEOUT_S`, 30 min by default), so `auto` stops starting candidates and returns the best it
+has instead of the task failing. An explicit `time_budget_s` is honoured as given, a wall-clock budget as
+before.
 """
 
 from __future__ import annotations
@@ -16,9 +17,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-# Seconds past which no further candidate starts when the request sets no budget: under the server's
-# compute timeout (1800 s), so the task ends with the best candidate so far instead of failing.
-CEILING_S = 1500.0
+# The share of the caller's time limit past which no further candidate starts when the request sets no
+# budget: the rest is the margin for a candidate that takes longer than its relative cost predicts, so the
+# task ends with the best candidate so far instead of failing at the limit.
+CEILING_SHARE = 5 / 6
+DEFAULT_TIME_LIMIT_S = 1800.0  # the server's default compute timeout, for a caller that sets no limit
+CEILING_S = DEFAULT_TIME_LIMIT_S * CEILING_SHARE
+
+
+def ceiling_for(time_limit_s: float | None) -> float:
+    """The ceiling under a caller's time limit (None: the server's default compute timeout)."""
+    return (DEFAULT_TIME_LIMIT_S if time_limit_s is None else time_limit_s) * CEILING_SHARE
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,9 @@ class Job:
     progress: ProgressFn = lambda info: None
     should_stop: Callable[[], bool] = lambda: False
     started: float = field(default_factory=time.perf_counter)
+    # Seconds the caller lets the whole computation run before stopping it (the server's compute timeout);
+    # `auto` starts no candidate it expects to end past a share of it. None: the server's default.
+    time_limit_s: float | None = None
     # Results that depend only on the demonstrations, the template and the split, not on the method: `auto`
     # hands its memo to every candidate, so their shared baselines are measured once.
     memo: dict[tuple[Any, ...], Any] = field(default_factory=dict)
