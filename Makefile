@@ -30,14 +30,15 @@ setup: $(STAMP) $(if $(filter vllm,$(STEER_ENGINE)),$(VLLM_STAMP))
 serve: setup
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m app
 
-# The whole suite, then the vLLM engine's tests on the real vLLM CPU engine, in a venv of their own: vLLM pins
-# transformers < 5.20 and fastapi < 0.137, which the default install does not have to take.
+# The whole suite on pytest-xdist's workers, and beside it the vLLM engine's tests on the real vLLM CPU engine,
+# in a venv of their own: vLLM pins transformers < 5.20 and fastapi < 0.137, which the default install does
+# not have to take. PYTEST_WORKERS=N sets the workers (default 2); PYTEST_ARGS goes to both runs.
 VLLM_TEST_VENV ?= .venv-vllm
 
 test: setup
 	bash scripts/test-deps.sh
-	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q -ra --durations=25 $(PYTEST_ARGS)
-	$(MAKE) --no-print-directory VENV=$(VLLM_TEST_VENV) STEER_ENGINE=vllm test-vllm
+	$(MAKE) --no-print-directory VENV=$(VLLM_TEST_VENV) STEER_ENGINE=vllm setup
+	bash scripts/run-tests.sh $(VENV) $(VLLM_TEST_VENV) $(PYTEST_ARGS)
 
 # The vLLM engine's tests alone (they skip when vLLM is not installed: STEER_ENGINE=vllm make setup).
 test-vllm: setup

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -16,7 +17,7 @@ from steering.tasks.datasets import load_task, split_task
 from steering.vectors.task_vector import TaskVector
 from steering.wire.protocol import Demonstration
 
-pytest_plugins = ["tests.store_fixtures"]
+pytest_plugins = ["tests.store_fixtures", "tests.vllm_fixtures"]
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -84,3 +85,31 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     yield make
     for server in started:
         server.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Ready the collection for `pytest -n` (pytest-xdist, what `make test` runs).
+
+    - Every test gets a node id of its own: schemathesis names its tests `test_x[POST /v1/tasks]` but gives all
+      of a function's operations the id `...::test_x`, and xdist's per-file scheduling keys work by node id, so
+      all but one operation would silently not run.
+    - The default model's tests (marked `slow`) go first: they are the longest (minutes each), so they start at
+      once and overlap the many short tests instead of trailing alone at the end. The sort is stable.
+    """
+    counts = Counter(item.nodeid for item in items)
+    for item in items:
+        if counts[item.nodeid] > 1:
+            _set_node_id(item, f"{item.nodeid.rpartition('::')[0]}::{item.name}")
+    if len({item.nodeid for item in items}) != len(items):
+        raise pytest.UsageError("two tests share a node id: pytest -n would run only one of them")
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def _set_node_id(item: pytest.Item, node_id: str) -> None:
+    """pytest has no public setter; the check above fails the run loudly if this stops working."""
+    if hasattr(item, "_id"):  # pytest >= 9.1: a structured NodeId
+        from _pytest.nodeid import coerce_node_id
+
+        item._id = coerce_node_id(node_id)
+    else:
+        item._nodeid = node_id

@@ -21,14 +21,12 @@ import pytest
 
 from steering.generation.rows import GenerationRequest, GenerationResult
 from steering.generation.transformers.engine import Engine
-from steering.model.loading import LoadedModel, load_model
+from steering.model.loading import LoadedModel
 from steering.steer.inject import SteeringTerm
 from steering.vectors.modes import MODE_NAMES
-from tests.vllm_fixtures import LONG, PROMPTS, needs_vllm, random_vector, save_tiny_llama, start_engine
+from tests.vllm_fixtures import EAGER_OPTIONS, LONG, PROMPTS, TinyVllm, needs_vllm, random_vector, start_engine
 
 pytestmark = [needs_vllm, pytest.mark.vllm]
-
-OPTIONS = {"max_num_batched_tokens": 32, "block_size": 32, "max_slots": 4}  # LONG spans several prefill chunks
 
 
 @dataclass(frozen=True)
@@ -39,23 +37,16 @@ class Tiny:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
-    folder = save_tiny_llama(tmp_path_factory.mktemp("vllm-compiled"))
-    lm = load_model(str(folder))
-    return Tiny(folder, lm, Engine(lm))
+def tiny(tiny_vllm: TinyVllm) -> Tiny:
+    return Tiny(tiny_vllm.folder, tiny_vllm.lm, tiny_vllm.reference)
 
 
 @pytest.fixture(scope="module")
-async def engines(tiny: Tiny):
-    eager = await start_engine(tiny.folder, tiny.lm, **OPTIONS)
-    try:
-        compiled = await start_engine(tiny.folder, tiny.lm, enforce_eager=False, **OPTIONS)
-    except BaseException:
-        eager.close()
-        raise
-    yield eager, compiled
+async def engines(tiny_vllm: TinyVllm):
+    """The session's eager engine, and a compiled one started with the same options."""
+    compiled = await start_engine(tiny_vllm.folder, tiny_vllm.lm, enforce_eager=False, **EAGER_OPTIONS)
+    yield tiny_vllm.engine, compiled
     compiled.close()
-    eager.close()
 
 
 def request(tokens: Engine, prompt: str, terms=(), n: int = 8, **kwargs) -> GenerationRequest:

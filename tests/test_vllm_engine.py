@@ -25,37 +25,35 @@ import torch
 
 from steering.generation.rows import GenerationRequest, GenerationResult
 from steering.generation.transformers.engine import Engine
-from steering.model.loading import LoadedModel, load_model
+from steering.model.loading import LoadedModel
 from steering.steer.inject import SteeringError, SteeringTerm
 from steering.vectors.modes import MODE_NAMES
-from tests.vllm_fixtures import LONG, PROMPTS, needs_vllm, random_vector, save_tiny_llama, start_engine
+from tests.vllm_fixtures import EAGER_OPTIONS, LONG, PROMPTS, TinyVllm, needs_vllm, random_vector, start_engine
 
 pytestmark = [needs_vllm, pytest.mark.vllm]
 
-CHUNK_TOKENS = 32
+CHUNK_TOKENS = EAGER_OPTIONS["max_num_batched_tokens"]
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_llama(tmp_path_factory.mktemp("vllm-tiny"))
+def folder(tiny_vllm: TinyVllm) -> Path:
+    return tiny_vllm.folder
 
 
 @pytest.fixture(scope="module")
-def lm(folder: Path) -> LoadedModel:
-    return load_model(str(folder))
+def lm(tiny_vllm: TinyVllm) -> LoadedModel:
+    return tiny_vllm.lm
 
 
 @pytest.fixture(scope="module")
-def reference(lm: LoadedModel) -> Engine:
+def reference(tiny_vllm: TinyVllm) -> Engine:
     """The transformers engine on the same weights."""
-    return Engine(lm)
+    return tiny_vllm.reference
 
 
 @pytest.fixture(scope="module")
-async def vllm(folder: Path, lm: LoadedModel):
-    engine = await start_engine(folder, lm, max_num_batched_tokens=CHUNK_TOKENS, block_size=32, max_slots=4)
-    yield engine
-    engine.close()
+def vllm(tiny_vllm: TinyVllm):
+    return tiny_vllm.engine
 
 
 def request(reference: Engine, prompt: str, terms=(), n: int = 8, **kwargs) -> GenerationRequest:

@@ -1,9 +1,14 @@
-"""What the vLLM tests share: a tiny llama vLLM's CPU attention accepts, vectors, and engine start-up."""
+"""What the vLLM tests share: a tiny llama vLLM's CPU attention accepts, vectors, engine start-up, and one eager
+engine on that llama for the whole session (`tiny_vllm`; a vLLM start costs most of a minute on 2 cores).
+
+Registered as a plugin by tests/conftest.py, so that `tiny_vllm` is one engine across modules."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -12,7 +17,7 @@ from transformers import AutoModelForCausalLM
 
 from steering.generation.transformers.engine import Engine
 from steering.generation.vllm.engine import VllmEngine, VllmOptions
-from steering.model.loading import LoadedModel
+from steering.model.loading import LoadedModel, load_model
 from steering.model.tiny import build_tiny_tokenizer, tiny_config
 from steering.vectors.modes import expected_shapes, mode_spec
 from steering.vectors.task_vector import TaskVector
@@ -74,3 +79,26 @@ async def start_engine(folder: Path, lm: LoadedModel, **options: object) -> Vllm
         fingerprint=lm.fingerprint,
         options=VllmOptions(**{**defaults, **options}),  # type: ignore[arg-type]
     )
+
+
+# Prompts like LONG span several 32-token prefill chunks and KV blocks; 4 vector slots, so that eviction shows.
+EAGER_OPTIONS: dict[str, object] = {"max_num_batched_tokens": 32, "block_size": 32, "max_slots": 4}
+
+
+@dataclass(frozen=True)
+class TinyVllm:
+    folder: Path  # what vLLM loads
+    lm: LoadedModel  # the same weights on transformers: vectors' shapes, prompts encoded
+    reference: Engine  # the transformers engine on those weights
+    engine: VllmEngine  # eager, started with EAGER_OPTIONS
+
+
+@pytest.fixture(scope="session")
+async def tiny_vllm(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[TinyVllm]:
+    """One eager vLLM engine on the tiny llama for every module that reads it (tests leave no state behind but
+    the slots' contents, which every test that reads them sets itself)."""
+    folder = save_tiny_llama(tmp_path_factory.mktemp("vllm-tiny"))
+    lm = load_model(str(folder))
+    engine = await start_engine(folder, lm, **EAGER_OPTIONS)
+    yield TinyVllm(folder, lm, Engine(lm), engine)
+    engine.close()
