@@ -91,8 +91,13 @@ async def test_post_then_ready_and_same_id_again(api: Api) -> None:
     assert info["options"]["k_shot"] == 5  # defaults filled in
     assert info["template"] == {"example": "Q: {input}\nA: {output}", "query": "Q: {input}\nA:", "separator": "\n\n"}
 
-    # The vector kept in memory and the one read back from the store are bit-identical.
-    computed = services_of(api.app).tasks.vectors.get(task_id).vector
+    # The vector kept in memory and the one read back from the store are bit-identical. The worker keeps it in
+    # memory right after the store's write returns, and a poll can see that write first (on a loaded machine).
+    vectors = services_of(api.app).tasks.vectors
+    deadline = time.monotonic() + 10
+    while vectors.get(task_id) is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    computed = vectors.get(task_id).vector
     data = await services_of(api.app).store.get_vector(task_id)
     assert computed is not None and data is not None
     stored = TaskVector.from_bytes(data)
