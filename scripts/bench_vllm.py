@@ -1,14 +1,14 @@
-"""What steering costs on vLLM (`make bench-vllm`): steered / plain vLLM per token at 1 and 8 clients, vLLM
-against the transformers engine at 8 clients, and the time to first token of a zero-shot steered request
+"""What steering costs on vLLM (`make bench-vllm`): steered / plain vLLM per token at 1, 8 and 32 clients, vLLM
+against the transformers engine at 8 and 32 clients, and the time to first token of a zero-shot steered request
 against a 10-shot prompt on vLLM, all in one process and one run.
 
 vLLM runs in-process (`VllmEngine` over `AsyncLLM`, V1 model runner) on the default model in float32, compiled
-with the steering ops inside (`--eager`: eager with Python hooks);
-the transformers engine runs as the service runs it (`ContinuousBackend`, 8 rows). Decode cost per token
-excludes the prefill: (time of N new tokens - time of 1) / (N - 1), every client making exactly N tokens
-(end-of-sequence ignored). Time to first token is a one-token request's whole time, one client, on the
-queries of a packaged task (its own demonstrations as the 10 shots). The measurements are interleaved
-(A B C A B C ..., the order rotated every repetition) and each ratio is the median of the per-repetition
+with the steering ops inside (`--eager`: eager with Python hooks); the transformers engine runs as the service
+runs it (`ContinuousBackend`); both take up to 32 rows at once. Decode cost per token excludes the prefill:
+(time of N new tokens - time of 1) / (N - 1), every client making exactly N tokens (end-of-sequence
+ignored). Time to first token is a one-token request's whole time, one client, on the queries of a packaged
+task (its own demonstrations as the 10 shots). The measurements are interleaved (A B C A B C ..., the order
+rotated every repetition) and each ratio is the median of the per-repetition
 ratios, so both sides see the same machine.
 
 Writes `bench-results/vllm.json` (every sample, settings, machine, load) and `bench-results/vllm.txt`.
@@ -24,7 +24,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +42,10 @@ from steering.vectors.modes import expected_shapes, mode_spec
 from steering.vectors.task_vector import TaskVector
 
 DEFAULT_OUT = Path("bench-results/vllm.json")
-WORDS = ["hot", "big", "fast", "happy", "open", "early", "light", "strong"]
-CLIENTS = (1, 8)
+CLIENTS = (1, 8, 32)
+COMPARED = (8, 32)  # client counts where vLLM is also measured against the transformers engine
+MAX_ROWS = max(CLIENTS)  # rows decoding at once, on both engines
+PROMPT_TASK = "antonyms"  # each client's query is one of this task's inputs, a different one per client
 SHOTS = 10
 FIRST_TOKEN_TASK = "antonyms"
 
@@ -147,8 +149,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run: few tokens, one repetition")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the JSON goes (the table beside it)")
     parser.add_argument("--eager", action="store_true", help="vLLM eager with Python hooks, not compiled")
+    parser.add_argument(
+        "--clients", type=_client_counts, default=CLIENTS, help="client counts to measure, e.g. 32 or 1,8,32"
+    )
+    parser.add_argument("--reps", type=int, help="repetitions (default: 5, or 1 with --quick)")
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
+    if args.reps is not None:
+        settings = replace(settings, reps=args.reps)
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # vLLM's workers share the cores with this process
     started_wall, started = time.time(), time.perf_counter()
     lm = load_model(args.model, dtype="float32")
@@ -162,18 +170,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             eos_ids=set(),
             fingerprint=lm.fingerprint,
             options=VllmOptions(
-                max_num_seqs=8, max_num_batched_tokens=512, kv_cache_bytes=512 << 20, enforce_eager=args.eager
+                max_num_seqs=MAX_ROWS, max_num_batched_tokens=512, kv_cache_bytes=512 << 20, enforce_eager=args.eager
             ),
         )
     )
 
     async def start_backend() -> ContinuousBackend:
-        backend = ContinuousBackend(engine, 8, 64, NoMetrics())
+        backend = ContinuousBackend(engine, MAX_ROWS, 4 * MAX_ROWS, NoMetrics())
         backend.start()
         return backend
 
     backend = loop.run_until_complete(start_backend())
-    prompts = [engine.encode(render_query(DEFAULT_TEMPLATE, f"{w}")) for w in WORDS]
+    prompts = [engine.encode(render_query(DEFAULT_TEMPLATE, d.input)) for d in load_task(PROMPT_TASK)[:MAX_ROWS]]
     steering = plans(lm)
 
     def requests(clients: int, terms: tuple[SteeringTerm, ...], tokens: int) -> list[GenerationRequest]:
@@ -197,9 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     samples: dict[str, dict[str, list[float]]] = {}
     with LoadSampler() as sampler:
-        for clients in CLIENTS:
+        for clients in args.clients:
             runs = {f"vllm {name}": per_token(on_vllm, clients, name) for name in steering}
-            if clients == 8:
+            if clients in COMPARED:
                 runs |= {f"transformers {name}": per_token(on_transformers, clients, name) for name in steering}
             samples[str(clients)] = interleaved(
                 runs, settings.reps, on_rep=lambda rep: print(f"  rep {rep}", flush=True)
@@ -230,9 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "duration_s": round(time.perf_counter() - started, 1),
             "settings": vars(settings)
             | {
-                "clients": CLIENTS,
-                "vllm_max_num_seqs": 8,
-                "transformers_max_batch": 8,
+                "clients": args.clients,
+                "vllm_max_num_seqs": MAX_ROWS,
+                "transformers_max_batch": MAX_ROWS,
                 "vllm_form": form,
             },
             "machine": machine_facts() | {"vllm": _vllm_version()},
@@ -321,6 +329,13 @@ def table(rows: list[dict[str, Any]], lm: LoadedModel, settings: Settings, durat
             f"{r['ms_per_token']:8.1f}  {r['tok_per_s']:5.1f}  {r['what']}"
         )
     return "\n".join(lines)
+
+
+def _client_counts(text: str) -> tuple[int, ...]:
+    counts = tuple(int(c) for c in text.split(","))
+    if not all(1 <= c <= MAX_ROWS for c in counts):
+        raise argparse.ArgumentTypeError(f"client counts go from 1 to {MAX_ROWS}")
+    return counts
 
 
 def _vllm_version() -> str:
