@@ -14,14 +14,11 @@ Run: `.venv-vllm/bin/python -m pytest -m vllm tests/test_vllm_compiled.py`.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from steering.generation.rows import GenerationRequest, GenerationResult
 from steering.generation.transformers.engine import Engine
-from steering.model.loading import LoadedModel
 from steering.steer.inject import SteeringTerm
 from steering.vectors.modes import MODE_NAMES
 from tests.vllm_fixtures import EAGER_OPTIONS, LONG, PROMPTS, TinyVllm, needs_vllm, random_vector, start_engine
@@ -29,16 +26,10 @@ from tests.vllm_fixtures import EAGER_OPTIONS, LONG, PROMPTS, TinyVllm, needs_vl
 pytestmark = [needs_vllm, pytest.mark.vllm]
 
 
-@dataclass(frozen=True)
-class Tiny:
-    folder: Path  # what vLLM loads
-    lm: LoadedModel  # the same weights on transformers: vectors' shapes, and prompts encoded
-    tokens: Engine
-
-
 @pytest.fixture(scope="module")
-def tiny(tiny_vllm: TinyVllm) -> Tiny:
-    return Tiny(tiny_vllm.folder, tiny_vllm.lm, tiny_vllm.reference)
+def tiny(tiny_vllm: TinyVllm) -> TinyVllm:
+    """The session's tiny llama: its folder, its weights on transformers (`lm`, `reference`), its eager engine."""
+    return tiny_vllm
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +49,7 @@ async def both(engines, req: GenerationRequest) -> tuple[GenerationResult, Gener
     return await eager.complete(req), await compiled.complete(req)
 
 
-def test_the_compiled_form_has_a_compile_cache_key_of_its_own(tiny: Tiny) -> None:
+def test_the_compiled_form_has_a_compile_cache_key_of_its_own(tiny: TinyVllm) -> None:
     """vLLM keys compiled artifacts by its config: the stock model's must never be loaded for the steered one."""
     from vllm.engine.arg_utils import EngineArgs
 
@@ -86,18 +77,18 @@ async def test_the_engines_run_the_forms_asked_for(engines) -> None:
 
 
 @pytest.mark.parametrize("mode", MODE_NAMES)
-async def test_compiled_steers_as_eager_in_every_mode(engines, tiny: Tiny, mode) -> None:
+async def test_compiled_steers_as_eager_in_every_mode(engines, tiny: TinyVllm, mode) -> None:
     """Greedy tokens equal token for token, one prefill chunk and several; and the steered row is not plain."""
     vector = random_vector(tiny.lm, mode, seed=3, scale=0.5)
     for prompt in (PROMPTS[3], LONG):
-        eager, compiled = await both(engines, request(tiny.tokens, prompt, [SteeringTerm(vector, 1.0)]))
+        eager, compiled = await both(engines, request(tiny.reference, prompt, [SteeringTerm(vector, 1.0)]))
         assert compiled.token_ids == eager.token_ids, prompt
-    plain = await engines[1].complete(request(tiny.tokens, PROMPTS[3]))
-    steered = await engines[1].complete(request(tiny.tokens, PROMPTS[3], [SteeringTerm(vector, 1.0)]))
+    plain = await engines[1].complete(request(tiny.reference, PROMPTS[3]))
+    steered = await engines[1].complete(request(tiny.reference, PROMPTS[3], [SteeringTerm(vector, 1.0)]))
     assert steered.token_ids != plain.token_ids, f"{mode} left the compiled row plain"
 
 
-async def test_compiled_mixed_batch_rows_equal_eager_solo_rows(engines, tiny: Tiny) -> None:
+async def test_compiled_mixed_batch_rows_equal_eager_solo_rows(engines, tiny: TinyVllm) -> None:
     """Rows with several tasks, layer overrides and negative strengths, beside plain rows, all in flight at once
     on the compiled engine, each equal to its eager solo run (more vectors than slots: columns are reused)."""
     vectors = {m: random_vector(tiny.lm, m, i + 40, scale=0.5) for i, m in enumerate(MODE_NAMES)}
@@ -110,32 +101,32 @@ async def test_compiled_mixed_batch_rows_equal_eager_solo_rows(engines, tiny: Ti
         [],
     ]
     prompts = [PROMPTS[0], PROMPTS[3], LONG, PROMPTS[2], PROMPTS[4], LONG]
-    requests = [request(tiny.tokens, p, plan, 6 + i) for i, (p, plan) in enumerate(zip(prompts, plans, strict=True))]
+    requests = [request(tiny.reference, p, plan, 6 + i) for i, (p, plan) in enumerate(zip(prompts, plans, strict=True))]
     eager, compiled = engines
     alone = [await eager.complete(r) for r in requests]
     together = await asyncio.gather(*(compiled.complete(r) for r in requests))
     assert [r.token_ids for r in together] == [r.token_ids for r in alone]
 
 
-async def test_strength_zero_compiled_is_plain_compiled(engines, tiny: Tiny) -> None:
+async def test_strength_zero_compiled_is_plain_compiled(engines, tiny: TinyVllm) -> None:
     """Also beside steered rows in the same forwards: the ops leave row-0 tokens exactly as they were."""
     compiled = engines[1]
     vector = random_vector(tiny.lm, "head_mix_answer", 1)
     steering = random_vector(tiny.lm, "add_all", 2)
     for prompt in (*PROMPTS[:3], LONG):
-        plain = await compiled.complete(request(tiny.tokens, prompt))
+        plain = await compiled.complete(request(tiny.reference, prompt))
         zero, _ = await asyncio.gather(
-            compiled.complete(request(tiny.tokens, prompt, [SteeringTerm(vector, 0.0)])),
-            compiled.complete(request(tiny.tokens, prompt, [SteeringTerm(steering, 1.0)])),
+            compiled.complete(request(tiny.reference, prompt, [SteeringTerm(vector, 0.0)])),
+            compiled.complete(request(tiny.reference, prompt, [SteeringTerm(steering, 1.0)])),
         )
         assert zero.token_ids == plain.token_ids, prompt
     sampled = dict(temperature=0.9, top_p=0.9, seed=7)
-    plain = await compiled.complete(request(tiny.tokens, PROMPTS[0], n=12, **sampled))
-    zero = await compiled.complete(request(tiny.tokens, PROMPTS[0], [SteeringTerm(vector, 0.0)], n=12, **sampled))
+    plain = await compiled.complete(request(tiny.reference, PROMPTS[0], n=12, **sampled))
+    zero = await compiled.complete(request(tiny.reference, PROMPTS[0], [SteeringTerm(vector, 0.0)], n=12, **sampled))
     assert zero.token_ids == plain.token_ids
 
 
-async def test_a_compiled_model_without_the_ops_is_refused(tiny: Tiny) -> None:
+async def test_a_compiled_model_without_the_ops_is_refused(tiny: TinyVllm) -> None:
     """vLLM compiled without the steering loader (hooks would be added after compiling, and skipped): the worker
     extension refuses to install rather than serve every row plain."""
     from vllm.engine.arg_utils import AsyncEngineArgs
