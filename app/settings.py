@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from steering.methods.auto_budget import DEFAULT_TIME_LIMIT_S
 from steering.model.loading import default_cache_dir
 
 
@@ -112,7 +113,7 @@ class Settings(BaseSettings):
     compute_patience_s: float = Field(
         2.0, description="A computation waiting this long for the model gets one slice even while generation is busy."
     )
-    compute_timeout_s: float = 1_800.0
+    compute_timeout_s: float = DEFAULT_TIME_LIMIT_S  # `auto` keeps its candidates within 5/6 of it
     max_attempts: int = Field(3, description="Computations of a task that may end with no outcome before it fails.")
     reconcile_interval_s: float = Field(10.0, description="How often each replica adopts tasks whose lock expired.")
 

@@ -21,7 +21,7 @@ from typing import Any
 # budget: the rest is the margin for a candidate that takes longer than its relative cost predicts, so the
 # task ends with the best candidate so far instead of failing at the limit.
 CEILING_SHARE = 5 / 6
-DEFAULT_TIME_LIMIT_S = 1800.0  # the server's default compute timeout, for a caller that sets no limit
+DEFAULT_TIME_LIMIT_S = 1800.0  # the server's default compute timeout (app/settings.py reads it from here)
 CEILING_S = DEFAULT_TIME_LIMIT_S * CEILING_SHARE
 
 
