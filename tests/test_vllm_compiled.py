@@ -27,12 +27,6 @@ pytestmark = [needs_vllm, pytest.mark.vllm]
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_vllm: TinyVllm) -> TinyVllm:
-    """The session's tiny llama: its folder, its weights on transformers (`lm`, `reference`), its eager engine."""
-    return tiny_vllm
-
-
-@pytest.fixture(scope="module")
 async def engines(tiny_vllm: TinyVllm):
     """The session's eager engine, and a compiled one started with the same options."""
     compiled = await start_engine(tiny_vllm.folder, tiny_vllm.lm, enforce_eager=False, **EAGER_OPTIONS)
@@ -49,14 +43,14 @@ async def both(engines, req: GenerationRequest) -> tuple[GenerationResult, Gener
     return await eager.complete(req), await compiled.complete(req)
 
 
-def test_the_compiled_form_has_a_compile_cache_key_of_its_own(tiny: TinyVllm) -> None:
+def test_the_compiled_form_has_a_compile_cache_key_of_its_own(tiny_vllm: TinyVllm) -> None:
     """vLLM keys compiled artifacts by its config: the stock model's must never be loaded for the steered one."""
     from vllm.engine.arg_utils import EngineArgs
 
     from steering.generation.vllm import graph_loader
 
     def config_hash(**extra: object) -> str:
-        args = EngineArgs(model=str(tiny.folder), dtype="float32", max_model_len=512, **extra)  # type: ignore[arg-type]
+        args = EngineArgs(model=str(tiny_vllm.folder), dtype="float32", max_model_len=512, **extra)  # type: ignore[arg-type]
         return args.create_engine_config().compute_hash()
 
     stock = config_hash()
@@ -77,21 +71,21 @@ async def test_the_engines_run_the_forms_asked_for(engines) -> None:
 
 
 @pytest.mark.parametrize("mode", MODE_NAMES)
-async def test_compiled_steers_as_eager_in_every_mode(engines, tiny: TinyVllm, mode) -> None:
+async def test_compiled_steers_as_eager_in_every_mode(engines, tiny_vllm: TinyVllm, mode) -> None:
     """Greedy tokens equal token for token, one prefill chunk and several; and the steered row is not plain."""
-    vector = random_vector(tiny.lm, mode, seed=3, scale=0.5)
+    vector = random_vector(tiny_vllm.lm, mode, seed=3, scale=0.5)
     for prompt in (PROMPTS[3], LONG):
-        eager, compiled = await both(engines, request(tiny.reference, prompt, [SteeringTerm(vector, 1.0)]))
+        eager, compiled = await both(engines, request(tiny_vllm.reference, prompt, [SteeringTerm(vector, 1.0)]))
         assert compiled.token_ids == eager.token_ids, prompt
-    plain = await engines[1].complete(request(tiny.reference, PROMPTS[3]))
-    steered = await engines[1].complete(request(tiny.reference, PROMPTS[3], [SteeringTerm(vector, 1.0)]))
+    plain = await engines[1].complete(request(tiny_vllm.reference, PROMPTS[3]))
+    steered = await engines[1].complete(request(tiny_vllm.reference, PROMPTS[3], [SteeringTerm(vector, 1.0)]))
     assert steered.token_ids != plain.token_ids, f"{mode} left the compiled row plain"
 
 
-async def test_compiled_mixed_batch_rows_equal_eager_solo_rows(engines, tiny: TinyVllm) -> None:
+async def test_compiled_mixed_batch_rows_equal_eager_solo_rows(engines, tiny_vllm: TinyVllm) -> None:
     """Rows with several tasks, layer overrides and negative strengths, beside plain rows, all in flight at once
     on the compiled engine, each equal to its eager solo run (more vectors than slots: columns are reused)."""
-    vectors = {m: random_vector(tiny.lm, m, i + 40, scale=0.5) for i, m in enumerate(MODE_NAMES)}
+    vectors = {m: random_vector(tiny_vllm.lm, m, i + 40, scale=0.5) for i, m in enumerate(MODE_NAMES)}
     plans = [
         [SteeringTerm(vectors["replace_last"], 0.8), SteeringTerm(vectors["add_all"], -0.6, (1,))],
         [],
@@ -101,32 +95,36 @@ async def test_compiled_mixed_batch_rows_equal_eager_solo_rows(engines, tiny: Ti
         [],
     ]
     prompts = [PROMPTS[0], PROMPTS[3], LONG, PROMPTS[2], PROMPTS[4], LONG]
-    requests = [request(tiny.reference, p, plan, 6 + i) for i, (p, plan) in enumerate(zip(prompts, plans, strict=True))]
+    requests = [
+        request(tiny_vllm.reference, p, plan, 6 + i) for i, (p, plan) in enumerate(zip(prompts, plans, strict=True))
+    ]
     eager, compiled = engines
     alone = [await eager.complete(r) for r in requests]
     together = await asyncio.gather(*(compiled.complete(r) for r in requests))
     assert [r.token_ids for r in together] == [r.token_ids for r in alone]
 
 
-async def test_strength_zero_compiled_is_plain_compiled(engines, tiny: TinyVllm) -> None:
+async def test_strength_zero_compiled_is_plain_compiled(engines, tiny_vllm: TinyVllm) -> None:
     """Also beside steered rows in the same forwards: the ops leave row-0 tokens exactly as they were."""
     compiled = engines[1]
-    vector = random_vector(tiny.lm, "head_mix_answer", 1)
-    steering = random_vector(tiny.lm, "add_all", 2)
+    vector = random_vector(tiny_vllm.lm, "head_mix_answer", 1)
+    steering = random_vector(tiny_vllm.lm, "add_all", 2)
     for prompt in (*PROMPTS[:3], LONG):
-        plain = await compiled.complete(request(tiny.reference, prompt))
+        plain = await compiled.complete(request(tiny_vllm.reference, prompt))
         zero, _ = await asyncio.gather(
-            compiled.complete(request(tiny.reference, prompt, [SteeringTerm(vector, 0.0)])),
-            compiled.complete(request(tiny.reference, prompt, [SteeringTerm(steering, 1.0)])),
+            compiled.complete(request(tiny_vllm.reference, prompt, [SteeringTerm(vector, 0.0)])),
+            compiled.complete(request(tiny_vllm.reference, prompt, [SteeringTerm(steering, 1.0)])),
         )
         assert zero.token_ids == plain.token_ids, prompt
     sampled = dict(temperature=0.9, top_p=0.9, seed=7)
-    plain = await compiled.complete(request(tiny.reference, PROMPTS[0], n=12, **sampled))
-    zero = await compiled.complete(request(tiny.reference, PROMPTS[0], [SteeringTerm(vector, 0.0)], n=12, **sampled))
+    plain = await compiled.complete(request(tiny_vllm.reference, PROMPTS[0], n=12, **sampled))
+    zero = await compiled.complete(
+        request(tiny_vllm.reference, PROMPTS[0], [SteeringTerm(vector, 0.0)], n=12, **sampled)
+    )
     assert zero.token_ids == plain.token_ids
 
 
-async def test_a_compiled_model_without_the_ops_is_refused(tiny: TinyVllm) -> None:
+async def test_a_compiled_model_without_the_ops_is_refused(tiny_vllm: TinyVllm) -> None:
     """vLLM compiled without the steering loader (hooks would be added after compiling, and skipped): the worker
     extension refuses to install rather than serve every row plain."""
     from vllm.engine.arg_utils import AsyncEngineArgs
@@ -135,7 +133,7 @@ async def test_a_compiled_model_without_the_ops_is_refused(tiny: TinyVllm) -> No
     from steering.generation.vllm.engine import WORKER_EXTENSION
 
     args = AsyncEngineArgs(
-        model=str(tiny.folder),
+        model=str(tiny_vllm.folder),
         dtype="float32",
         max_model_len=512,
         kv_cache_memory_bytes=64 << 20,

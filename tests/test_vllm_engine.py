@@ -230,9 +230,7 @@ async def test_tensor_parallel_2_gives_the_tokens_of_1(vllm, folder: Path, refer
     vectors = {m: random_vector(lm, m, seed=3, scale=0.5) for m in MODE_NAMES}
     plans: list[list[SteeringTerm]] = [[], *([SteeringTerm(v, 1.0)] for v in vectors.values())]
     plans.append([SteeringTerm(vectors["head_mix_answer"], 0.7), SteeringTerm(vectors["add_from_last"], -0.5)])
-    tp2 = await start_engine(
-        folder, lm, max_num_batched_tokens=CHUNK_TOKENS, block_size=32, max_slots=4, tensor_parallel_size=2
-    )
+    tp2 = await start_engine(folder, lm, **EAGER_OPTIONS, tensor_parallel_size=2)  # as this module's engine
     try:
         for plan in plans:
             requests = [request(reference, prompt, plan) for prompt in (PROMPTS[3], LONG)]
