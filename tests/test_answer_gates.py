@@ -9,7 +9,7 @@ import torch
 from steering.generation.rows import GenerationRequest
 from steering.generation.transformers.engine import Engine
 from steering.methods import compute_vector
-from steering.methods.capture import LastTokenRunner, answer_head_means, encode, next_token_logprobs
+from steering.methods.capture import LastTokenRunner, encode, head_means, last_token_activations, next_token_logprobs
 from steering.methods.soft_injection import ANSWER_SCALES, CLOSED
 from steering.model.loading import LoadedModel, load_model
 from steering.steer.inject import BatchSteering, SteeringTerm
@@ -78,10 +78,22 @@ def test_training_sees_the_answer_mix_where_generation_applies_it(tiny: LoadedMo
         torch.testing.assert_close(got[row, : len(answer) + 1], full, atol=1e-4, rtol=1e-4)
 
 
+def test_head_means_at_the_last_token_are_those_of_the_prompts_alone(tiny: LoadedModel) -> None:
+    """Read in one pass with the answers after them, the last prompt tokens' head means are what the prompts
+    alone give, at any batching."""
+    answers = [[5, 9, 13], [7], [11, 3], [4, 4]]
+    alone = last_token_activations(tiny, QUERIES, heads=True)["heads"].mean(0)
+    assert head_means(tiny, QUERIES).answer is None
+    for batch_size in (1, 3, 16):
+        torch.testing.assert_close(head_means(tiny, QUERIES, batch_size=batch_size).last, alone, atol=1e-5, rtol=1e-4)
+        read = head_means(tiny, QUERIES, answers, batch_size=batch_size)
+        torch.testing.assert_close(read.last, alone, atol=1e-5, rtol=1e-4)
+
+
 def test_answer_head_means_do_not_depend_on_batching(tiny: LoadedModel) -> None:
     answers = [[5, 9, 13], [7], [11, 3], [4, 4]]
-    together = answer_head_means(tiny, QUERIES, answers, batch_size=16)
-    one_by_one = answer_head_means(tiny, QUERIES, answers, batch_size=1)
+    together = head_means(tiny, QUERIES, answers, batch_size=16).answer
+    one_by_one = head_means(tiny, QUERIES, answers, batch_size=1).answer
     arch = tiny.arch
     assert together.shape == (arch.num_layers, arch.num_heads, arch.head_dim)
     torch.testing.assert_close(together, one_by_one, atol=1e-5, rtol=1e-4)

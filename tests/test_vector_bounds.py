@@ -24,7 +24,7 @@ from safetensors.torch import save as st_save
 
 from app.store import TaskRecord
 from steering.methods import compute_vector
-from steering.methods.capture import activation_scale, answer_head_means
+from steering.methods.capture import activation_scale, head_means
 from steering.model.loading import LoadedModel, load_model
 from steering.vectors.errors import VectorImportError
 from steering.vectors.export import export_gguf
@@ -233,7 +233,7 @@ def with_answer_mix(lm: LoadedModel, vector: TaskVector) -> TaskVector:
     answers = [lm.tokenizer(f" {b}", add_special_tokens=False)["input_ids"] for _, b in ANTONYMS]
     tensors = {
         **vector.tensors,
-        "answer_head_means": answer_head_means(lm, prompts, answers),
+        "answer_head_means": head_means(lm, prompts, answers).answer,
         "answer_gate_logits": torch.zeros_like(vector.tensors["gate_logits"]),
     }
     return TaskVector(vector.method, "head_mix_answer", tensors, vector.layers, 1.0, vector.fingerprint)

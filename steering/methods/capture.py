@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -105,32 +106,52 @@ def activation_scale(lm: LoadedModel, text: str = NEUTRAL_TEXT) -> ActivationSca
     )
 
 
-def answer_head_means(
-    lm: LoadedModel, prompts: Sequence[str], answers: Sequence[Sequence[int]], *, batch_size: int = 16
-) -> Tensor:
-    """Every head's mean output [layers, heads, head_dim] over the answer tokens of prompts followed by their
-    answers (token ids, teacher forced): at each answer token the model writes the next one, or the answer's end.
-    """
+@dataclass(frozen=True)
+class HeadMeans:
+    """Every head's mean output [layers, heads, head_dim] over a set of prompts."""
+
+    last: Tensor  # at each prompt's last token
+    answer: Tensor | None  # over the answer tokens after it (teacher forced), when answers were given
+
+
+def head_means(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    answers: Sequence[Sequence[int]] | None = None,
+    *,
+    batch_size: int = 16,
+) -> HeadMeans:
+    """Every head's mean output (the out-projection's input) at the last token of each prompt and, given each
+    prompt's answer (token ids), over the answer's tokens, teacher forced in the same pass: at each answer token
+    the model writes the next one, or the answer's end. Causal attention keeps the last prompt token's outputs
+    what they are without the answer, so one pass reads both."""
     arch = lm.arch
-    sequences = [ids + list(answer) for ids, answer in zip(encode(lm, prompts), answers, strict=True)]
-    total: Tensor | None = None
-    count = 0
+    tails = [list(a) for a in answers] if answers is not None else [[] for _ in prompts]
+    sequences = [ids + tail for ids, tail in zip(encode(lm, prompts), tails, strict=True)]
+    last_sum = torch.zeros(arch.num_layers, arch.num_heads * arch.head_dim)
+    answer_sum = torch.zeros_like(last_sum)
+    answer_count = 0
     for part in _chunks(len(sequences), batch_size):
         ids, mask = left_pad(sequences[part], _pad_id(lm), lm.device)
-        width = max(len(a) for a in answers[part])
-        # Left padding aligns every sequence's end: a row's answer is its last len(answer) positions.
-        in_answer = torch.tensor(
-            [[0] * (width - len(a)) + [1] * len(a) for a in answers[part]], device=lm.device, dtype=torch.float32
-        )
+        lengths = [len(t) for t in tails[part]]
+        width = max(lengths) + 1
+        # Left padding aligns every sequence's end: a row's answer is its last len(answer) positions, and its last
+        # prompt token the position before them.
+        at_last = torch.tensor([[float(i == width - 1 - n) for i in range(width)] for n in lengths])
+        in_answer = torch.tensor([[float(i >= width - n) for i in range(width)] for n in lengths])
         store: dict[str, list[Tensor]] = {"heads": []}
         with lm.lock, torch.inference_mode(), _recording(lm, store, heads=True, residual=False, width=width):
             lm.model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), logits_to_keep=1)
-        summed = torch.stack([(h * in_answer[..., None]).sum((0, 1)) for h in store["heads"]]).cpu()
-        total = summed if total is None else total + summed
-        count += int(in_answer.sum())
-    if total is None or count == 0:
-        raise ValueError("answer_head_means needs at least one answer token")
-    return (total / count).reshape(arch.num_layers, arch.num_heads, arch.head_dim)
+        per_layer = torch.stack(store["heads"]).cpu()  # [layers, rows, width, heads * head_dim]
+        last_sum += (per_layer * at_last[None, ..., None]).sum((1, 2))
+        answer_sum += (per_layer * in_answer[None, ..., None]).sum((1, 2))
+        answer_count += sum(lengths)
+    shape = (arch.num_layers, arch.num_heads, arch.head_dim)
+    if answers is None:
+        return HeadMeans(last=(last_sum / max(len(prompts), 1)).reshape(shape), answer=None)
+    if answer_count == 0:
+        raise ValueError("head_means needs at least one answer token when answers are given")
+    return HeadMeans(last=(last_sum / len(prompts)).reshape(shape), answer=(answer_sum / answer_count).reshape(shape))
 
 
 def next_token_logprobs(

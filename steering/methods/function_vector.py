@@ -22,7 +22,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from steering.methods.capture import LastTokenRunner, last_token_activations
+from steering.methods.capture import LastTokenRunner, head_means
 from steering.methods.common import (
     Candidate,
     DevSet,
@@ -117,7 +117,7 @@ def compute(job: Job, options: dict) -> TaskVector:
     lm, template = job.lm, job.template
     split = split_demonstrations(job.demonstrations, opts.dev_fraction, opts.seed)
     job.report(stage="reading head activations")
-    means = last_token_activations(lm, few_shot_prompts(job, split.train, opts), heads=True)["heads"].mean(0)
+    means = head_means(lm, few_shot_prompts(job, split.train, opts)).last
 
     rng = random.Random(opts.seed + 2)
     queries = [rng.choice(split.train) for _ in range(opts.num_corrupted)]

@@ -12,9 +12,9 @@ chosen by held-out exact match. Head means come from 50 prompts of 10 demonstrat
 The paper injects at the last prompt token only, which sets the answer's first token: after it, nothing
 holds the model to the task, and longer answers drift (`frog, frog, frog` for a reversed list). When some
 demonstrated answers are longer than one token (`answer_gates`), a second set of head means is read at the
-answer tokens of the same few-shot prompts (teacher forced), and a second set of gates, trained on the
-answer's later tokens and its end with the first set fixed, mixes them in at every token after the last
-prompt token (mode `head_mix_answer`). They are kept only when they raise held-out exact match.
+answer tokens of the same few-shot prompts (teacher forced, in the same forward pass), and a second set of
+gates, trained on the answer's later tokens and its end with the first set fixed, mixes them in at every token
+after the last prompt token (mode `head_mix_answer`). They are kept only when they raise held-out exact match.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from steering.methods.capture import answer_head_means, last_token_activations
+from steering.methods.capture import head_means
 from steering.methods.common import (
     Candidate,
     Choice,
@@ -174,15 +174,12 @@ def _first_token_stage(
 
 
 def _answer_vectors(
-    job: Job, opts: SoftInjectionOptions, batches: QuerySplit, examples: tuple[list[str], list], vector: TaskVector
+    job: Job, opts: SoftInjectionOptions, batches: QuerySplit, answer_means: Tensor, vector: TaskVector
 ) -> tuple[list[TaskVector], dict[str, Any]]:
-    """Head means at the answer tokens and gates trained on the answer's later tokens, the first gates fixed at
-    the chosen strength: one `head_mix_answer` vector per share in `ANSWER_SCALES`."""
-    lm, template, layers = job.lm, job.template, list(vector.layers)
+    """Gates trained on the answer's later tokens over the head means at the answer tokens, the first gates fixed
+    at the chosen strength: one `head_mix_answer` vector per share in `ANSWER_SCALES`."""
+    lm, layers = job.lm, list(vector.layers)
     strength = vector.default_strength
-    job.report(stage="reading answer activations")
-    prompts, queries = examples
-    answer_means = answer_head_means(lm, prompts, [answer_ids(lm, template, q) for q in queries])
     answer_means = answer_means.to(lm.device, lm.dtype)
     first = torch.sigmoid(vector.tensors["gate_logits"][layers]).to(lm.device) * strength
     means = vector.tensors["head_means"].to(lm.device, lm.dtype)
@@ -211,11 +208,17 @@ def _answer_vectors(
 
 
 def _with_answer_gates(
-    job: Job, opts: SoftInjectionOptions, batches: QuerySplit, dev: DevSet, examples, vector: TaskVector, chosen: Choice
+    job: Job,
+    opts: SoftInjectionOptions,
+    batches: QuerySplit,
+    dev: DevSet,
+    answer_means: Tensor,
+    vector: TaskVector,
+    chosen: Choice,
 ) -> tuple[TaskVector, Choice, dict[str, Any]]:
     """The vector with answer gates when they raise held-out exact match over `chosen`; else `vector` as it is.
     `batches` predict whole answers."""
-    vectors, report = _answer_vectors(job, opts, batches, examples, vector)
+    vectors, report = _answer_vectors(job, opts, batches, answer_means, vector)
     job.report(stage="choosing answer gates")
     exact = {0.0: chosen.exact}
     for share, candidate in zip(ANSWER_SCALES, vectors, strict=True):
@@ -236,9 +239,11 @@ def compute(job: Job, options: dict) -> TaskVector:
     layers = _check_layers(opts.layers, arch.num_layers)
     split = split_demonstrations(job.demonstrations, opts.dev_fraction, opts.seed)
     job.report(stage="reading activations")
-    examples = few_shot_examples(job, split.train, opts)
-    heads = last_token_activations(lm, examples[0], heads=True)["heads"]
-    means = heads.mean(0).to(lm.device, lm.dtype)  # [layers, heads, head_dim]
+    prompts, queries = few_shot_examples(job, split.train, opts)
+    answer_stage = opts.answer_gates and any(len(answer_ids(lm, job.template, d)) > 1 for d in split.train)
+    # The answer gates' means come from the answers after the same prompts, read in the same pass.
+    read = head_means(lm, prompts, [answer_ids(lm, job.template, q) for q in queries] if answer_stage else None)
+    means = read.last.to(lm.device, lm.dtype)  # [layers, heads, head_dim]
     job.check()
     job.report(stage="caching queries")
     whole = opts.answer_tokens == "all"
@@ -255,9 +260,9 @@ def compute(job: Job, options: dict) -> TaskVector:
     chosen = by_exact_match(job, dev, candidates, choose(job, dev, candidates))
     vector.default_strength = chosen.candidate.params["strength"]
     extra: dict[str, Any] = {}
-    if opts.answer_gates and any(len(answer_ids(lm, job.template, d)) > 1 for d in split.train):
+    if read.answer is not None:
         answer_batches = batches if whole else _query_split(job, opts, split, whole=True)  # the same when whole
-        vector, chosen, extra = _with_answer_gates(job, opts, answer_batches, dev, examples, vector, chosen)
+        vector, chosen, extra = _with_answer_gates(job, opts, answer_batches, dev, read.answer, vector, chosen)
     return finish(
         vector, job, dev, split, chosen, strength_scan=chosen.table, **_summary(training, gate_logits, layers), **extra
     )
