@@ -21,7 +21,16 @@ from steering.generation.rows import GenerationRequest, GenerationResult
 from steering.generation.transformers.engine import Engine
 from steering.steer.inject import SteeringTerm
 from steering.vectors.modes import MODE_NAMES
-from tests.vllm_fixtures import EAGER_OPTIONS, LONG, PROMPTS, TinyVllm, needs_vllm, random_vector, start_engine
+from tests.vllm_fixtures import (
+    EAGER_OPTIONS,
+    LONG,
+    PROMPTS,
+    TinyVllm,
+    every_mode_plans,
+    needs_vllm,
+    random_vector,
+    start_engine,
+)
 
 pytestmark = [needs_vllm, pytest.mark.vllm]
 
@@ -122,6 +131,24 @@ async def test_strength_zero_compiled_is_plain_compiled(engines, tiny_vllm: Tiny
         request(tiny_vllm.reference, PROMPTS[0], [SteeringTerm(vector, 0.0)], n=12, **sampled)
     )
     assert zero.token_ids == plain.token_ids
+
+
+@pytest.mark.slow
+async def test_compiled_tensor_parallel_2_gives_the_tokens_of_eager_1(tiny_vllm: TinyVllm) -> None:
+    """Two compiled ranks, each with the ops on its 2 of the 4 heads (its slice of every per-head table), against
+    the session's eager single rank: plain, every mode and two tasks at once, over one and several prefill
+    chunks."""
+    lm = tiny_vllm.lm
+    tp2 = await start_engine(tiny_vllm.folder, lm, enforce_eager=False, tensor_parallel_size=2, **EAGER_OPTIONS)
+    try:
+        assert [info["form"] for info in await tp2.llm.collective_rpc("steer_install", args=(4,))] == ["compiled"] * 2
+        for plan in every_mode_plans(lm):
+            for prompt in (PROMPTS[3], LONG):
+                req = request(tiny_vllm.reference, prompt, plan)
+                two, one = await tp2.complete(req), await tiny_vllm.engine.complete(req)
+                assert two.token_ids == one.token_ids, [t.vector.mode for t in plan]
+    finally:
+        tp2.close()
 
 
 async def test_a_compiled_model_without_the_ops_is_refused(tiny_vllm: TinyVllm) -> None:

@@ -28,7 +28,16 @@ from steering.generation.transformers.engine import Engine
 from steering.model.loading import LoadedModel
 from steering.steer.inject import SteeringError, SteeringTerm
 from steering.vectors.modes import MODE_NAMES
-from tests.vllm_fixtures import EAGER_OPTIONS, LONG, PROMPTS, TinyVllm, needs_vllm, random_vector, start_engine
+from tests.vllm_fixtures import (
+    EAGER_OPTIONS,
+    LONG,
+    PROMPTS,
+    TinyVllm,
+    every_mode_plans,
+    needs_vllm,
+    random_vector,
+    start_engine,
+)
 
 pytestmark = [needs_vllm, pytest.mark.vllm]
 
@@ -227,12 +236,9 @@ async def test_stop_strings_and_cancel(vllm, reference: Engine) -> None:
 async def test_tensor_parallel_2_gives_the_tokens_of_1(vllm, folder: Path, reference: Engine, lm: LoadedModel) -> None:
     """Two ranks, each with 2 of the 4 heads (and its slice of every per-head vector), against this module's
     single rank: plain, every mode, and two tasks at once, over one and several prefill chunks."""
-    vectors = {m: random_vector(lm, m, seed=3, scale=0.5) for m in MODE_NAMES}
-    plans: list[list[SteeringTerm]] = [[], *([SteeringTerm(v, 1.0)] for v in vectors.values())]
-    plans.append([SteeringTerm(vectors["head_mix_answer"], 0.7), SteeringTerm(vectors["add_from_last"], -0.5)])
     tp2 = await start_engine(folder, lm, **EAGER_OPTIONS, tensor_parallel_size=2)  # as this module's engine
     try:
-        for plan in plans:
+        for plan in every_mode_plans(lm):
             requests = [request(reference, prompt, plan) for prompt in (PROMPTS[3], LONG)]
             one = await asyncio.gather(*(solo(vllm, r) for r in requests))
             two = await asyncio.gather(*(solo(tp2, r) for r in requests))
