@@ -144,14 +144,16 @@ def head_means(
             lm.model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), logits_to_keep=1)
         per_layer = torch.stack(store["heads"]).cpu()  # [layers, rows, width, heads * head_dim]
         last_sum += (per_layer * at_last[None, ..., None]).sum((1, 2))
-        answer_sum += (per_layer * in_answer[None, ..., None]).sum((1, 2))
-        answer_count += sum(lengths)
+        if answers is not None:
+            answer_sum += (per_layer * in_answer[None, ..., None]).sum((1, 2))
+            answer_count += sum(lengths)
     shape = (arch.num_layers, arch.num_heads, arch.head_dim)
+    last = (last_sum / max(len(prompts), 1)).reshape(shape)
     if answers is None:
-        return HeadMeans(last=(last_sum / max(len(prompts), 1)).reshape(shape), answer=None)
+        return HeadMeans(last=last, answer=None)
     if answer_count == 0:
         raise ValueError("head_means needs at least one answer token when answers are given")
-    return HeadMeans(last=(last_sum / len(prompts)).reshape(shape), answer=(answer_sum / answer_count).reshape(shape))
+    return HeadMeans(last=last, answer=(answer_sum / answer_count).reshape(shape))
 
 
 def next_token_logprobs(
