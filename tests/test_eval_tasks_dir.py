@@ -14,17 +14,22 @@ from steering.eval.task_source import UNSEEN_DIR, available_tasks, load_eval_tas
 from steering.tasks.datasets import task_names
 from steering.wire.protocol import Demonstration
 
+UNSEEN_SETS = (UNSEEN_DIR, UNSEEN_DIR.parent / "unseen_2")  # the second set was set aside for issue 22's round 4
 
-def test_the_unseen_tasks_are_not_packaged_tasks() -> None:
-    unseen = available_tasks(UNSEEN_DIR)
-    assert len(unseen) >= 6
-    assert not set(unseen) & set(task_names())
+
+def test_the_unseen_tasks_are_not_packaged_tasks_nor_in_two_sets() -> None:
+    first, second = (set(available_tasks(folder)) for folder in UNSEEN_SETS)
+    assert len(first) >= 6 and len(second) >= 4
+    assert not (first | second) & set(task_names())
+    assert not first & second
     assert available_tasks(None) == task_names()
 
 
-@pytest.mark.parametrize("name", available_tasks(UNSEEN_DIR))
-def test_each_unseen_task_has_unique_inputs_and_room_for_the_default_split(name: str) -> None:
-    items = load_eval_task(name, UNSEEN_DIR)
+@pytest.mark.parametrize(
+    ("folder", "name"), [(folder, name) for folder in UNSEEN_SETS for name in available_tasks(folder)]
+)
+def test_each_unseen_task_has_unique_inputs_and_room_for_the_default_split(folder: Path, name: str) -> None:
+    items = load_eval_task(name, folder)
     assert len(items) >= 60  # 40 demonstrations + 20 test items
     assert len({d.input for d in items}) == len(items)
 
