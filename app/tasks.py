@@ -19,7 +19,7 @@ from app.settings import Settings
 from app.store import NameTaken, StoreUnavailable, TaskRecord, TaskStore
 from app.vector_cache import VectorCache
 from app.worker import VectorWorker
-from steering.methods import options_model
+from steering.methods import PREFIX_METHODS, options_model
 from steering.model.loading import LoadedModel
 from steering.steer.inject import SteeringTerm
 from steering.tasks.templates import DEFAULT_TEMPLATE, NoChatTemplate, chat_template
@@ -108,7 +108,19 @@ class TaskService:
         except (ValidationError, TypeError) as exc:
             raise ApiErrors.INVALID_OPTIONS(reason=_options_message(exc)) from None
         self._check_options(options)
+        if self.settings.engine != "transformers":
+            self._check_served(body, options)
         return options
+
+    def _check_served(self, body: TaskCreate, options: dict) -> None:
+        """Only the transformers engine serves KV prefixes: a method that makes one is refused, and `auto` leaves
+        it out of its default candidates (`options` is changed in place); named as a candidate, it is refused."""
+        named = options["candidates"] if body.method == "auto" and "candidates" in body.options else [body.method]
+        for method in named:
+            if method in PREFIX_METHODS:
+                raise ApiErrors.METHOD_NOT_SERVED(method=quoted(method), engine=self.settings.engine)
+        if body.method == "auto" and "candidates" not in body.options:
+            options["candidates"] = [m for m in options["candidates"] if m not in PREFIX_METHODS]
 
     def _check_options(self, options: dict, where: str = "options") -> None:
         """Layers and strengths fixed in the options (at any depth, e.g. auto's per-method options) obey the

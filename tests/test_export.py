@@ -182,6 +182,7 @@ METHOD_OPTIONS = {
     "task_vector": FAST,
     "function_vector": {**FAST, "num_corrupted": 2},
     "soft_injection": {**FAST, "steps": 2, "eval_every": 1, "batch_size": 4},
+    "context_tuning": {"k_shot": 2, "epochs": 1},
     "icv": FAST,
     "contrastive": FAST,
 }

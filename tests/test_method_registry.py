@@ -24,7 +24,7 @@ def test_every_wire_method_is_declared_by_its_module_in_wire_order() -> None:
 def test_style_and_auto_candidates_come_from_the_specs() -> None:
     assert sorted(registry.STYLE_METHODS) == ["contrastive", "icv"]
     assert registry.STYLE_METHODS == verdict.STYLE_METHODS  # the verdict's own list (a lower layer) agrees
-    assert registry.auto_candidates() == ["task_vector", "function_vector", "soft_injection"]
+    assert registry.auto_candidates() == ["task_vector", "function_vector", "soft_injection", "context_tuning"]
 
 
 def test_a_new_method_is_found_from_its_module_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

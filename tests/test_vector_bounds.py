@@ -216,13 +216,21 @@ def norm_ratio(vector: TaskVector, scale: ActivationScale) -> float:
         if reference is not None:
             norms = tensor.double().norm(dim=-1)
             ratios.append(float(((norms if norms.dim() == 1 else norms.amax(-1)) / reference.double()).max()))
-    return max(ratios)
+    return max(ratios, default=0.0)  # a KV prefix holds no activation row: `check_norms` bounds none of it
 
 
-METHODS: tuple[VectorMethod, ...] = ("icv", "task_vector", "function_vector", "soft_injection", "contrastive")
+METHODS: tuple[VectorMethod, ...] = (
+    "icv",
+    "task_vector",
+    "function_vector",
+    "soft_injection",
+    "context_tuning",
+    "contrastive",
+)
 # Soft injection trains few steps; the others steer layer 1, which a GGUF control vector can hold (not layer 0).
 FAST_OPTIONS: dict[str, dict[str, Any]] = {
     "soft_injection": {"steps": 12, "num_prompts": 6, "k_shot": 3},
+    "context_tuning": {"k_shot": 2, "epochs": 2},
     **{method: {"layer": 1} for method in ("icv", "task_vector", "function_vector", "contrastive")},
 }
 

@@ -62,6 +62,7 @@ class Dims:
     hidden_size: int = 16
     num_heads: int = 2
     head_dim: int = 8
+    num_kv_heads: int = 1
 
 
 DIMS = Dims()

@@ -20,7 +20,7 @@ import pytest
 from steering.generation.rows import GenerationRequest, GenerationResult
 from steering.generation.transformers.engine import Engine
 from steering.steer.inject import SteeringTerm
-from steering.vectors.modes import MODE_NAMES
+from steering.vectors.modes import ACTIVATION_MODE_NAMES
 from tests.vllm_fixtures import (
     EAGER_OPTIONS,
     LONG,
@@ -79,7 +79,7 @@ async def test_the_engines_run_the_forms_asked_for(engines) -> None:
     assert [info["form"] for info in await eager.llm.collective_rpc("steer_install", args=(4,))] == ["eager"]
 
 
-@pytest.mark.parametrize("mode", MODE_NAMES)
+@pytest.mark.parametrize("mode", ACTIVATION_MODE_NAMES)
 async def test_compiled_steers_as_eager_in_every_mode(engines, tiny_vllm: TinyVllm, mode) -> None:
     """Greedy tokens equal token for token, one prefill chunk and several; and the steered row is not plain."""
     vector = random_vector(tiny_vllm.lm, mode, seed=3, scale=0.5)
@@ -94,7 +94,7 @@ async def test_compiled_steers_as_eager_in_every_mode(engines, tiny_vllm: TinyVl
 async def test_compiled_mixed_batch_rows_equal_eager_solo_rows(engines, tiny_vllm: TinyVllm) -> None:
     """Rows with several tasks, layer overrides and negative strengths, beside plain rows, all in flight at once
     on the compiled engine, each equal to its eager solo run (more vectors than slots: columns are reused)."""
-    vectors = {m: random_vector(tiny_vllm.lm, m, i + 40, scale=0.5) for i, m in enumerate(MODE_NAMES)}
+    vectors = {m: random_vector(tiny_vllm.lm, m, i + 40, scale=0.5) for i, m in enumerate(ACTIVATION_MODE_NAMES)}
     plans = [
         [SteeringTerm(vectors["replace_last"], 0.8), SteeringTerm(vectors["add_all"], -0.6, (1,))],
         [],

@@ -28,7 +28,7 @@ from steering.methods.capture import last_token_activations
 from steering.model.loading import LoadedModel
 from steering.tasks.datasets import load_task, split_task
 from steering.tasks.templates import DEFAULT_TEMPLATE, render_example, render_query
-from steering.vectors.modes import MODE_NAMES
+from steering.vectors.modes import ACTIVATION_MODE_NAMES
 from steering.vectors.task_vector import TaskVector
 from tests.conftest import ServerProcess, start_server
 from tests.vllm_fixtures import needs_vllm
@@ -89,7 +89,7 @@ def vectors_per_mode(lm: LoadedModel) -> tuple[list[str], dict[str, TaskVector]]
         "head_mix_last": vector("head_mix_last", 1.0, every_layer, **heads),
         "head_mix_answer": vector("head_mix_answer", 1.0, every_layer, **answer_heads),
     }
-    assert set(vectors) == set(MODE_NAMES)
+    assert set(vectors) == set(ACTIVATION_MODE_NAMES)
     return [d.input for d in test], vectors
 
 
@@ -161,3 +161,19 @@ def test_bad_steering_references_are_4xx_and_fail_alone(
         responses = post_all(url, "/v1/generate", [good, {**good, "steering": [entry]}])
         assert responses[0].status_code == 200 and responses[0].json()["text"] == alone
         assert responses[1].status_code == status, responses[1].text
+
+
+def test_a_vllm_server_neither_computes_nor_serves_kv_prefixes(servers: dict[str, ServerProcess]) -> None:
+    """`context_tuning` makes KV prefixes, which vLLM cannot hold: refused by name (as a method and as `auto`'s
+    candidate) and left out of `auto`'s default candidates (an imported prefix is refused per request: the engine's
+    `test_bad_references_fail_alone`)."""
+    url = servers["vllm"].url
+    demos = [{"input": a, "output": b} for a, b in (("hot", "cold"), ("big", "small"), ("up", "down"))]
+    for body in ({"method": "context_tuning"}, {"method": "auto", "options": {"candidates": ["context_tuning"]}}):
+        refused = httpx.post(f"{url}/v1/tasks", json={**body, "demonstrations": demos}, timeout=60)
+        assert refused.status_code == 422 and refused.json()["error"]["type"] == "method_not_served", refused.text
+    created = httpx.post(f"{url}/v1/tasks", json={"method": "auto", "demonstrations": demos}, timeout=60)
+    assert created.status_code in (200, 201, 202), created.text
+    info = httpx.get(f"{url}/v1/tasks/{created.json()['id']}", timeout=60).json()
+    assert "context_tuning" not in info["options"]["candidates"] and info["options"]["candidates"]
+    httpx.delete(f"{url}/v1/tasks/{created.json()['id']}", timeout=60)

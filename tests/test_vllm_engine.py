@@ -27,7 +27,7 @@ from steering.generation.rows import GenerationRequest, GenerationResult
 from steering.generation.transformers.engine import Engine
 from steering.model.loading import LoadedModel
 from steering.steer.inject import SteeringError, SteeringTerm
-from steering.vectors.modes import MODE_NAMES
+from steering.vectors.modes import ACTIVATION_MODE_NAMES
 from tests.vllm_fixtures import (
     EAGER_OPTIONS,
     LONG,
@@ -88,7 +88,7 @@ async def test_plain_vllm_equals_the_transformers_engine_and_strength_zero_is_pl
     assert zero.token_ids == plain.token_ids
 
 
-@pytest.mark.parametrize("mode", MODE_NAMES)
+@pytest.mark.parametrize("mode", ACTIVATION_MODE_NAMES)
 async def test_every_mode_steers_as_the_transformers_engine(vllm, reference: Engine, lm: LoadedModel, mode) -> None:
     """Greedy tokens equal the transformers engine's, token for token, for every mode (tolerance: none)."""
     vector = random_vector(lm, mode, seed=3, scale=0.5)
@@ -101,7 +101,7 @@ async def test_every_mode_steers_as_the_transformers_engine(vllm, reference: Eng
 
 
 async def test_mixed_batch_rows_equal_their_solo_runs(vllm, reference: Engine, lm: LoadedModel) -> None:
-    vectors = {m: random_vector(lm, m, i, scale=0.5) for i, m in enumerate(MODE_NAMES)}
+    vectors = {m: random_vector(lm, m, i, scale=0.5) for i, m in enumerate(ACTIVATION_MODE_NAMES)}
     plans = [
         [SteeringTerm(vectors["replace_last"], 0.8)],
         [],
@@ -183,6 +183,7 @@ async def test_bad_references_fail_alone(vllm, reference: Engine, lm: LoadedMode
         (SteeringTerm(wrong_model, 1.0), "computed on model"),
         (SteeringTerm(wrong_shape, 1.0), "shape"),
         (SteeringTerm(random_vector(lm, "add_all", 4), 1.0, (99,)), "out of range"),
+        (SteeringTerm(random_vector(lm, "kv_prefix", 6), 1.0), "transformers engine"),  # a KV prefix is not served
     ]
     for term, message in bad_terms:
         outcome = await asyncio.gather(

@@ -16,7 +16,7 @@ from steering.generation.vllm.graph_steering import GraphSteering
 from steering.generation.vllm.plan import PlannedTerm, encode_plan
 from steering.generation.vllm.token_steering import StepRow, StepSteering, build_layer_plans
 from steering.steer.inject import SteeringTerm
-from steering.vectors.modes import MODE_NAMES, expected_shapes, mode_spec
+from steering.vectors.modes import ACTIVATION_MODE_NAMES, expected_shapes, mode_spec
 from steering.vectors.task_vector import TaskVector
 
 SHAPE = ModelDims(num_layers=3, hidden_size=16, num_heads=4, head_dim=4)
@@ -28,7 +28,7 @@ def vector(mode: str, seed: int) -> TaskVector:
     return TaskVector("contrastive", mode, tensors, [0, 1, 2], 1.0, "test")  # type: ignore[arg-type]
 
 
-VECTORS = {mode: vector(mode, i) for i, mode in enumerate(MODE_NAMES)}
+VECTORS = {mode: vector(mode, i) for i, mode in enumerate(ACTIVATION_MODE_NAMES)}
 # Per steered request: its terms (mode, strength, layers).
 PLANS = [
     [("replace_last", 0.8, (1,)), ("add_all", -0.5, (0, 2)), ("head_mix_answer", 0.7, (0, 1, 2))],

@@ -20,7 +20,7 @@ from steering.generation.vllm.engine import VllmEngine, VllmOptions
 from steering.model.loading import LoadedModel, load_model
 from steering.model.tiny import build_tiny_tokenizer, tiny_config
 from steering.steer.inject import SteeringTerm
-from steering.vectors.modes import MODE_NAMES, expected_shapes, mode_spec
+from steering.vectors.modes import ACTIVATION_MODE_NAMES, expected_shapes, mode_spec
 from steering.vectors.task_vector import TaskVector
 
 PROMPTS = [
@@ -85,7 +85,7 @@ async def start_engine(folder: Path, lm: LoadedModel, **options: object) -> Vllm
 def every_mode_plans(lm: LoadedModel) -> list[list[SteeringTerm]]:
     """Plain, each mode alone, and two tasks at once (a head mix on the answer and a residual add): what a
     tensor-parallel engine is held to against a single rank."""
-    vectors = {m: random_vector(lm, m, seed=3, scale=0.5) for m in MODE_NAMES}
+    vectors = {m: random_vector(lm, m, seed=3, scale=0.5) for m in ACTIVATION_MODE_NAMES}
     plans: list[list[SteeringTerm]] = [[], *([SteeringTerm(v, 1.0)] for v in vectors.values())]
     plans.append([SteeringTerm(vectors["head_mix_answer"], 0.7), SteeringTerm(vectors["add_from_last"], -0.5)])
     return plans

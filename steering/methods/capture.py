@@ -17,6 +17,7 @@ from transformers import DynamicCache
 from steering.generation.transformers.tokens import left_pad, positions_from_mask
 from steering.model.loading import LoadedModel
 from steering.steer.inject import BatchSteering, SteeringTerm, maybe_attached
+from steering.steer.prefix import prefix_term
 from steering.vectors.task_vector import ActivationScale
 
 Plan = Sequence[SteeringTerm]
@@ -163,7 +164,10 @@ def next_token_logprobs(
     *,
     batch_size: int = 32,
 ) -> Tensor:
-    """Log-probabilities [N, vocab] of the token after each text, each row steered by its own plan."""
+    """Log-probabilities [N, vocab] of the token after each text, each row steered by its own plan (hooks only:
+    a KV prefix needs the engine's cache, `Engine.generate`)."""
+    if plans is not None and any(prefix_term(plan, lm.arch) is not None for plan in plans):
+        raise ValueError("a KV prefix is applied by the generation engine, not by these passes")
     token_ids = encode(lm, texts)
     outputs = []
     for part in _chunks(len(texts), batch_size):

@@ -70,6 +70,7 @@ class Architecture:
     num_heads: int
     head_dim: int
     hidden_size: int
+    num_kv_heads: int  # key/value heads (fewer than num_heads with grouped or multi-query attention)
 
     @property
     def num_layers(self) -> int:
@@ -111,4 +112,15 @@ def resolve_architecture(model: nn.Module) -> Architecture:
     num_heads = int(getattr(config, "num_attention_heads", None) or config.n_head)
     head_dim = _in_features(attn_out[0]) // num_heads
     hidden_size = int(getattr(config, "hidden_size", None) or config.n_embd)
-    return Architecture(family.name, layers, attn_out, num_heads, head_dim, hidden_size)
+    return Architecture(family.name, layers, attn_out, num_heads, head_dim, hidden_size, _kv_heads(config, num_heads))
+
+
+def _kv_heads(config: object, num_heads: int) -> int:
+    """Key/value heads by the config's name for them (Llama's, Falcon's, GPT-BigCode's multi-query flag)."""
+    if getattr(config, "multi_query", False) and not getattr(config, "new_decoder_architecture", False):
+        return 1
+    for name in ("num_key_value_heads", "num_kv_heads", "n_head_kv"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return num_heads

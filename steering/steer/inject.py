@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from steering.model.arch import Architecture
+from steering.steer.prefix import PrefixError, prefix_term
 from steering.vectors.modes import DECODE_MODES, RESIDUAL_EDIT_FIELDS, InjectionModeSpec, ModelShape, mode_spec
 from steering.vectors.task_vector import TaskVector
 
@@ -146,7 +147,8 @@ def row_edits(
     plans: Sequence[Sequence[SteeringTerm]], model: ModelShape, device: torch.device, dtype: torch.dtype
 ) -> dict[int, LayerEdit]:
     """Every row's terms summed into per-layer [rows, ...] tensors (row i is `plans[i]`); empty when nothing
-    would change. A plan the model cannot take raises `SteeringError`."""
+    would change. A plan the model cannot take raises `SteeringError`. A KV prefix is checked here but edits no
+    activation: the scheduler puts it in the row's cache (`steering.steer.prefix`)."""
     edits = _EditSums(len(plans), model, device, dtype)
     for row, terms in enumerate(plans):
         for term in terms:
@@ -156,6 +158,12 @@ def row_edits(
             if vector.num_layers != model.num_layers:
                 raise SteeringError("the vector was computed for a model with another layer count")
             spec = mode_spec(vector.mode)
+            if spec.site == "cache":
+                try:
+                    prefix_term(terms, model)
+                except PrefixError as exc:
+                    raise SteeringError(str(exc)) from None
+                continue
             for layer in term.resolved_layers():
                 if not 0 <= layer < model.num_layers:
                     raise SteeringError(f"layer {layer} is out of range: the model has {model.num_layers}")

@@ -5,6 +5,10 @@ hold and their shapes on a model (`check_for_model`), `steering.steer.inject` fo
 and at which positions, the schedulers (through `inject.DECODE_MODES`) for whether it still acts
 while decoding, and `steering.vectors.export` for whether it exports as a GGUF control vector. A method picks a
 mode by name; a new mode is a new entry here (and, for a new op, its hook code in `steering.steer.inject`).
+
+One mode edits no activation: `kv_prefix` holds keys and values that the transformers engine places in a row's
+KV cache before its prompt (`steering.steer.prefix`), a trained stand-in for a few-shot prompt (Context Tuning,
+arXiv 2507.04221). Its tensors' length is the prefix's, so its shapes fix every dimension but that one.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-Op = Literal["add", "add_norm", "replace", "head_mix"]
-Positions = Literal["last", "from_last", "all"]
-Site = Literal["residual", "heads"]
+Op = Literal["add", "add_norm", "replace", "head_mix", "kv_prefix"]
+Positions = Literal["last", "from_last", "all", "before"]  # before: cache columns ahead of the prompt
+Site = Literal["residual", "heads", "cache"]
+MAX_PREFIX_TOKENS = 2048  # a KV prefix's length, at most: about a long prompt's
 
 
 class ModelShape(Protocol):
@@ -27,18 +32,23 @@ class ModelShape(Protocol):
     hidden_size: int
     num_heads: int
     head_dim: int
+    num_kv_heads: int  # key/value heads of the attention (fewer than `num_heads` with grouped queries)
 
 
-# Every tensor a vector may hold, and its shape on a model: one row per decoder layer.
-TENSOR_SHAPES: Mapping[str, Callable[[ModelShape], tuple[int, ...]]] = {
-    "residual": lambda m: (m.num_layers, m.hidden_size),
-    "head_means": lambda m: (m.num_layers, m.num_heads, m.head_dim),
-    "gate_logits": lambda m: (m.num_layers, m.num_heads),
-    "head_scores": lambda m: (m.num_layers, m.num_heads),
+# Every tensor a vector may hold, and its shape on a model with a KV prefix of `tokens` (one row per decoder layer).
+TENSOR_SHAPES: Mapping[str, Callable[[ModelShape, int], tuple[int, ...]]] = {
+    "residual": lambda m, _: (m.num_layers, m.hidden_size),
+    "head_means": lambda m, _: (m.num_layers, m.num_heads, m.head_dim),
+    "gate_logits": lambda m, _: (m.num_layers, m.num_heads),
+    "head_scores": lambda m, _: (m.num_layers, m.num_heads),
     # Soft injection's second mix, for the answer's tokens after the first (`head_mix_answer`).
-    "answer_head_means": lambda m: (m.num_layers, m.num_heads, m.head_dim),
-    "answer_gate_logits": lambda m: (m.num_layers, m.num_heads),
+    "answer_head_means": lambda m, _: (m.num_layers, m.num_heads, m.head_dim),
+    "answer_gate_logits": lambda m, _: (m.num_layers, m.num_heads),
+    # A KV prefix: each layer's keys (after their rotary embedding) and values, as the model's cache holds them.
+    "prefix_keys": lambda m, tokens: (m.num_layers, m.num_kv_heads, tokens, m.head_dim),
+    "prefix_values": lambda m, tokens: (m.num_layers, m.num_kv_heads, tokens, m.head_dim),
 }
+PREFIX_TENSORS = ("prefix_keys", "prefix_values")
 TENSOR_NAMES: tuple[str, ...] = tuple(TENSOR_SHAPES)
 
 
@@ -47,9 +57,13 @@ class InjectionModeSpec:
     """One injection mode: what its hook does, where, with which tensors, and what `strength` means there."""
 
     name: str
-    op: Op  # add: h + s·v; add_norm: h + s·v rescaled to |h|; replace: (1-s)·h + s·v; head_mix: per-head gates
-    site: Site  # residual: the output of a decoder layer; heads: the input of a layer's attention out-projection
-    positions: Positions  # the last prompt token, it and every later token, or every position
+    # add: h + s·v; add_norm: h + s·v rescaled to |h|; replace: (1-s)·h + s·v; head_mix: per-head gates;
+    # kv_prefix: cached keys and values ahead of the prompt
+    op: Op
+    # residual: the output of a decoder layer; heads: the input of a layer's attention out-projection; cache: the
+    # KV cache (no hook)
+    site: Site
+    positions: Positions  # the last prompt token, it and every later token, every position, or before the prompt
     tensors: tuple[str, ...]  # what a vector of this mode holds (names of TENSOR_SHAPES); the first counts layers
     edit_fields: tuple[str, ...]  # the `inject.LayerEdit` fields its op fills, one [batch, ...] tensor each
     # One residual row added per layer, the only shape a GGUF control vector has (llama.cpp adds it at every
@@ -59,8 +73,9 @@ class InjectionModeSpec:
 
     @property
     def acts_while_decoding(self) -> bool:
-        """Whether it still changes anything once a row is past its last prompt token."""
-        return self.positions != "last"
+        """Whether a hook still changes anything once a row is past its last prompt token (a KV prefix is in the
+        row's cache by then)."""
+        return self.positions not in ("last", "before")
 
 
 HEAD_MIX_TENSORS = ("head_means", "gate_logits")
@@ -127,11 +142,24 @@ MODES: Mapping[str, InjectionModeSpec] = {
             "a scale of both learned gate sets: head_mix_last's at the last prompt token, and at every later token "
             "a = sigmoid(answer_g)·s mixing each head as (1 - a)·z + a·answer_mean",
         ),
+        InjectionModeSpec(
+            name="kv_prefix",
+            op="kv_prefix",
+            site="cache",
+            positions="before",
+            tensors=PREFIX_TENSORS,
+            edit_fields=(),
+            gguf=False,
+            strength="a multiplier of the prefix's values (1: as trained); its keys, and so where attention goes, "
+            "are unchanged",
+        ),
     )
 }
 MODE_NAMES: tuple[str, ...] = tuple(MODES)
 InjectionMode = Literal[MODE_NAMES]  # type: ignore[valid-type]  # the accepted values, from the table
 
+# The modes whose hooks edit activations (every engine's); the others are the transformers engine's cache.
+ACTIVATION_MODE_NAMES: tuple[str, ...] = tuple(name for name, spec in MODES.items() if spec.site != "cache")
 DECODE_MODES: frozenset[str] = frozenset(name for name, spec in MODES.items() if spec.acts_while_decoding)
 GGUF_EXPORTABLE_MODES: tuple[str, ...] = tuple(name for name, spec in MODES.items() if spec.gguf)
 RESIDUAL_EDIT_FIELDS: tuple[str, ...] = tuple(
@@ -145,6 +173,6 @@ def mode_spec(mode: str) -> InjectionModeSpec:
     return MODES[mode]
 
 
-def expected_shapes(model: ModelShape) -> dict[str, tuple[int, ...]]:
-    """The shape each tensor of a vector must have on `model`."""
-    return {name: shape(model) for name, shape in TENSOR_SHAPES.items()}
+def expected_shapes(model: ModelShape, prefix_tokens: int = 1) -> dict[str, tuple[int, ...]]:
+    """The shape each tensor of a vector must have on `model` (a KV prefix's: with `prefix_tokens` columns)."""
+    return {name: shape(model, prefix_tokens) for name, shape in TENSOR_SHAPES.items()}

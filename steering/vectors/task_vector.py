@@ -21,7 +21,14 @@ from safetensors.torch import save as st_save
 
 from steering.tasks.answer_end import AnswerEnd
 from steering.vectors.errors import ModelMismatch, VectorImportError
-from steering.vectors.modes import TENSOR_NAMES, InjectionMode, ModelShape, expected_shapes, mode_spec
+from steering.vectors.modes import (
+    MAX_PREFIX_TOKENS,
+    TENSOR_NAMES,
+    InjectionMode,
+    ModelShape,
+    expected_shapes,
+    mode_spec,
+)
 from steering.vectors.safetensors_reader import loads_bounded, read_header
 from steering.wire.method_names import VectorMethod
 from steering.wire.protocol import MAX_LAYERS_PER_ENTRY, Template
@@ -88,6 +95,12 @@ class TaskVector:
     @property
     def num_layers(self) -> int:
         return int(self.tensors[mode_spec(self.mode).tensors[0]].shape[0])
+
+    @property
+    def prefix_tokens(self) -> int:
+        """The columns of a KV prefix (`kv_prefix`); 0 for a vector that holds none."""
+        keys = self.tensors.get("prefix_keys")
+        return int(keys.shape[2]) if keys is not None and keys.dim() == 4 else 0
 
     def check_fingerprint(self, fingerprint: str) -> None:
         if fingerprint != self.fingerprint:
@@ -222,7 +235,9 @@ def check_layers(layers: Iterable[int], num_layers: int) -> None:
 def check_for_model(vector: TaskVector, model: ModelShape, scale: ActivationScale | None = None) -> None:
     """Refuse (`ModelMismatch`) a vector whose tensor shapes or layers do not fit `model`; with the model's
     `scale`, also one whose rows dwarf its activations (`VectorImportError`, see `check_norms`)."""
-    shapes = expected_shapes(model)
+    if "prefix_keys" in vector.tensors and not 1 <= vector.prefix_tokens <= MAX_PREFIX_TOKENS:
+        raise VectorImportError(f"a KV prefix holds 1 to {MAX_PREFIX_TOKENS} tokens; this one {vector.prefix_tokens}")
+    shapes = expected_shapes(model, vector.prefix_tokens)
     for name, tensor in vector.tensors.items():
         want = shapes.get(name)
         if want is None:

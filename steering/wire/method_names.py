@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 # What a vector file can name: every method but `auto`, which only chooses among these.
-VectorMethod = Literal["icv", "task_vector", "function_vector", "soft_injection", "contrastive"]
+VectorMethod = Literal["icv", "task_vector", "function_vector", "soft_injection", "context_tuning", "contrastive"]
 Method = Literal[VectorMethod, "auto"]
 
 METHOD_NAMES: tuple[str, ...] = get_args(Method)

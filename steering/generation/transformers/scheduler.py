@@ -43,6 +43,7 @@ from steering.generation.rows import FinishReason, GenerationRequest, Generation
 from steering.generation.transformers.kvbatch import KVBatch, join, keep_rows
 from steering.generation.transformers.tokens import ModelTokens, left_pad, positions_from_mask
 from steering.steer.inject import BatchSteering, decode_terms, maybe_attached
+from steering.steer.prefix import Term, prefix_term, prefixed_cache
 
 DEFAULT_PREFILL_CHUNK_TOKENS = 256
 DEFAULT_PRIORITY_NEW_TOKENS = 16
@@ -84,6 +85,7 @@ class _Prefill:
     steering: BatchSteering | None
     cache: DynamicCache
     done: int = 0
+    cached: int = 0  # columns already in `cache` before the prompt (a row's KV prefix); `mask` covers them too
 
 
 @dataclass
@@ -189,11 +191,18 @@ class Scheduler:
     # -- prefill ----------------------------------------------------------------------------------
 
     def _start_prefill(self) -> _Prefill:
-        """The next group: the oldest newcomer of the first lane that has one, and more of that lane that fit."""
+        """The next group: the oldest newcomer of the first lane that has one, and more of that lane that fit. A
+        row with a KV prefix is prefilled alone, so that its prefix and prompt are contiguous cache columns."""
         lane = min(row.lane for row in self._waiting)
+        waiting = [r for r in self._waiting if r.lane == lane]
+        if self._prefix_of(waiting[0]) is not None:
+            self._waiting.remove(waiting[0])
+            return self._prefixed_group(waiting[0])
         rows: list[_Row] = []
         width = 0
-        for row in [r for r in self._waiting if r.lane == lane]:
+        for row in waiting:
+            if self._prefix_of(row) is not None:
+                continue
             wider = max(width, len(row.request.prompt_ids))
             if rows and (len(rows) + 1) * wider > self.prefill_chunk_tokens:
                 break
@@ -207,6 +216,22 @@ class Scheduler:
         cache = DynamicCache(config=lm.model.config)
         return _Prefill(rows, lane, ids, mask, positions_from_mask(mask), steering, cache)
 
+    def _prefix_of(self, row: _Row) -> Term | None:
+        return prefix_term(row.request.steering, self.lm.arch)
+
+    def _prefixed_group(self, row: _Row) -> _Prefill:
+        """One row whose cache starts with its KV prefix; its prompt's positions count on from the prefix's."""
+        lm = self.lm
+        term = self._prefix_of(row)
+        assert term is not None
+        cache = prefixed_cache(term, lm.model.config, lm.device, lm.dtype)
+        ids, prompt_mask = left_pad([row.request.prompt_ids], self.engine.pad_id, lm.device)
+        cached = term.vector.prefix_tokens
+        mask = torch.cat([torch.ones_like(prompt_mask[:, :1]).expand(1, cached), prompt_mask], dim=1)
+        positions = positions_from_mask(mask)[:, cached:]
+        steering = BatchSteering.build([row.request.steering], lm.arch, ids.shape[1], lm.device, lm.dtype)
+        return _Prefill([row], row.lane, ids, mask, positions, steering, cache, cached=cached)
+
     def _prefill_chunk(self) -> list[RowUpdate]:
         group, lm = self._prefill, self.lm
         assert group is not None
@@ -217,7 +242,7 @@ class Scheduler:
         with maybe_attached(group.steering, lm.arch):
             out = lm.model(
                 input_ids=group.ids[:, group.done : end],
-                attention_mask=group.mask[:, :end],
+                attention_mask=group.mask[:, : group.cached + end],
                 position_ids=group.positions[:, group.done : end],
                 past_key_values=group.cache,
                 use_cache=True,

@@ -96,6 +96,7 @@ class ModelDims:
     hidden_size: int
     num_heads: int
     head_dim: int
+    num_kv_heads: int = 0  # not reported: vLLM serves no KV prefix (`kv_prefix` is refused before shapes count)
 
 
 def vector_id(vector: TaskVector) -> str:
@@ -248,6 +249,11 @@ class VllmEngine:
             spec = mode_spec(vector.mode)
         except ValueError as exc:
             raise SteeringError(str(exc)) from None
+        if spec.site == "cache":
+            raise SteeringError(
+                f"injection mode {vector.mode!r} (a KV prefix) is served by the transformers engine only "
+                "(STEER_ENGINE=transformers), not by vLLM"
+            )
         if spec.op not in SUPPORTED_OPS or spec.positions not in SUPPORTED_POSITIONS:
             raise SteeringError(f"injection mode {vector.mode!r} cannot run on the vLLM engine")
         if self.fingerprint is not None and vector.fingerprint != self.fingerprint:
