@@ -1,10 +1,13 @@
-"""Merge `steer eval` results of disjoint task sets, run apart with the same settings (e.g. one process per
-core), into one results.json with its summary, Markdown and plots.
+"""Merge `steer eval` results of runs split by task or by method (e.g. one process per core, or a new method
+measured after the others), run apart with the same other settings, into one results.json with its summary,
+Markdown and plots.
 
     python -m scripts.merge_results /tmp/a/results.json /tmp/b/results.json --out docs/results
 
-Each task's results depend only on the task, the seed and the code, so runs split by task merge exactly;
-runs with other settings are refused.
+Each task's results depend only on the task, the seed and the code, and each method's only on the method as well,
+so such runs merge exactly: a task's zero-shot and few-shot conditions must agree between the runs that hold it,
+and `auto` is read off its candidates (as `steer eval` does) once all of them are in. Runs with other settings,
+or that both hold one method of one task, are refused.
 """
 
 from __future__ import annotations
@@ -18,25 +21,57 @@ from typing import Any
 from steering.eval.config import EvalConfig, reproduce_command
 from steering.eval.report import write_outputs
 from steering.eval.scoring import summarise
+from steering.eval.suite import AUTO, auto_from_candidates
+from steering.methods.registry import auto_candidates
+from steering.tasks.verdict import verdict
+
+
+def _merge_task(name: str, mine: dict[str, Any], theirs: dict[str, Any]) -> None:
+    """`theirs`' methods into `mine` (in place): the same items and prompting conditions, no method twice."""
+    if mine["inputs"] != theirs["inputs"] or mine["conditions"] != theirs["conditions"]:
+        raise SystemExit(f"task {name}: the runs disagree on its test items or prompting conditions")
+    twice = set(mine["methods"]) & set(theirs["methods"])
+    if twice:
+        raise SystemExit(f"task {name}: method(s) {sorted(twice)} appear in more than one run")
+    mine["methods"].update(theirs["methods"])
+    mine["seconds"] = mine["seconds"] + theirs["seconds"]
+
+
+def _with_auto(task: dict[str, Any]) -> bool:
+    """Read `auto` off the task's candidates when they are all in and it is not; whether the task has `auto`."""
+    runs = task["methods"]
+    if AUTO not in runs and set(auto_candidates()) <= set(runs):
+        runs[AUTO] = auto_from_candidates(runs)
+        if "error" not in runs[AUTO]:
+            found = verdict(runs[AUTO]["vector_method"], runs[AUTO]["dev_metrics"])
+            runs[AUTO]["verdict"] = found.model_dump() if found is not None else None
+    return AUTO in runs
 
 
 def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
-    settings = [{k: v for k, v in r["config"].items() if k != "tasks"} for r in results]
+    settings = [{k: v for k, v in r["config"].items() if k not in ("tasks", "methods")} for r in results]
     if any(s != settings[0] for s in settings[1:]):
-        raise SystemExit("these runs differ in more than their tasks: they do not merge")
+        raise SystemExit("these runs differ in more than their tasks and methods: they do not merge")
     tasks: dict[str, Any] = {}
+    methods: list[str] = []
     for result in results:
-        if set(result["tasks"]) & set(tasks):
-            raise SystemExit(f"task(s) {sorted(set(result['tasks']) & set(tasks))} appear in more than one run")
-        tasks.update(result["tasks"])
-    config = EvalConfig(**{**settings[0], "tasks": list(tasks)})
+        methods += [m for m in result["config"]["methods"] if m not in methods]
+        for name, task in result["tasks"].items():
+            if name in tasks:
+                _merge_task(name, tasks[name], task)
+            else:
+                tasks[name] = json.loads(json.dumps(task))  # a copy: the runs are not changed
+    if all(_with_auto(task) for task in tasks.values()) and AUTO not in methods:
+        methods.append(AUTO)
+    config = EvalConfig(**{**settings[0], "tasks": list(tasks), "methods": methods})
     meta = {
         **results[0]["meta"],
         "command": reproduce_command(config),
         "seconds": max(r["meta"]["seconds"] for r in results),
         "note": (
-            f"run as {len(results)} processes of disjoint tasks, merged (python -m scripts.merge_results): each "
-            "task's results depend only on the task, the seed and the code; wall time is the longest process's"
+            f"run as {len(results)} processes of disjoint tasks or methods, merged (python -m scripts.merge_results): "
+            "each task's results depend only on the task, the method, the seed and the code; wall time is the "
+            "longest process's"
         ),
     }
     return {
@@ -50,7 +85,7 @@ def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", nargs="+", type=Path, help="results.json files of disjoint task sets")
+    parser.add_argument("results", nargs="+", type=Path, help="results.json files of disjoint tasks or methods")
     parser.add_argument("--out", type=Path, required=True, help="folder for the merged outputs")
     args = parser.parse_args()
     merged = merge([json.loads(p.read_text(encoding="utf-8")) for p in args.results])

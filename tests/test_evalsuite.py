@@ -31,12 +31,18 @@ def small_config(methods: list[str], **overrides: Any) -> EvalConfig:
     return EvalConfig(model="tiny:llama", methods=methods, **{"tasks": TASKS, **SMALL, **overrides})
 
 
+def untimed(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A method's held-out metrics without its training times."""
+    return {k: v for k, v in metrics.items() if not k.endswith("_seconds")}
+
+
 def numbers(result: dict[str, Any]) -> dict[str, Any]:
     """Everything that must not depend on the backend: scores, generations, chosen settings (not timings)."""
     out = {}
     for name, task in result["tasks"].items():
         methods = {
-            method: {k: v for k, v in run.items() if k != "compute_seconds"} for method, run in task["methods"].items()
+            method: {k: untimed(v) if k == "dev_metrics" else v for k, v in run.items() if k != "compute_seconds"}
+            for method, run in task["methods"].items()
         }
         out[name] = {"conditions": task["conditions"], "methods": methods, "answers": task["answers"]}
     return {"tasks": out, "summary": result["summary"]}
@@ -177,3 +183,31 @@ def test_runs_split_by_task_merge_into_the_run_of_all_tasks(tiny_llama: LoadedMo
         )
     with pytest.raises(SystemExit, match="more than one run"):
         merge([parts[0], parts[0]])
+
+
+def test_runs_split_by_method_merge_into_the_run_of_all_methods(tiny_llama: LoadedModel) -> None:
+    """A method measured after the others joins their results; `auto` is read off the candidates once all are in."""
+    from scripts.merge_results import merge
+    from steering.methods.registry import auto_candidates
+
+    fast = {"soft_injection": {"steps": 6, "eval_every": 3, "num_prompts": 4}, "context_tuning": {"epochs": 2}}
+    whole = run_suite(
+        small_config([*auto_candidates(), "auto"], tasks=["antonyms"], options=fast), LocalBackend(tiny_llama)
+    )
+    parts = [
+        run_suite(small_config([m], tasks=["antonyms"], options=fast), LocalBackend(tiny_llama))
+        for m in auto_candidates()
+    ]
+    merged = merge(parts)
+    assert numbers(merged) == numbers(whole)
+    assert merged["config"]["methods"] == whole["config"]["methods"]
+    assert (
+        merged["tasks"]["antonyms"]["methods"]["auto"]["verdict"]
+        == whole["tasks"]["antonyms"]["methods"]["auto"]["verdict"]
+    )
+    other_items = run_suite(
+        small_config(["task_vector"], tasks=["antonyms"], options=fast, seed=1), LocalBackend(tiny_llama)
+    )
+    other_items["config"]["seed"] = 0  # same settings on paper, other test items in fact
+    with pytest.raises(SystemExit, match="disagree"):
+        merge([other_items, parts[1]])
