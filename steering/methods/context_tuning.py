@@ -7,7 +7,8 @@ and the token that ends it. As in the paper, a demonstration that is in the pref
 is the one being predicted (leave-one-out), and each prefix column is dropped with probability `token_dropout`
 per row and step, so the prefix cannot just copy its own answers. The best prefix on held-out demonstrations is
 kept (early stopping on their loss). The vector is the prefix (mode `kv_prefix`); the transformers engine places
-it in a row's cache ahead of its prompt (`steering.steer.prefix`).
+it in a row's cache ahead of its prompt (`steering.steer.prefix`). Requests render their prompt whole, so a
+template's `prefix` (a chat template's system turn) is in both; training sees it that way too.
 
 What it costs: the prefix is attended to at every step, like the few-shot prompt it came from (tens of kB per
 prefix token, stored with the task), but it is never prefilled; and it trains for tens of seconds on a CPU
