@@ -249,9 +249,8 @@ def compute(job: Job, options: dict) -> TaskVector:
     job.report(stage="caching the prefix")
     prefix = build_prefix(lm, template, split.train[: opts.k_shot])
     train_rows = build_rows(lm, template, split.train, prefix)
-    dev_rows = build_rows(lm, template, split.dev, prefix)
-    if not split.held_out:  # the dev rows are training rows: keep each one out of its own span there too
-        dev_rows = _subset(train_rows, list(range(train_rows.ids.shape[0])))
+    # Without held-out demonstrations the dev rows are the training rows, each kept out of its own span.
+    dev_rows = build_rows(lm, template, split.dev, prefix) if split.held_out else train_rows
     training = train_prefix(job, opts, prefix, train_rows, dev_rows)
     tensors = {
         "prefix_keys": torch.cat(prefix.keys).detach().cpu().contiguous(),
