@@ -6,7 +6,8 @@ Markdown and plots.
 
 Each task's results depend only on the task, the seed and the code, and each method's only on the method as well,
 so such runs merge exactly: a task's zero-shot and few-shot conditions must agree between the runs that hold it,
-and `auto` is read off its candidates (as `steer eval` does) once all of them are in. Runs with other settings,
+and `auto` is read off its candidates (as `steer eval` does) once all of them are in, replacing an `auto` that chose
+among fewer of them. Runs with other settings,
 or that both hold one method of one task, are refused.
 """
 
@@ -37,10 +38,22 @@ def _merge_task(name: str, mine: dict[str, Any], theirs: dict[str, Any]) -> None
     mine["seconds"] = mine["seconds"] + theirs["seconds"]
 
 
+def _chose_among(run: dict[str, Any]) -> set[str]:
+    """The candidates an `auto` read off its candidates compared; none known for one computed for real (its run
+    keeps only scalar metrics) or a failed one."""
+    return {c["method"] for c in run.get("dev_metrics", {}).get("auto", {}).get("candidates", [])}
+
+
 def _with_auto(task: dict[str, Any]) -> bool:
-    """Read `auto` off the task's candidates when they are all in and it is not; whether the task has `auto`."""
+    """Read `auto` off the task's candidates when they are all in and it is not, or when it was read off fewer of
+    them than are now in (a run of `auto` made before a new candidate was measured, or computed for real among
+    fewer); whether the task has `auto`."""
     runs = task["methods"]
-    if AUTO not in runs and set(auto_candidates()) <= set(runs):
+    all_in = set(auto_candidates()) <= set(runs)
+    measured = {m for m in auto_candidates() if m in runs and "error" not in runs[m]}
+    if all_in and AUTO in runs and "error" not in runs[AUTO] and not measured <= _chose_among(runs[AUTO]):
+        del runs[AUTO]
+    if AUTO not in runs and all_in:
         runs[AUTO] = auto_from_candidates(runs)
         if "error" not in runs[AUTO]:
             found = verdict(runs[AUTO]["vector_method"], runs[AUTO]["dev_metrics"])
@@ -49,7 +62,10 @@ def _with_auto(task: dict[str, Any]) -> bool:
 
 
 def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
-    settings = [{k: v for k, v in r["config"].items() if k not in ("tasks", "methods")} for r in results]
+    # read through EvalConfig so that a run older than a setting counts as having had its default
+    settings = [
+        {k: v for k, v in asdict(EvalConfig(**r["config"])).items() if k not in ("tasks", "methods")} for r in results
+    ]
     if any(s != settings[0] for s in settings[1:]):
         raise SystemExit("these runs differ in more than their tasks and methods: they do not merge")
     tasks: dict[str, Any] = {}

@@ -171,6 +171,7 @@ def test_runs_split_by_task_merge_into_the_run_of_all_tasks(tiny_llama: LoadedMo
         run_suite(small_config(["task_vector"], multiples=[0.0, 1.0], tasks=[t]), LocalBackend(tiny_llama))
         for t in TASKS
     ]
+    del parts[0]["config"]["tasks_dir"]  # as a run made before the setting existed: it had the default
     merged = merge(parts)
     assert numbers(merged) == numbers(whole)
     assert merged["config"] == whole["config"]
@@ -183,6 +184,10 @@ def test_runs_split_by_task_merge_into_the_run_of_all_tasks(tiny_llama: LoadedMo
         )
     with pytest.raises(SystemExit, match="more than one run"):
         merge([parts[0], parts[0]])
+
+
+def _chose_among(result: dict[str, Any]) -> set[str]:
+    return {c["method"] for c in result["tasks"]["antonyms"]["methods"]["auto"]["dev_metrics"]["auto"]["candidates"]}
 
 
 def test_runs_split_by_method_merge_into_the_run_of_all_methods(tiny_llama: LoadedModel) -> None:
@@ -205,6 +210,16 @@ def test_runs_split_by_method_merge_into_the_run_of_all_methods(tiny_llama: Load
         merged["tasks"]["antonyms"]["methods"]["auto"]["verdict"]
         == whole["tasks"]["antonyms"]["methods"]["auto"]["verdict"]
     )
+    *earlier, newest = auto_candidates()
+    with_auto = {**fast, "auto": {"candidates": earlier, "method_options": fast}}
+    before_newest = run_suite(  # `auto` computed for real among the candidates there were
+        small_config([*earlier, "auto"], tasks=["antonyms"], options=with_auto), LocalBackend(tiny_llama)
+    )
+    assert "derived_from_candidates" not in before_newest["tasks"]["antonyms"]["methods"]["auto"]
+    newest_alone = run_suite(small_config([newest], tasks=["antonyms"], options=with_auto), LocalBackend(tiny_llama))
+    remerged = merge([before_newest, newest_alone])  # an `auto` of fewer candidates gives way to one of all
+    assert numbers(remerged) == numbers(whole)
+    assert _chose_among(remerged) == set(auto_candidates())
     other_items = run_suite(
         small_config(["task_vector"], tasks=["antonyms"], options=fast, seed=1), LocalBackend(tiny_llama)
     )
