@@ -43,13 +43,13 @@ def _vllm_backend(engine: Engine, settings: Settings, metrics: Metrics, serving:
     from steering.generation.vllm.model_folder import vllm_model_folder
 
     lm = engine.lm
-    window = getattr(lm.model.config, "max_position_embeddings", None)
+    window = lm.context_window
     max_len = settings.max_prompt_tokens + settings.max_new_tokens
     options = VllmOptions(
         tensor_parallel_size=settings.vllm_tensor_parallel_size,
         max_num_seqs=settings.max_batch_size,
         max_num_batched_tokens=max(settings.prefill_chunk_tokens, settings.max_batch_size),
-        max_model_len=min(max_len, window) if isinstance(window, int) else max_len,
+        max_model_len=min(max_len, window) if window is not None else max_len,
         max_slots=settings.vllm_max_slots,
         kv_cache_bytes=settings.vllm_kv_cache_bytes,
         dtype=str(lm.dtype).removeprefix("torch."),

@@ -82,7 +82,8 @@ class ApiErrors(Enum):
     CONTEXT_LENGTH_EXCEEDED = ErrorSpec(
         422,
         "context_length_exceeded",
-        "the prompt's {tokens} tokens plus max_new_tokens {new_tokens} exceed the model's context of {window} tokens",
+        "the prompt's {tokens} tokens (with any task's KV prefix) plus max_new_tokens {new_tokens} exceed the "
+        "model's context of {window} tokens",
     )
     CLIENT_CLOSED_REQUEST = ErrorSpec(
         499, "client_closed_request", "the client closed the connection before the answer"

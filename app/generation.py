@@ -65,9 +65,11 @@ class GenerationService:
             raise ApiErrors.EMPTY_PROMPT()
         if len(ids) > self.settings.max_prompt_tokens:
             raise ApiErrors.PROMPT_TOO_LONG(tokens=len(ids), limit=self.settings.max_prompt_tokens)
-        window = context_window(self.lm)
-        if window is not None and len(ids) + sampling.max_new_tokens > window:
-            raise ApiErrors.CONTEXT_LENGTH_EXCEEDED(tokens=len(ids), new_tokens=sampling.max_new_tokens, window=window)
+        window = self.lm.context_window
+        # A task's KV prefix takes positions before the prompt's.
+        tokens = len(ids) + sum(t.vector.prefix_tokens for t in terms if t.strength != 0.0)
+        if window is not None and tokens + sampling.max_new_tokens > window:
+            raise ApiErrors.CONTEXT_LENGTH_EXCEEDED(tokens=tokens, new_tokens=sampling.max_new_tokens, window=window)
         return GenerationRequest(
             prompt_ids=ids,
             steering=tuple(terms),
@@ -125,12 +127,6 @@ def tasks_answer_end(terms: Sequence[SteeringTerm]) -> AnswerEnd:
     if not terms:
         return template_end(DEFAULT_TEMPLATE)
     return AnswerEnd.combine([t.vector.answer_end or template_end(t.vector.template) for t in terms])
-
-
-def context_window(lm: LoadedModel) -> int | None:
-    """How many positions the model has (past them, learned position embeddings fail the whole batch)."""
-    value = getattr(lm.model.config, "max_position_embeddings", None) or getattr(lm.model.config, "n_positions", None)
-    return value if isinstance(value, int) and value > 0 else None
 
 
 async def _disconnected(client: Request) -> None:

@@ -6,6 +6,9 @@ text followed by the prompt does, alone or among other rows that join and leave,
 
 from __future__ import annotations
 
+import asyncio
+import random
+import string
 from pathlib import Path
 
 import pytest
@@ -20,11 +23,21 @@ from steering.model.loading import LoadedModel
 from steering.steer.inject import BatchSteering, SteeringError, SteeringTerm
 from steering.vectors.errors import ModelMismatch, VectorImportError
 from steering.vectors.modes import MAX_PREFIX_TOKENS
-from steering.vectors.task_vector import TaskVector, check_for_model
+from steering.vectors.task_vector import ActivationScale, TaskVector, check_for_model, check_norms
 from steering.wire.protocol import Demonstration
-from tests.api_helpers import ANTONYMS, CAPITALS, assert_error, running_app, settings, task_body, wait_task
+from tests.api_helpers import (
+    ANTONYMS,
+    CAPITALS,
+    assert_error,
+    running_app,
+    services_of,
+    settings,
+    task_body,
+    wait_task,
+)
 from tests.test_scheduler import PROMPTS, run, solo, synthetic_vector
 
+OCTET = {"Content-Type": "application/octet-stream"}
 PREFIX_TEXTS = ["Q: hot\nA: cold\n\nQ: big\nA: small\n\n", "one two three four five six seven eight nine ten\n"]
 
 
@@ -110,9 +123,9 @@ def test_plans_a_prefix_cannot_take_are_refused(tiny_llama: LoadedModel) -> None
             BatchSteering.build([plan], arch, 4, tiny_llama.device, tiny_llama.dtype)
     with pytest.raises(ValueError, match="generation engine"):
         next_token_logprobs(tiny_llama, ["Q: hot\nA:"], [[SteeringTerm(vector, 1.0)]])
-    # Two prefixes in one batch are fine (one per row), and so is naming every layer, as the service does.
+    # Two prefixes in one batch are fine (one per row), and so is naming every layer, in any order.
     every_layer = tuple(range(arch.num_layers))
-    plans = [[SteeringTerm(vector, 1.0)], [SteeringTerm(other, 1.0, every_layer)]]
+    plans = [[SteeringTerm(vector, 1.0, every_layer[::-1])], [SteeringTerm(other, 1.0, every_layer)]]
     assert BatchSteering.build(plans, arch, 4, tiny_llama.device, tiny_llama.dtype) is None
 
 
@@ -191,3 +204,55 @@ async def test_prefix_tasks_over_http(tmp_path: Path) -> None:
         assert again.json()["text"] == steered.json()["text"]
         gguf = await client.get(f"/v1/tasks/{ids[0]}/vector", params={"format": "gguf"})
         assert gguf.status_code == 422 and "kv_prefix" in gguf.text, gguf.text
+
+
+async def test_a_prefix_takes_its_place_in_the_context_window(tmp_path: Path) -> None:
+    """tiny:gpt2 has 512 learned positions: a request whose prefix, prompt and new tokens pass them is a 422 and
+    spoils no batch; with room left it is served."""
+    async with running_app(settings(tmp_path, model="tiny:gpt2", batch_window_ms=50.0)) as (app, client):
+        lm = services_of(app).lm
+        line = PREFIX_TEXTS[1]
+        vector, _ = text_prefix(lm, line * (300 // len(Engine(lm).encode(line))))
+        assert 200 < vector.prefix_tokens < 400
+        imported = await client.post("/v1/tasks/import", content=vector.to_bytes(), headers=OCTET)
+        assert imported.status_code in (200, 201), imported.text
+        steering = [{"task": imported.json()["id"], "strength": 1.0}]
+        prompt = "Q: hot\nA:"
+        prompt_tokens = len(Engine(lm).encode(prompt))
+        room = lm.context_window - vector.prefix_tokens - prompt_tokens
+        fine = {"prompt": prompt, "max_new_tokens": 4}
+        alone = await client.post("/v1/generate", json=fine)
+        past, good = await asyncio.gather(
+            client.post("/v1/generate", json={**fine, "max_new_tokens": room + 1, "steering": steering}),
+            client.post("/v1/generate", json=fine),
+        )
+        error = assert_error(past, 422, "context_length_exceeded")
+        assert str(vector.prefix_tokens + prompt_tokens) in error["message"], error
+        assert good.status_code == 200 and good.json()["text"] == alone.json()["text"]
+        served = await client.post("/v1/generate", json={**fine, "max_new_tokens": room, "steering": steering})
+        assert served.status_code == 200, served.text
+
+
+@pytest.mark.slow
+def test_without_held_out_demonstrations_a_prefix_is_not_scored_on_its_own_answers(default_lm: LoadedModel) -> None:
+    """Five demonstrations leave none to hold out: each is scored on the prefix without its own columns. Answers
+    no model can guess (random letters) then score 0, where seeing them in the prefix lets the model copy them."""
+    rng = random.Random(0)
+
+    def letters(n: int) -> str:
+        return "".join(rng.choice(string.ascii_lowercase) for _ in range(n))
+
+    demos = [Demonstration(input=letters(4), output=letters(7)) for _ in range(5)]
+    metrics = compute_vector(default_lm, demos, "context_tuning", options={"epochs": 1}).metrics
+    assert metrics["held_out"] is False and metrics["prefix_shots"] == 5
+    assert metrics["dev_steered_exact"] == 0.0 and metrics["dev_steered_accuracy"] == 0.0
+
+
+def test_a_prefix_value_past_half_precision_is_refused(tiny_llama: LoadedModel) -> None:
+    vector, _ = text_prefix(tiny_llama, PREFIX_TEXTS[0])
+    layers = tiny_llama.arch.num_layers
+    scale = ActivationScale(residual=torch.ones(layers), heads=torch.ones(layers))  # a prefix is bounded apart
+    check_norms(vector, scale)
+    vector.tensors["prefix_values"][-1, 0, 1, 0] = 7e4
+    with pytest.raises(VectorImportError, match="float16"):
+        check_norms(vector, scale)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -39,7 +39,9 @@ from steering.methods.common import (
     MethodOptions,
     MethodSpec,
     ended_answer_ids,
+    exact_match,
     finish,
+    greedy_answers,
     new_vector,
     split_demonstrations,
 )
@@ -117,8 +119,9 @@ def build_prefix(lm: LoadedModel, template: Template, shots: list[Demonstration]
         piece = _encode(lm, render_example(template, demo) + template.separator)
         spans.append((len(ids), len(ids) + len(piece)))
         ids += piece
-    if len(ids) > MAX_PREFIX_TOKENS:
-        raise ValueError(f"the prefix takes {len(ids)} tokens; at most {MAX_PREFIX_TOKENS} (lower k_shot)")
+    limit = min(MAX_PREFIX_TOKENS, lm.context_window or MAX_PREFIX_TOKENS)
+    if len(ids) > limit:
+        raise ValueError(f"the prefix takes {len(ids)} tokens; at most {limit} here (lower k_shot)")
     cache = DynamicCache()  # without the config, sliding-window layers keep every column too
     with lm.lock, torch.no_grad():
         lm.model(torch.tensor([ids], device=lm.device), past_key_values=cache, use_cache=True)
@@ -234,12 +237,35 @@ def train_prefix(job: Job, opts: ContextTuningOptions, prefix: Prefix, train: Ro
 
 
 def first_token_logprobs(lm: LoadedModel, prefix: Prefix, rows: Rows) -> Tensor:
-    """[rows, vocab] log-probabilities of each query's next token after the trained prefix."""
+    """[rows, vocab] log-probabilities of each query's next token after the trained prefix (a row that is one of
+    the prefix's demonstrations does not see that demonstration, as in training)."""
     with lm.lock, torch.no_grad():
-        logits = prefix_logits(lm, prefix.keys, prefix.values, prefix, Rows(rows.ids, rows.mask, rows.labels, []))
+        logits = prefix_logits(lm, prefix.keys, prefix.values, prefix, rows)
     last = (rows.labels != IGNORE).int().argmax(dim=1)  # the query's last token predicts the first label
     picked = logits[torch.arange(logits.shape[0]), last]
     return torch.log_softmax(picked.float(), dim=-1).cpu()
+
+
+def _without_columns(vector: TaskVector, span: tuple[int, int]) -> TaskVector:
+    start, end = span
+    return replace(
+        vector, tensors={n: torch.cat([t[:, :, :start], t[:, :, end:]], dim=2) for n, t in vector.tensors.items()}
+    )
+
+
+def dev_exact(job: Job, dev: DevSet, prefix: Prefix, rows: Rows, vector: TaskVector, strength: float) -> float:
+    """Greedy exact match on the dev queries after the trained prefix. Without held-out demonstrations the queries
+    are the prefix's own: each is answered without its demonstration's columns (as in training), not copied."""
+    groups: dict[int | None, list[int]] = {}
+    for row, left_out in enumerate(rows.left_out):
+        groups.setdefault(left_out, []).append(row)
+    texts: dict[int, str] = {}
+    for left_out, members in groups.items():
+        own = vector if left_out is None else _without_columns(vector, prefix.spans[left_out])
+        prompts = [dev.zero_shot[i] for i in members]
+        answers = greedy_answers(job.lm, prompts, (SteeringTerm(own, strength),), dev.answer_end, check=job.check)
+        texts.update(zip(members, answers, strict=True))
+    return exact_match([texts[i] for i in range(len(rows.left_out))], dev.outputs)
 
 
 def compute(job: Job, options: dict) -> TaskVector:
@@ -251,6 +277,12 @@ def compute(job: Job, options: dict) -> TaskVector:
     train_rows = build_rows(lm, template, split.train, prefix)
     # Without held-out demonstrations the dev rows are the training rows, each kept out of its own span.
     dev_rows = build_rows(lm, template, split.dev, prefix) if split.held_out else train_rows
+    window, width = lm.context_window, max(train_rows.ids.shape[1], dev_rows.ids.shape[1])
+    if window is not None and prefix.tokens + width > window:
+        raise ValueError(
+            f"the {prefix.tokens}-token prefix and {width}-token demonstrations pass the model's context of "
+            f"{window} tokens (lower k_shot or shorten the demonstrations)"
+        )
     training = train_prefix(job, opts, prefix, train_rows, dev_rows)
     tensors = {
         "prefix_keys": torch.cat(prefix.keys).detach().cpu().contiguous(),
@@ -262,7 +294,7 @@ def compute(job: Job, options: dict) -> TaskVector:
     job.report(stage="scoring held-out answers")
     accuracy, logprob = dev.score(first_token_logprobs(lm, prefix, dev_rows))
     terms = (SteeringTerm(vector, strength),)
-    exact = dev.exact(job, dev.zero_shot, terms)
+    exact = dev_exact(job, dev, prefix, dev_rows, vector, strength)
     row: dict[str, Any] = {"strength": strength, "accuracy": accuracy, "logprob": logprob, "exact": exact}
     choice = Choice(Candidate(terms, {"strength": strength}), accuracy, logprob, [row], exact)
     return finish(

@@ -41,6 +41,13 @@ class LoadedModel:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
+    @property
+    def context_window(self) -> int | None:
+        """How many positions the model has (past them, learned position embeddings fail the whole batch)."""
+        config = self.model.config
+        value = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        return value if isinstance(value, int) and value > 0 else None
+
 
 def default_cache_dir() -> Path:
     root = os.environ.get("STEER_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"

@@ -44,7 +44,7 @@ def prefix_term(terms: Sequence[Term], model: ModelShape) -> Term | None:
     if len(found) > 1:
         raise PrefixError("a request takes at most one task whose vector is a KV prefix (kv_prefix)")
     term = found[0]
-    if term.layers is not None and tuple(term.layers) != tuple(range(model.num_layers)):
+    if term.layers is not None and sorted(set(term.layers)) != list(range(model.num_layers)):
         raise PrefixError("a KV prefix (kv_prefix) covers every layer: its task takes no other `layers`")
     keys = term.vector.tensors["prefix_keys"]
     want = (model.num_layers, model.num_kv_heads, term.vector.prefix_tokens, model.head_dim)

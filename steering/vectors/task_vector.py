@@ -23,6 +23,7 @@ from steering.tasks.answer_end import AnswerEnd
 from steering.vectors.errors import ModelMismatch, VectorImportError
 from steering.vectors.modes import (
     MAX_PREFIX_TOKENS,
+    PREFIX_TENSORS,
     TENSOR_NAMES,
     InjectionMode,
     ModelShape,
@@ -47,6 +48,8 @@ MAX_COUNT = 1_000_000_000  # demonstrations, seconds
 # How far an imported vector's rows may exceed the model's own activations (`check_norms`). The project's own
 # vectors measured at most 5.8x (soft injection's head means on the default model), 2.1x on the tiny models.
 MAX_NORM_RATIO = 100.0
+# A KV prefix's keys and values must stay finite when served in float16 (its largest finite value is 65504).
+MAX_PREFIX_VALUE = 65504.0
 # The heads' tensors that `check_norms` bounds; every residual row is bounded by the layer's residual norm.
 HEAD_MEAN_TENSORS = ("head_means", "answer_head_means")
 
@@ -256,14 +259,27 @@ def _norms(tensor: torch.Tensor) -> torch.Tensor:
     return peak.squeeze(-1) * (values / peak).norm(dim=-1)
 
 
+def _check_prefix_values(name: str, tensor: torch.Tensor) -> None:
+    peak = float(tensor.abs().max()) if tensor.numel() else 0.0
+    if peak > MAX_PREFIX_VALUE:
+        raise VectorImportError(
+            f"tensor {name} holds a value of magnitude {peak:.4g}; a KV prefix's values are at most "
+            f"{MAX_PREFIX_VALUE:g} (float16's range, in which it may be served)"
+        )
+
+
 def check_norms(vector: TaskVector, scale: ActivationScale, max_ratio: float = MAX_NORM_RATIO) -> None:
     """Refuse (`VectorImportError`) a vector with a residual row, or a head's mean, over `max_ratio` times the
-    model's own norm there: it would swamp the activations it is added to (or mixed into) and answer garbage."""
+    model's own norm there: it would swamp the activations it is added to (or mixed into) and answer garbage;
+    and a KV prefix with a value past float16's range (it would turn infinite when served in half precision)."""
     for name, tensor in vector.tensors.items():
         if name == "residual":
             reference, what = scale.residual, "residual"
         elif name in HEAD_MEAN_TENSORS:
             reference, what = scale.heads, "head output"
+        elif name in PREFIX_TENSORS:
+            _check_prefix_values(name, tensor)
+            continue
         else:
             continue
         norms = _norms(tensor)
