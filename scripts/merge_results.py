@@ -7,8 +7,7 @@ Markdown and plots.
 Each task's results depend only on the task, the seed and the code, and each method's only on the method as well,
 so such runs merge exactly: a task's zero-shot and few-shot conditions must agree between the runs that hold it,
 and `auto` is read off its candidates (as `steer eval` does) once all of them are in, replacing an `auto` that chose
-among fewer of them. Runs with other settings,
-or that both hold one method of one task, are refused.
+among fewer of them. Runs with other settings, or that both hold one method of one task, are refused.
 """
 
 from __future__ import annotations
