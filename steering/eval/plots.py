@@ -10,7 +10,8 @@ from steering.eval.scoring import condition_label, condition_scores
 METRIC_LABELS = {"first_token": "first-token accuracy", "exact": "exact-match accuracy"}
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on a backend without a screen, imported only when drawing."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -21,7 +22,7 @@ def _pyplot():
 
 def plot_sweep(result: dict[str, Any], path: Path) -> None:
     """Accuracy vs strength multiple: one panel per (metric, method), a thin line per task, the mean thick."""
-    plt = _pyplot()
+    plt = pyplot()
     methods = result["config"]["methods"]
     fig, axes = plt.subplots(2, len(methods), figsize=(3.6 * len(methods) + 1.8, 6.4), squeeze=False, sharey=True)
     colours = plt.get_cmap("tab10")
@@ -57,7 +58,7 @@ def plot_sweep(result: dict[str, Any], path: Path) -> None:
 
 def plot_per_task(result: dict[str, Any], path: Path) -> None:
     """Grouped bars: for each task (and the mean), zero-shot, k-shot and every method."""
-    plt = _pyplot()
+    plt = pyplot()
     config = result["config"]
     conditions = ["zero_shot", "few_shot", *config["methods"]]
     names = [*result["tasks"], "mean"]
