@@ -5,6 +5,7 @@ that raises is retried row by row on the same scheduler, so only the row that ra
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -109,16 +110,23 @@ async def test_closing_fails_the_rows_in_flight_and_those_waiting_for_company(
 ) -> None:
     engine = Engine(tiny_llama)
     engine.eos_ids = set()
-    running = backend(policy, engine, Metrics())
-    running.start()
-    in_flight = running.submit(GenerationRequest(engine.encode(PROMPTS[0]), max_new_tokens=200), stream=True)
-    await first_piece(in_flight)
-    gathering = StaticBackend(engine, 8, 60.0, 16, Metrics())  # a window far longer than the test
-    gathering.start()
-    waiting = [gathering.submit(GenerationRequest(engine.encode(p), max_new_tokens=4)) for p in PROMPTS[:2]]
-    await asyncio.sleep(0.2)  # the window has taken them off the queue
-    await running.close()
-    await gathering.close()
+    # A slow device: 200 steps of the tiny model take seconds, so the row is still running when the backend
+    # closes (unslowed, a quiet machine finishes it in 0.2 s and the test could not tell).
+    slow = tiny_llama.model.register_forward_pre_hook(lambda *_: time.sleep(0.02))
+    try:
+        running = backend(policy, engine, Metrics())
+        running.start()
+        in_flight = running.submit(GenerationRequest(engine.encode(PROMPTS[0]), max_new_tokens=200), stream=True)
+        await first_piece(in_flight)
+        gathering = StaticBackend(engine, 8, 60.0, 16, Metrics())  # a window far longer than the test
+        gathering.start()
+        waiting = [gathering.submit(GenerationRequest(engine.encode(p), max_new_tokens=4)) for p in PROMPTS[:2]]
+        await asyncio.sleep(0.2)  # the window has taken them off the queue
+        assert not in_flight.future.done()
+        await running.close()
+        await gathering.close()
+    finally:
+        slow.remove()
     for submission in [in_flight, *waiting]:
         with pytest.raises(ShuttingDown):
             await asyncio.wait_for(asyncio.shield(submission.future), 5)
