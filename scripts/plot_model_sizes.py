@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from steering.eval.plots import pyplot
+from steering.eval.scoring import condition_scores
 
 SIZE = re.compile(r"(\d+(?:\.\d+)?)([MB])\b", re.IGNORECASE)
 FEW_SHOT = "10-shot"
@@ -30,11 +31,6 @@ def parameters(model: str) -> float:
     return float(found.group(1)) * (1000.0 if found.group(2).upper() == "B" else 1.0)
 
 
-def _exact(run: dict[str, Any]) -> float | None:
-    at_one = [p for p in run.get("sweep", []) if p["multiple"] == 1.0]
-    return at_one[0]["exact"] if at_one else None
-
-
 def scores(results: list[dict[str, Any]], tasks: list[str], methods: list[str]) -> dict[str, dict[str, list[float]]]:
     """model -> condition -> exact match on each of `tasks` (every model must have them all)."""
     found: dict[str, dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
@@ -43,11 +39,10 @@ def scores(results: list[dict[str, Any]], tasks: list[str], methods: list[str]) 
         for name, task in result["tasks"].items():
             if name not in tasks:
                 continue
-            found[model][FEW_SHOT][name] = task["conditions"]["few_shot"]["exact"]
-            for method in methods:
-                value = _exact(task["methods"].get(method, {}))
-                if value is not None:
-                    found[model][method][name] = value
+            for condition, label in [("few_shot", FEW_SHOT), *zip(methods, methods, strict=True)]:
+                scored = condition_scores(task, condition)
+                if scored is not None:
+                    found[model][label][name] = scored["exact"]
     table: dict[str, dict[str, list[float]]] = {}
     for model, by_condition in found.items():
         table[model] = {}

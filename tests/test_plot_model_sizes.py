@@ -15,7 +15,7 @@ def result(model: str, few_shot: dict[str, float], steered: dict[str, float]) ->
     tasks = {
         name: {
             "conditions": {"few_shot": {"exact": few_shot[name]}},
-            "methods": {"context_tuning": {"sweep": [{"multiple": 0.0, "exact": 0.0}, {"multiple": 1.0, "exact": v}]}},
+            "methods": {"context_tuning": {"steered": {"exact": v}}},
         }
         for name, v in steered.items()
     }
