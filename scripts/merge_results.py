@@ -37,7 +37,7 @@ def _merge_task(name: str, mine: dict[str, Any], theirs: dict[str, Any]) -> None
     mine["seconds"] = mine["seconds"] + theirs["seconds"]
 
 
-def _chose_among(run: dict[str, Any]) -> set[str]:
+def chose_among(run: dict[str, Any]) -> set[str]:
     """The candidates an `auto` read off its candidates compared; none known for one computed for real (its run
     keeps only scalar metrics) or a failed one."""
     return {c["method"] for c in run.get("dev_metrics", {}).get("auto", {}).get("candidates", [])}
@@ -50,7 +50,7 @@ def _with_auto(task: dict[str, Any]) -> bool:
     runs = task["methods"]
     all_in = set(auto_candidates()) <= set(runs)
     measured = {m for m in auto_candidates() if m in runs and "error" not in runs[m]}
-    if all_in and AUTO in runs and "error" not in runs[AUTO] and not measured <= _chose_among(runs[AUTO]):
+    if all_in and AUTO in runs and "error" not in runs[AUTO] and not measured <= chose_among(runs[AUTO]):
         del runs[AUTO]
     if AUTO not in runs and all_in:
         runs[AUTO] = auto_from_candidates(runs)

@@ -186,13 +186,9 @@ def test_runs_split_by_task_merge_into_the_run_of_all_tasks(tiny_llama: LoadedMo
         merge([parts[0], parts[0]])
 
 
-def _chose_among(result: dict[str, Any]) -> set[str]:
-    return {c["method"] for c in result["tasks"]["antonyms"]["methods"]["auto"]["dev_metrics"]["auto"]["candidates"]}
-
-
 def test_runs_split_by_method_merge_into_the_run_of_all_methods(tiny_llama: LoadedModel) -> None:
     """A method measured after the others joins their results; `auto` is read off the candidates once all are in."""
-    from scripts.merge_results import merge
+    from scripts.merge_results import chose_among, merge
     from steering.methods.registry import auto_candidates
 
     fast = {"soft_injection": {"steps": 6, "eval_every": 3, "num_prompts": 4}, "context_tuning": {"epochs": 2}}
@@ -219,7 +215,7 @@ def test_runs_split_by_method_merge_into_the_run_of_all_methods(tiny_llama: Load
     newest_alone = run_suite(small_config([newest], tasks=["antonyms"], options=with_auto), LocalBackend(tiny_llama))
     remerged = merge([before_newest, newest_alone])  # an `auto` of fewer candidates gives way to one of all
     assert numbers(remerged) == numbers(whole)
-    assert _chose_among(remerged) == set(auto_candidates())
+    assert chose_among(remerged["tasks"]["antonyms"]["methods"]["auto"]) == set(auto_candidates())
     other_items = run_suite(
         small_config(["task_vector"], tasks=["antonyms"], options=fast, seed=1), LocalBackend(tiny_llama)
     )
