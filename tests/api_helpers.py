@@ -19,6 +19,7 @@ from app.services import Services
 from app.settings import Settings
 from tests.store_fixtures import free_port
 
+OCTET = {"Content-Type": "application/octet-stream"}  # a vector file posted to /v1/tasks/import
 ANTONYMS = [
     ("hot", "cold"),
     ("big", "small"),

@@ -28,6 +28,7 @@ from steering.wire.protocol import Demonstration
 from tests.api_helpers import (
     ANTONYMS,
     CAPITALS,
+    OCTET,
     assert_error,
     running_app,
     services_of,
@@ -37,7 +38,6 @@ from tests.api_helpers import (
 )
 from tests.test_scheduler import PROMPTS, run, solo, synthetic_vector
 
-OCTET = {"Content-Type": "application/octet-stream"}
 PREFIX_TEXTS = ["Q: hot\nA: cold\n\nQ: big\nA: small\n\n", "one two three four five six seven eight nine ten\n"]
 
 

@@ -32,10 +32,9 @@ from steering.vectors.modes import MODES, mode_spec
 from steering.vectors.task_vector import MAX_NORM_RATIO, ActivationScale, TaskVector, check_norms
 from steering.wire.method_names import VectorMethod
 from steering.wire.protocol import MAX_STOP_STRINGS, Demonstration
-from tests.api_helpers import ANTONYMS, assert_error, running_app, services_of, settings, task_body, wait_task
+from tests.api_helpers import ANTONYMS, OCTET, assert_error, running_app, services_of, settings, task_body, wait_task
 from tests.store_fixtures import StoreBackend
 
-OCTET = {"Content-Type": "application/octet-stream"}
 STALL_LIMIT_S = 1.0  # what /healthz may take while another request uses a hostile vector
 
 

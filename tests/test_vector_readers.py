@@ -40,7 +40,7 @@ from steering.vectors.gguf_reader import MAX_NESTING, parse_gguf
 from steering.vectors.safetensors_reader import json_depth
 from steering.vectors.task_vector import TaskVector, check_for_model
 from steering.wire.protocol import TaskInfo, Template
-from tests.api_helpers import assert_error, running_app, services_of
+from tests.api_helpers import OCTET, assert_error, running_app, services_of
 from tests.api_helpers import settings as app_settings
 
 CALL_LIMIT_S = 1.0
@@ -539,7 +539,6 @@ def test_large_valid_vectors_read_fast() -> None:
 
 # ------------------------------------------------------------------------------------------------ HTTP
 
-OCTET = {"Content-Type": "application/octet-stream"}
 HOSTILE_GGUF = (b"GGUF" + u32(3) + u64(0) + u64(1) + gstr("k") + u32(9) + u32(0) + u64(2**63 - 1)).ljust(68, b"\0")
 
 

@@ -16,13 +16,13 @@ from steering.vectors.export import GGUF_METHODS, export_gguf, read_gguf_directi
 from steering.vectors.modes import GGUF_EXPORTABLE_MODES
 from steering.vectors.task_vector import TaskVector
 from steering.wire.protocol import Template
+from tests.api_helpers import OCTET
 from tests.conftest import ServerProcess, start_server
 
 DEMOS = [
     {"input": a, "output": b}
     for a, b in [("hot", "cold"), ("big", "small"), ("fast", "slow"), ("up", "down"), ("day", "night"), ("in", "out")]
 ]
-OCTET = {"Content-Type": "application/octet-stream"}
 
 
 @pytest.fixture(scope="module")
