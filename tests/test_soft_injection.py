@@ -143,7 +143,9 @@ def test_runner_scores_a_teacher_forced_answer_as_a_full_forward_pass(tiny: Load
     assert torch.equal(runner.logits(None), got[:, 0])
     for row, (ids, answer) in enumerate(zip(encode(tiny, QUERIES[:3]), answers, strict=True)):
         with torch.inference_mode():
-            full = tiny.model(input_ids=torch.tensor([ids + answer])).logits[0, len(ids) - 1 :].float()
+            full = (
+                tiny.model(input_ids=torch.tensor([ids + answer], device=tiny.device)).logits[0, len(ids) - 1 :].float()
+            )
         torch.testing.assert_close(got[row, : len(answer) + 1], full, atol=1e-4, rtol=1e-4)
 
 

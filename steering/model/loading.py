@@ -148,7 +148,14 @@ def load_model(
         # A hub id downloads on first use (needs network); a local folder loads as is.
         tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
         model = AutoModelForCausalLM.from_pretrained(source, revision=revision, dtype=torch_dtype)
-    model = model.to(device=torch_device, dtype=torch_dtype).eval()
+    return wrap_model(model.to(device=torch_device, dtype=torch_dtype), tokenizer, name)
+
+
+def wrap_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str) -> LoadedModel:
+    """A model already loaded (on its device, in its dtype) made ready for steering: eval mode, no gradients,
+    its architecture resolved and fingerprinted under `name`, the tokenizer padding on the left."""
+    model = model.eval()
     model.requires_grad_(False)
-    arch = resolve_architecture(model)
-    return LoadedModel(model, _prepare_tokenizer(tokenizer), arch, name, model_fingerprint(name, model))
+    return LoadedModel(
+        model, _prepare_tokenizer(tokenizer), resolve_architecture(model), name, model_fingerprint(name, model)
+    )
