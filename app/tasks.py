@@ -20,6 +20,8 @@ from app.store import NameTaken, StoreUnavailable, TaskRecord, TaskStore
 from app.vector_cache import VectorCache
 from app.worker import VectorWorker
 from steering.methods import PREFIX_METHODS, options_model
+from steering.methods.common import most_shots
+from steering.methods.prompt_length import longest_prompt_tokens
 from steering.model.loading import LoadedModel
 from steering.steer.inject import SteeringTerm
 from steering.tasks.templates import DEFAULT_TEMPLATE, NoChatTemplate, chat_template
@@ -112,6 +114,17 @@ class TaskService:
             self._check_served(body, options)
         return options
 
+    def _check_prompts_fit(self, body: TaskCreate, options: dict) -> None:
+        """A task whose few-shot prompts would not fit the model's context is refused before it is stored."""
+        window = self.lm.context_window
+        if window is None:
+            return
+        template = body.template if isinstance(body.template, Template) else DEFAULT_TEMPLATE
+        shots = most_shots(options, len(body.demonstrations) - 1)  # a prompt's query is not among its shots
+        tokens = longest_prompt_tokens(self.lm, template, body.demonstrations, shots)
+        if tokens > window:
+            raise ApiErrors.DEMONSTRATIONS_EXCEED_CONTEXT(shots=shots, tokens=tokens, window=window)
+
     def _check_served(self, body: TaskCreate, options: dict) -> None:
         """Only the transformers engine serves KV prefixes: a method that makes one is refused, and `auto` leaves
         it out of its default candidates (`options` is changed in place); named as a candidate, it is refused."""
@@ -163,6 +176,7 @@ class TaskService:
         """Create the task (or find it) and make sure its vectors are being computed. Returns (record, created)."""
         body = self._expand_template(body)
         options = self._check_limits(body)
+        await asyncio.to_thread(self._check_prompts_fit, body, options)  # tokenising: off the event loop
         task_id = task_id_for(owner, self.lm.fingerprint, body, options)
         for _ in range(3):  # a concurrent delete between create and get: try again, a bounded number of times
             existing = await self.store.get(task_id)

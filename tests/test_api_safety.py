@@ -140,6 +140,12 @@ BAD_TASKS: list[tuple[Any, int, str | None]] = [
     ({**task_body(), "demonstrations": demos_of(17)}, 422, "too_many_demonstrations"),
     ({**task_body(), "demonstrations": [{"input": "x" * 51, "output": "y"}]}, 422, "demonstration_too_long"),
     ({**task_body(), "demonstrations": [{"input": "x", "output": "y" * 51}]}, 422, "demonstration_too_long"),
+    # 12 demonstrations within the character limit whose 10-shot prompts (about 1100 tokens) pass tiny:llama's 512
+    (
+        {**task_body(), "demonstrations": [{"input": "x" * 48 + f"{i:02}", "output": "y" * 50} for i in range(12)]},
+        422,
+        "demonstrations_exceed_context",
+    ),
     ({**task_body(), "demonstrations": []}, 422, "invalid_request"),
     ({**task_body(), "demonstrations": [{"input": "x"}]}, 422, "invalid_request"),
     ({**task_body(), "demonstrations": [{"input": "x", "output": "y", "extra": 1}]}, 422, "invalid_request"),

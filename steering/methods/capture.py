@@ -15,6 +15,7 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from steering.generation.transformers.tokens import left_pad, positions_from_mask
+from steering.methods.prompt_length import check_prompt_lengths
 from steering.model.loading import LoadedModel
 from steering.steer.inject import BatchSteering, SteeringTerm, maybe_attached
 from steering.steer.prefix import prefix_term
@@ -24,7 +25,10 @@ Plan = Sequence[SteeringTerm]
 
 
 def encode(lm: LoadedModel, texts: Sequence[str]) -> list[list[int]]:
-    return [list(ids) for ids in lm.tokenizer(list(texts))["input_ids"]]
+    """Every method's prompts pass here: one longer than the model's context window is refused (`PromptTooLong`)."""
+    ids = [list(ids) for ids in lm.tokenizer(list(texts))["input_ids"]]
+    check_prompt_lengths(lm, ids)
+    return ids
 
 
 def _chunks(n: int, size: int) -> Iterator[slice]:

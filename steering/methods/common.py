@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -348,3 +348,17 @@ def framed(job: Job, texts: Sequence[str]) -> list[str]:
     outliers orders of magnitude larger than elsewhere: their differences would swamp any steering.
     """
     return [render_query(job.template, text) for text in texts]
+
+
+def most_shots(options: Mapping[str, Any], demonstrations: int) -> int:
+    """The most demonstrations one prompt of the task holds: the few-shot baseline's, or any `k_shot` in the
+    options (at any depth: `auto`'s per-method options), but never more than there are to draw from."""
+    return min(max([BASELINE_SHOTS, *_k_shots(options)]), demonstrations)
+
+
+def _k_shots(options: Mapping[str, Any]) -> Iterator[int]:
+    for key, value in options.items():
+        if isinstance(value, Mapping):
+            yield from _k_shots(value)
+        elif key == "k_shot" and isinstance(value, int):
+            yield value
