@@ -105,8 +105,8 @@ class ApiErrors(Enum):
     DEMONSTRATIONS_EXCEED_CONTEXT = ErrorSpec(
         422,
         "demonstrations_exceed_context",
-        "the task's longest {shots}-shot prompt takes {tokens} tokens and the model reads at most {window}: use "
-        "shorter demonstrations (its few-shot baseline always takes up to 10), or a smaller k_shot",
+        "the task's longest {shots}-shot prompt takes {tokens} tokens with its answer, and the model reads at most "
+        "{window}: use shorter demonstrations (its few-shot baseline always takes up to 10), or a smaller k_shot",
     )
     UNKNOWN_METHOD = ErrorSpec(422, "unknown_method", "method {method} is not available on this server")
     INVALID_OPTIONS = ErrorSpec(422, "invalid_options", "{reason}")

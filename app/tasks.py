@@ -8,6 +8,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -17,11 +18,12 @@ from app.errors import quoted
 from app.metrics import Metrics
 from app.settings import Settings
 from app.store import NameTaken, StoreUnavailable, TaskRecord, TaskStore
+from app.tokenizing import PromptTokenizer
 from app.vector_cache import VectorCache
 from app.worker import VectorWorker
 from steering.methods import PREFIX_METHODS, options_model
-from steering.methods.common import most_shots
 from steering.methods.prompt_length import longest_prompt_tokens
+from steering.methods.registry import most_shots
 from steering.model.loading import LoadedModel
 from steering.steer.inject import SteeringTerm
 from steering.tasks.templates import DEFAULT_TEMPLATE, NoChatTemplate, chat_template
@@ -93,6 +95,7 @@ class TaskService:
     ) -> None:
         self.lm, self.store, self.worker, self.vectors = lm, store, worker, vectors
         self.settings, self.metrics, self.bounds = settings, metrics, bounds
+        self._tokenizing = PromptTokenizer(lm.tokenizer, threads=1)  # registrations' prompt-length checks
 
     def _check_limits(self, body: TaskCreate) -> dict:
         limit = self.settings.max_demonstrations
@@ -114,14 +117,14 @@ class TaskService:
             self._check_served(body, options)
         return options
 
-    def _check_prompts_fit(self, body: TaskCreate, options: dict) -> None:
+    def _check_prompts_fit(self, tokenizer: Any, body: TaskCreate, options: dict) -> None:
         """A task whose few-shot prompts would not fit the model's context is refused before it is stored."""
         window = self.lm.context_window
         if window is None:
             return
         template = body.template if isinstance(body.template, Template) else DEFAULT_TEMPLATE
-        shots = most_shots(options, len(body.demonstrations) - 1)  # a prompt's query is not among its shots
-        tokens = longest_prompt_tokens(self.lm, template, body.demonstrations, shots)
+        shots = most_shots(body.method, options, len(body.demonstrations))
+        tokens = longest_prompt_tokens(tokenizer, template, body.demonstrations, shots)
         if tokens > window:
             raise ApiErrors.DEMONSTRATIONS_EXCEED_CONTEXT(shots=shots, tokens=tokens, window=window)
 
@@ -176,12 +179,12 @@ class TaskService:
         """Create the task (or find it) and make sure its vectors are being computed. Returns (record, created)."""
         body = self._expand_template(body)
         options = self._check_limits(body)
-        await asyncio.to_thread(self._check_prompts_fit, body, options)  # tokenising: off the event loop
         task_id = task_id_for(owner, self.lm.fingerprint, body, options)
         for _ in range(3):  # a concurrent delete between create and get: try again, a bounded number of times
             existing = await self.store.get(task_id)
             if existing is None:
                 await self._check_quotas(owner)
+                await self._tokenizing.run(lambda tokenizer: self._check_prompts_fit(tokenizer, body, options))
                 record = self._new_record(task_id, body, options, owner)
                 if await self.create(record, take_name=body.take_name):
                     self.worker.submit(task_id)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import copy
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 from app.error_codes import ApiErrors
 from steering.wire.protocol import ChatMessage
 
+T = TypeVar("T")
 TOKENIZING_THREADS = 2  # prompts rendered and tokenized at once, each thread with its own tokenizer
 
 
@@ -27,6 +28,10 @@ class PromptTokenizer:
     async def ids(self, prompt: str | None, messages: Sequence[ChatMessage] | None) -> list[int]:
         """The chat rendered (when `messages`, else the prompt), then its token ids."""
         return await asyncio.get_running_loop().run_in_executor(self._threads, self._ids, prompt, messages)
+
+    async def run(self, work: Callable[[Any], T]) -> T:
+        """`work(tokenizer)` on a tokenizing thread, with that thread's copy."""
+        return await asyncio.get_running_loop().run_in_executor(self._threads, lambda: work(self._tokenizer()))
 
     def _ids(self, prompt: str | None, messages: Sequence[ChatMessage] | None) -> list[int]:
         text = self._render_chat(messages) if messages is not None else prompt or ""

@@ -133,6 +133,7 @@ def head_means(
     arch = lm.arch
     tails = [list(a) for a in answers] if answers is not None else [[] for _ in prompts]
     sequences = [ids + tail for ids, tail in zip(encode(lm, prompts), tails, strict=True)]
+    check_prompt_lengths(lm, sequences)  # with the answers teacher forced after the prompts
     last_sum = torch.zeros(arch.num_layers, arch.num_heads * arch.head_dim)
     answer_sum = torch.zeros_like(last_sum)
     answer_count = 0
@@ -224,6 +225,8 @@ class LastTokenRunner:
         token_ids = encode(lm, texts)
         if any(len(t) < 2 for t in token_ids):
             raise ValueError("every prompt needs at least two tokens")
+        if continuations is not None:
+            check_prompt_lengths(lm, [[*t, *c] for t, c in zip(token_ids, continuations, strict=True)])
         prefix_ids, mask = left_pad([t[:-1] for t in token_ids], _pad_id(lm), lm.device)
         self.prefix_len = prefix_ids.shape[1]
         self.cache = DynamicCache(config=lm.model.config)

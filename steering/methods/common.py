@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import random
+import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from steering.generation.rows import GenerationRequest
 from steering.generation.transformers.engine import Engine
 from steering.methods.capture import next_token_logprobs
+from steering.methods.prompt_length import check_prompt_lengths
 from steering.model.loading import LoadedModel
 from steering.steer.inject import SteeringTerm
 from steering.tasks.answer_end import AnswerEnd, learn_answer_end
@@ -201,9 +203,14 @@ def greedy_answers(
     texts: list[str] = []
     for start in range(0, len(prompts), batch_size):
         check()
-        requests = [
-            GenerationRequest(engine.encode(p), tuple(terms), max_new_tokens=max_new_tokens, answer_end=answer_end)
-            for p in prompts[start : start + batch_size]
+        ids = [engine.encode(p) for p in prompts[start : start + batch_size]]
+        check_prompt_lengths(lm, ids, new_tokens=1)
+        window = lm.context_window or sys.maxsize
+        requests = [  # an answer still running at the end of the context ends there
+            GenerationRequest(
+                row, tuple(terms), max_new_tokens=min(max_new_tokens, window - len(row)), answer_end=answer_end
+            )
+            for row in ids
         ]
         texts.extend(r.text for r in engine.generate(requests))
     return texts
@@ -348,17 +355,3 @@ def framed(job: Job, texts: Sequence[str]) -> list[str]:
     outliers orders of magnitude larger than elsewhere: their differences would swamp any steering.
     """
     return [render_query(job.template, text) for text in texts]
-
-
-def most_shots(options: Mapping[str, Any], demonstrations: int) -> int:
-    """The most demonstrations one prompt of the task holds: the few-shot baseline's, or any `k_shot` in the
-    options (at any depth: `auto`'s per-method options), but never more than there are to draw from."""
-    return min(max([BASELINE_SHOTS, *_k_shots(options)]), demonstrations)
-
-
-def _k_shots(options: Mapping[str, Any]) -> Iterator[int]:
-    for key, value in options.items():
-        if isinstance(value, Mapping):
-            yield from _k_shots(value)
-        elif key == "k_shot" and isinstance(value, int):
-            yield value

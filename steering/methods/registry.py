@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from steering.methods import auto
-from steering.methods.common import Job, MethodSpec
+from steering.methods.common import BASELINE_SHOTS, Job, MethodSpec
 from steering.vectors.task_vector import TaskVector
 from steering.wire.method_names import VECTOR_METHOD_NAMES
 
@@ -90,3 +90,17 @@ def method_spec(method: str) -> MethodSpec:
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     return METHODS[method]
+
+
+def most_shots(method: str, options: Mapping[str, Any], demonstrations: int) -> int:
+    """The most demonstrations one prompt of a task holds: the few-shot baseline's, or the `k_shot` the method (or
+    each candidate `auto` runs) computes with, its options read as the computation will read them; never more than
+    there are besides the prompt's own query."""
+    if method == "auto":
+        checked = CheckedAutoOptions(**options)
+        shared = checked.model_dump(exclude_unset=True, exclude={"candidates", "time_budget_s", "method_options"})
+        runs = {name: {**shared, **checked.method_options.get(name, {})} for name in checked.candidates}
+    else:
+        runs = {method: dict(options)}
+    shots = [getattr(VECTOR_METHODS[name].options(**opts), "k_shot", 0) for name, opts in runs.items()]
+    return max(0, min(max([BASELINE_SHOTS, *shots]), demonstrations - 1))
