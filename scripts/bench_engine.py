@@ -210,10 +210,10 @@ def loop_generate(lm: LoadedModel, ids: Tensor, tokens: int) -> None:
     model = lm.model
     cache = DynamicCache(config=model.config)
     with torch.inference_mode():
-        out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=ids, **lm.arch.cache_argument(cache), use_cache=True, logits_to_keep=1)
         for _ in range(tokens - 1):
             nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-            out = model(input_ids=nxt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            out = model(input_ids=nxt, **lm.arch.cache_argument(cache), use_cache=True, logits_to_keep=1)
 
 
 @contextlib.contextmanager

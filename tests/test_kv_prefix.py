@@ -46,7 +46,7 @@ def text_prefix(lm: LoadedModel, text: str) -> tuple[TaskVector, list[int]]:
     ids = Engine(lm).encode(text)
     cache = DynamicCache()  # no config: sliding-window layers keep every column too
     with torch.no_grad():
-        lm.model(torch.tensor([ids]), past_key_values=cache, use_cache=True)
+        lm.model(torch.tensor([ids], device=lm.device), **lm.arch.cache_argument(cache), use_cache=True)
     tensors = {
         "prefix_keys": torch.cat([layer.keys for layer in cache.layers]),
         "prefix_values": torch.cat([layer.values for layer in cache.layers]),

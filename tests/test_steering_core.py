@@ -8,6 +8,8 @@ each row.
 from __future__ import annotations
 
 import copy
+import inspect
+import warnings
 
 import pytest
 import torch
@@ -93,6 +95,18 @@ def test_plain_engine_matches_transformers_generate(tiny_lm: LoadedModel) -> Non
             ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False, pad_token_id=0
         )[0, ids.shape[1] :].tolist()
         assert result.token_ids == reference[: len(result.token_ids)]
+
+
+def test_the_cache_goes_by_the_name_this_transformers_gives_it(tiny_lm: LoadedModel, vectors) -> None:
+    """transformers 5.25 renamed `past_key_values` to `cache` (the old name warns, and goes in 5.40); older releases
+    (vLLM's pin) know only the old one: every pass of the engine and the methods uses the model's own."""
+    assert tiny_lm.arch.cache_keyword in inspect.signature(tiny_lm.model.forward).parameters
+    engine = Engine(tiny_lm)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        engine.generate(_requests(engine, [[SteeringTerm(vectors["task_vector"], 1.0)]] * len(PROMPTS)))
+        compute_vector(tiny_lm, DEMOS, "context_tuning", options={"k_shot": 3, "epochs": 1})
+    assert not [w for w in caught if "past_key_values" in str(w.message)]
 
 
 @pytest.mark.parametrize("method", ALL_VECTORS)

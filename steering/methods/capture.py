@@ -236,7 +236,7 @@ class LastTokenRunner:
                 input_ids=prefix_ids,
                 attention_mask=mask,
                 position_ids=positions_from_mask(mask),
-                past_key_values=self.cache,
+                **self.lm.arch.cache_argument(self.cache),
                 use_cache=True,
                 logits_to_keep=1,
             )
@@ -273,7 +273,7 @@ class LastTokenRunner:
                     input_ids=self.last_ids,
                     attention_mask=self.mask,
                     position_ids=self.positions,
-                    past_key_values=self.cache,
+                    **self.lm.arch.cache_argument(self.cache),
                     use_cache=True,
                 ).logits.float()
         finally:

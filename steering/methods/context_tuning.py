@@ -124,7 +124,7 @@ def build_prefix(lm: LoadedModel, template: Template, shots: list[Demonstration]
         raise ValueError(f"the prefix takes {len(ids)} tokens; at most {limit} here (lower k_shot)")
     cache = DynamicCache()  # without the config, sliding-window layers keep every column too
     with lm.lock, torch.no_grad():
-        lm.model(torch.tensor([ids], device=lm.device), past_key_values=cache, use_cache=True)
+        lm.model(torch.tensor([ids], device=lm.device), **lm.arch.cache_argument(cache), use_cache=True)
     arch = lm.arch
     want = (1, arch.num_kv_heads, len(ids), arch.head_dim)
     layers = list(cache.layers)
@@ -186,7 +186,7 @@ def prefix_logits(
         input_ids=rows.ids,
         attention_mask=torch.cat([seen.to(rows.mask.dtype), rows.mask], dim=1),
         position_ids=(prefix.tokens + torch.arange(width, device=lm.device)).expand(count, -1),
-        past_key_values=cache,
+        **lm.arch.cache_argument(cache),
         use_cache=True,
     ).logits
 

@@ -6,6 +6,7 @@ means adding one `Family` entry here.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 from torch import nn
@@ -71,10 +72,17 @@ class Architecture:
     head_dim: int
     hidden_size: int
     num_kv_heads: int  # key/value heads (fewer than num_heads with grouped or multi-query attention)
+    # The forward's keyword for a KV cache: transformers 5.25 renamed `past_key_values` to `cache` (the old name
+    # warns there and goes in 5.40); earlier releases, which vLLM pins, know only the old one.
+    cache_keyword: str = "past_key_values"
 
     @property
     def num_layers(self) -> int:
         return len(self.layers)
+
+    def cache_argument(self, cache: object) -> dict[str, object]:
+        """The keyword argument that passes `cache` to this model's forward."""
+        return {self.cache_keyword: cache}
 
 
 def supported_model_types() -> list[str]:
@@ -112,7 +120,9 @@ def resolve_architecture(model: nn.Module) -> Architecture:
     num_heads = int(getattr(config, "num_attention_heads", None) or config.n_head)
     head_dim = _in_features(attn_out[0]) // num_heads
     hidden_size = int(getattr(config, "hidden_size", None) or config.n_embd)
-    return Architecture(family.name, layers, attn_out, num_heads, head_dim, hidden_size, _kv_heads(config, num_heads))
+    cache_keyword = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    kv_heads = _kv_heads(config, num_heads)
+    return Architecture(family.name, layers, attn_out, num_heads, head_dim, hidden_size, kv_heads, cache_keyword)
 
 
 def _kv_heads(config: object, num_heads: int) -> int:

@@ -244,7 +244,7 @@ class Scheduler:
                 input_ids=group.ids[:, group.done : end],
                 attention_mask=group.mask[:, : group.cached + end],
                 position_ids=group.positions[:, group.done : end],
-                past_key_values=group.cache,
+                **lm.arch.cache_argument(group.cache),
                 use_cache=True,
                 logits_to_keep=1,
             )
@@ -296,7 +296,7 @@ class Scheduler:
                 input_ids=running.tokens[:, None],
                 attention_mask=mask,
                 position_ids=running.positions[:, None],
-                past_key_values=running.kv.cache,
+                **lm.arch.cache_argument(running.kv.cache),
                 use_cache=True,
                 logits_to_keep=1,
             )
