@@ -8,10 +8,11 @@
 The unit tests hold the invariants (docs/ARCHITECTURE.md) exactly on tiny models in float32 on a CPU. This
 counts how many rows of a real model hold them on the device and dtype people serve with, where kernels may
 pick other reduction orders for other batch shapes: strength 0 against the plain model, a mixed batch against
-each row alone, rows joining a running batch one step apart against each row alone. A row that differs reports
-the first token where it parts. Then what steering costs there: decode time per token steered and plain (batch
-1), tokens per second of a batch of mixed rows against the same batch plain, what each vector took to compute,
-and what building a row's KV-prefix cache takes. Writes JSON (and prints it).
+each row alone (and its unsteered rows apart, which part only through rounding), rows joining a running batch
+one step apart against each row alone. A row that differs reports the first token where it parts. Then what
+steering costs there: decode time per token steered and plain (batch 1), tokens per second of a batch of mixed
+rows against the same batch plain, what each vector took to compute, and what building a row's KV-prefix cache
+takes. Writes JSON (and prints it).
 """
 
 from __future__ import annotations
@@ -101,11 +102,13 @@ def check_rows(lm: LoadedModel, vectors: dict[str, TaskVector], queries: int, to
     joined = _joining_one_step_apart(engine, requests)
     plain = {p: alone[i * len(plans)] for i, p in enumerate(prompts)}
     zero = [(alone[i], plain[prompts[i // len(plans)]]) for i, r in enumerate(requests) if _zero(r)]
+    unsteered = [i for i, r in enumerate(requests) if not r.steering]  # whether plain rows part too: rounding
     return {
         "rows": len(requests),
         "strength_zero_equals_plain": _agreement(zero),
         "mixed_batch_equals_alone": _agreement(list(zip(batched, alone, strict=True))),
         "joining_rows_equal_alone": _agreement(list(zip(joined, alone, strict=True))),
+        "unsteered_rows_of_the_mixed_batch_equal_alone": _agreement([(batched[i], alone[i]) for i in unsteered]),
     }
 
 

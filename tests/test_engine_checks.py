@@ -23,7 +23,8 @@ def test_every_invariant_holds_on_every_row_in_float32(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     assert report["machine"]["dtype"] == "float32"
     invariants = report["invariants"]
-    for name in ("strength_zero_equals_plain", "mixed_batch_equals_alone", "joining_rows_equal_alone"):
+    names = ("strength_zero_equals_plain", "mixed_batch_equals_alone", "joining_rows_equal_alone")
+    for name in (*names, "unsteered_rows_of_the_mixed_batch_equal_alone"):
         assert invariants[name]["rows"] > 0
         assert invariants[name]["equal"] == invariants[name]["rows"], name
     costs = report["costs"]
