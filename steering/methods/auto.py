@@ -42,6 +42,12 @@ class AutoOptions(MethodOptions):
         default_factory=dict, description="Extra options per candidate method, e.g. {'soft_injection': {'steps': 60}}."
     )
 
+    def candidate_options(self, method: str) -> dict[str, Any]:
+        """What `method` computes with as a candidate: only the options the caller set are passed on (each candidate
+        keeps its own defaults: soft injection's k_shot and num_prompts differ from the others'), then its own."""
+        shared = self.model_dump(exclude_unset=True, exclude={"candidates", "time_budget_s", "method_options"})
+        return {**shared, **self.method_options.get(method, {})}
+
 
 def rank_key(metrics: dict[str, Any]) -> tuple[float, float, float]:
     """How candidates compare: held-out exact match first (what users see), then first-token accuracy, then
@@ -56,9 +62,6 @@ def rank_key(metrics: dict[str, Any]) -> tuple[float, float, float]:
 def compute(job: Job, options: AutoOptions, methods: Mapping[str, MethodSpec]) -> TaskVector:
     """The best of `options.candidates`, each computed by its spec in `methods`."""
     opts = options
-    # Only what the caller set is passed on: each candidate keeps its own defaults (soft injection's
-    # k_shot and num_prompts differ from the others'), so a candidate computes exactly as it would alone.
-    shared = opts.model_dump(exclude_unset=True, exclude={"candidates", "time_budget_s", "method_options"})
     budget = Budget(opts.time_budget_s, ceiling_for(job.time_limit_s))
     started = time.perf_counter()
     tried: list[dict[str, Any]] = []
@@ -82,7 +85,7 @@ def compute(job: Job, options: AutoOptions, methods: Mapping[str, MethodSpec]) -
             time_limit_s=job.time_limit_s,
             memo=job.memo,
         )
-        vector = spec.compute(sub_job, {**shared, **opts.method_options.get(method, {})})
+        vector = spec.compute(sub_job, opts.candidate_options(method))
         if unit_cost is None:
             unit_cost = vector.compute_seconds / spec.relative_cost
         tried.append(

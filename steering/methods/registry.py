@@ -69,9 +69,8 @@ class CheckedAutoOptions(auto.AutoOptions):
 
     @model_validator(mode="after")
     def _candidate_options(self) -> CheckedAutoOptions:
-        shared = self.model_dump(exclude_unset=True, exclude={"candidates", "time_budget_s", "method_options"})
-        for method, extra in self.method_options.items():
-            VECTOR_METHODS[method].options(**{**shared, **extra})  # as `auto.compute` will combine them
+        for method in self.method_options:
+            VECTOR_METHODS[method].options(**self.candidate_options(method))
         return self
 
 
@@ -98,8 +97,7 @@ def most_shots(method: str, options: Mapping[str, Any], demonstrations: int) -> 
     there are besides the prompt's own query."""
     if method == "auto":
         checked = CheckedAutoOptions(**options)
-        shared = checked.model_dump(exclude_unset=True, exclude={"candidates", "time_budget_s", "method_options"})
-        runs = {name: {**shared, **checked.method_options.get(name, {})} for name in checked.candidates}
+        runs = {name: checked.candidate_options(name) for name in checked.candidates}
     else:
         runs = {method: dict(options)}
     shots = [getattr(VECTOR_METHODS[name].options(**opts), "k_shot", 0) for name, opts in runs.items()]
