@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from scripts.bench_common import median, timed
+from scripts.bench_common import machine_facts, median, timed
 from scripts.bench_engine import fixed_length_engine, measure_engine_decode
 from steering.generation.rows import GenerationRequest
 from steering.generation.transformers.engine import Engine
@@ -163,25 +162,18 @@ def measure_costs(lm: LoadedModel, vectors: dict[str, TaskVector], tokens: int, 
     if "context_tuning" in vectors:
         term = SteeringTerm(vectors["context_tuning"], 1.0)
         config, device, dtype = lm.model.config, lm.device, lm.dtype
-        build = [timed(lambda: _synchronized(prefixed_cache(term, config, device, dtype))) for _ in range(20)]
+        build = [timed(lambda: prefixed_cache(term, config, device, dtype)) for _ in range(20)]
         costs["prefix_cache_build_ms"] = round(1000 * median(build), 3)
         costs["prefix_tokens"] = vectors["context_tuning"].prefix_tokens
     return costs
 
 
-def _synchronized(value: object) -> object:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return value
-
-
 def machine(lm: LoadedModel) -> dict[str, Any]:
     device = lm.device
     return {
+        **machine_facts(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
         "dtype": str(lm.dtype).removeprefix("torch."),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
         "model": lm.name,
         "parameters_m": round(sum(p.numel() for p in lm.model.parameters()) / 1e6, 1),
     }
