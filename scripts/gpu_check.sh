@@ -6,7 +6,9 @@
 # /tmp (the machine must stay warm in between: it goes back 30 s after a call). Writes everything under $OUT.
 #   bash scripts/gpu_check.sh tests   # the invariant tests on CUDA in bfloat16, failures again in float32, and the
 #                                     # engine checks on random weights in SmolLM2-1.7B's shape
-#   bash scripts/gpu_check.sh model   # the engine checks on the packaged SmolLM2-135M, bfloat16 and float32
+#   bash scripts/gpu_check.sh checks  # only those engine checks on random weights (a first call that must be short)
+#   bash scripts/gpu_check.sh model   # the engine checks on the packaged SmolLM2-135M, in each of $DTYPES
+#                                     # (default "bfloat16 float32"), $CHECK_S seconds each (default 150)
 #   bash scripts/gpu_check.sh prepare # here, before both: the wheels and the slices (`make setup` first)
 set -uo pipefail
 if [ "${1:-}" = prepare ]; then
@@ -34,6 +36,11 @@ FILES="$FILES tests/test_transformers_backends.py"
 PYTEST="python3 -m pytest -q -ra -p no:warnings -m 'not slow and not browser and not vllm' -o cache_dir=/tmp/pytest-cache"
 PYTEST="$PYTEST --timeout 120"
 
+random_shape_checks() {
+  timeout 150 python3 -m scripts.engine_checks --shape smollm2-1.7b --queries 2 --tokens 12 --reps 3 \
+    --out "$OUT/random-1.7b-bfloat16.json" 2>&1 | tail -5
+}
+
 case "${1:-tests}" in
 tests)
   timeout 150 bash -c "$PYTEST $FILES" > "$OUT/pytest-bfloat16.txt" 2>&1
@@ -41,15 +48,17 @@ tests)
   STEER_TEST_DTYPE=float32 timeout 90 bash -c "$PYTEST -p scripts.pytest_dtype --lf --lfnf none $FILES" \
     > "$OUT/pytest-float32-failed-again.txt" 2>&1
   tail -30 "$OUT/pytest-float32-failed-again.txt"
-  timeout 150 python3 -m scripts.engine_checks --shape smollm2-1.7b --queries 2 --tokens 12 --reps 3 \
-    --out "$OUT/random-1.7b-bfloat16.json" 2>&1 | tail -5
+  random_shape_checks
+  ;;
+checks)
+  random_shape_checks
   ;;
 model)
   model=/tmp/smollm2-135m.gguf
   if [ -f /tmp/part0 ] && [ -f .gpu/part1 ]; then cat /tmp/part0 .gpu/part1 > $model; fi
   if echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $model" | sha256sum -c; then
-    for dtype in bfloat16 float32; do
-      timeout 150 python3 -m scripts.engine_checks --model $model --dtype $dtype --quick-vectors --queries 3 \
+    for dtype in ${DTYPES:-bfloat16 float32}; do
+      timeout "${CHECK_S:-150}" python3 -m scripts.engine_checks --model $model --dtype $dtype --quick-vectors --queries 3 \
         --reps 3 --out "$OUT/smollm2-135m-$dtype.json" 2>&1 | tail -5
     done
   else
