@@ -28,6 +28,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable
 from datetime import date, timedelta
+from itertools import islice
 from pathlib import Path
 
 import airportsdata  # type: ignore[import-not-found]
@@ -263,7 +264,7 @@ def unicode_name() -> Iterable[tuple[str, str]]:
 def _common_words(count: int) -> list[str]:
     """The `count` most frequent English words of 3 to 8 plain letters in wordfreq's list."""
     words = (w for w in wordfreq.top_n_list("en", 20000) if w.isascii() and w.isalpha() and 3 <= len(w) <= 8)
-    return [w for _, w in zip(range(count), words, strict=False)]
+    return list(islice(words, count))
 
 
 def word_phones() -> Iterable[tuple[str, str]]:
