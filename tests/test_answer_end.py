@@ -146,6 +146,14 @@ def test_verdict_names_what_auto_tried_when_even_the_best_is_weak() -> None:
     assert "task_vector 20 %" in found.advice and "soft_injection 40 %" in found.advice
 
 
+def test_verdict_says_when_auto_kept_context_tuning_below_a_candidate_that_beat_prompting() -> None:
+    tried = [{"method": "soft_injection", "dev_exact": 0.5}, {"method": "context_tuning", "dev_exact": 0.3}]
+    found = verdict("context_tuning", metrics(0.3, 0.0, 0.4, auto={"chose": "context_tuning", "candidates": tried}))
+    assert found is not None and found.rating == "below_few_shot"
+    assert "Even the best" not in found.advice
+    assert "soft_injection scored above it" in found.advice and "by less than chance" in found.advice
+
+
 def test_verdict_on_a_style_method_that_changes_nothing() -> None:
     tried = [{"method": "icv", "dev_exact": 0.0}, {"method": "soft_injection", "dev_exact": 0.8}]
     found = verdict("icv", metrics(0.0, 0.0, 0.7, auto={"candidates": tried}))

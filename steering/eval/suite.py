@@ -15,7 +15,7 @@ from steering.eval.config import EvalConfig, reproduce_command
 from steering.eval.progress import NullReporter, Reporter
 from steering.eval.scoring import DEFINITIONS, Probe, build_probe, score, summarise
 from steering.eval.task_source import load_eval_task
-from steering.methods.auto import rank_key
+from steering.methods.auto import choose
 from steering.methods.registry import auto_candidates
 from steering.tasks.datasets import split_task
 from steering.tasks.verdict import verdict
@@ -111,7 +111,7 @@ def evaluate_task(backend: Backend, task: str, config: EvalConfig, reporter: Rep
 
 def derives_auto(config: EvalConfig) -> bool:
     """`auto` is read off its candidates' own runs when they are all evaluated: it would run the very same
-    computations (same options, seed and held-out split) and keep the best by `rank_key`."""
+    computations (same options, seed and held-out split) and keep what `auto.choose` keeps."""
     return AUTO in config.methods and set(auto_candidates()) <= set(config.methods)
 
 
@@ -119,13 +119,13 @@ def auto_from_candidates(runs: dict[str, Any]) -> dict[str, Any]:
     tried = {m: runs[m] for m in auto_candidates() if "error" not in runs.get(m, {"error": ""})}
     if not tried:
         return {"error": "every candidate of auto failed"}
-    chosen = max(tried, key=lambda m: rank_key(tried[m]["dev_metrics"]))
+    chosen, reason = choose({m: r["dev_metrics"] for m, r in tried.items()})
     dev = tried[chosen]["dev_metrics"]
     candidates = [{"method": m, **_dev_scores(r["dev_metrics"])} for m, r in tried.items()]
     return {
         **tried[chosen],
         "derived_from_candidates": True,
-        "dev_metrics": {**dev, "auto": {"chose": chosen, "candidates": candidates}},
+        "dev_metrics": {**dev, "auto": {"chose": chosen, "reason": reason, "candidates": candidates}},
     }
 
 

@@ -72,7 +72,9 @@ def _tried(metrics: dict[str, Any], metric: str) -> list[tuple[str, float]]:
     ]
 
 
-def _advice(method: str, rating: VerdictRating, metrics: dict[str, Any], metric: str, shots: str) -> str | None:
+def _advice(
+    method: str, rating: VerdictRating, metrics: dict[str, Any], metric: str, shots: str, few: float
+) -> str | None:
     tried = _tried(metrics, metric)
     listing = ", ".join(f"{m} {_pct(v)}" for m, v in tried)
     parts: list[str] = []
@@ -90,7 +92,14 @@ def _advice(method: str, rating: VerdictRating, metrics: dict[str, Any], metric:
                 "demonstrations, or method auto."
             )
     elif rating == "below_few_shot":
-        if tried:
+        ahead = [m for m, v in tried if v > few + 1e-9]
+        if ahead:  # `auto.choose` kept context tuning within chance of a candidate that scored above prompting
+            parts.append(
+                f"{method} trails {shots} prompting here, and {', '.join(ahead)} scored above it on these few "
+                f"held-out demonstrations ({listing}), by less than chance over {method}, which auto keeps as the "
+                "best on tasks nobody tuned on. Post more demonstrations for a firmer choice, or name a method."
+            )
+        elif tried:
             parts.append(
                 f"Even the best method tried trails {shots} prompting here ({listing}). Prompting with "
                 "demonstrations answers this task better; more demonstrations may help the vector."
@@ -157,7 +166,7 @@ def verdict(method: str, metrics: dict[str, Any] | None) -> Verdict | None:
         f"{who} answers {_pct(steered)} of {where} {measure}; {shots} prompting {_pct(few)}, "
         f"zero-shot {_pct(zero)}: {conclusion}."
     )
-    advice = _advice(chose or method, rating, metrics, metric, shots)
+    advice = _advice(chose or method, rating, metrics, metric, shots, few)
     chance = _chance_note(rating, steered, few, margin, held_out, shots)
     return Verdict(
         rating=rating,
