@@ -291,12 +291,13 @@ def morse_code() -> Iterable[tuple[str, str]]:
 def holiday_name() -> Iterable[tuple[str, str]]:
     """A country and a day of 2026 -> the public holiday's English name (`France, 14 July` -> `National Day`); only
     countries the holidays package names in American English, and days with one holiday."""
+    localized = holidays.list_localized_countries()
     for class_name, code, *_ in HOLIDAY_COUNTRIES.values():
-        if "en_US" not in holidays.list_localized_countries().get(code, []):
+        if "en_US" not in localized.get(code, []):
             continue
         country = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", class_name)
         for day, name in holidays.country_holidays(code, years=2026, language="en_US").items():
-            if ";" not in name and not CATALOGUE_FORM.search(name):
+            if not CATALOGUE_FORM.search(name):  # several holidays on one day come joined by "; "
                 yield f"{country}, {day.day} {day.strftime('%B')}", name
 
 

@@ -58,7 +58,7 @@ class AutoOptions(MethodOptions):
         return {**shared, **self.method_options.get(method, {})}
 
 
-def rank_key(metrics: dict[str, Any]) -> tuple[float, float, float]:
+def rank_key(metrics: Mapping[str, Any]) -> tuple[float, float, float]:
     """How candidates compare: held-out exact match first (what users see), then first-token accuracy, then
     the log-probability of the right first token."""
     return (
@@ -70,7 +70,7 @@ def rank_key(metrics: dict[str, Any]) -> tuple[float, float, float]:
 
 def choose(metrics: Mapping[str, Mapping[str, Any]]) -> tuple[str, str]:
     """Which of the candidates (each one's metrics, by method) to keep, and why."""
-    best = max(metrics, key=lambda method: rank_key(dict(metrics[method])))
+    best = max(metrics, key=lambda method: rank_key(metrics[method]))
     preferred = metrics.get(PREFERRED)
     if preferred is None or best == PREFERRED:
         return best, BEST_REASON
