@@ -12,6 +12,7 @@ from steering.generation.transformers.continuous import ContinuousBackend
 from steering.generation.transformers.engine import Engine
 from steering.generation.transformers.static import StaticBackend
 from steering.model.loading import default_cache_dir
+from steering.vectors.modes import MAX_PREFIX_TOKENS
 
 
 def build_backend(engine: Engine, settings: Settings, metrics: Metrics) -> GenerationBackend:
@@ -44,13 +45,16 @@ def _vllm_backend(engine: Engine, settings: Settings, metrics: Metrics, serving:
 
     lm = engine.lm
     window = lm.context_window
-    max_len = settings.max_prompt_tokens + settings.max_new_tokens
+    # A KV prefix's placeholder tokens go ahead of the prompt (`steering.generation.vllm.kv_prefix`).
+    prefix = min(MAX_PREFIX_TOKENS, settings.vllm_max_prefix_tokens)
+    max_len = prefix + settings.max_prompt_tokens + settings.max_new_tokens
     options = VllmOptions(
         tensor_parallel_size=settings.vllm_tensor_parallel_size,
         max_num_seqs=settings.max_batch_size,
         max_num_batched_tokens=max(settings.prefill_chunk_tokens, settings.max_batch_size),
         max_model_len=min(max_len, window) if window is not None else max_len,
         max_slots=settings.vllm_max_slots,
+        max_prefix_tokens=settings.vllm_max_prefix_tokens,
         kv_cache_bytes=settings.vllm_kv_cache_bytes,
         dtype=str(lm.dtype).removeprefix("torch."),
     )

@@ -110,12 +110,6 @@ class ApiErrors(Enum):
     )
     UNKNOWN_METHOD = ErrorSpec(422, "unknown_method", "method {method} is not available on this server")
     INVALID_OPTIONS = ErrorSpec(422, "invalid_options", "{reason}")
-    METHOD_NOT_SERVED = ErrorSpec(
-        422,
-        "method_not_served",
-        "method {method} makes a KV prefix, which this server's engine ({engine}) does not serve: register it on a "
-        "server with STEER_ENGINE=transformers, or choose another method",
-    )
     NO_CHAT_TEMPLATE_FOR_TASK = ErrorSpec(
         422, "no_chat_template", '{reason}: register with a template other than "chat"'
     )

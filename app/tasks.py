@@ -21,7 +21,7 @@ from app.store import NameTaken, StoreUnavailable, TaskRecord, TaskStore
 from app.tokenizing import PromptTokenizer
 from app.vector_cache import VectorCache
 from app.worker import VectorWorker
-from steering.methods import PREFIX_METHODS, options_model
+from steering.methods import options_model
 from steering.methods.prompt_length import longest_prompt_tokens
 from steering.methods.registry import most_shots
 from steering.model.loading import LoadedModel
@@ -113,8 +113,6 @@ class TaskService:
         except (ValidationError, TypeError) as exc:
             raise ApiErrors.INVALID_OPTIONS(reason=_options_message(exc)) from None
         self._check_options(options)
-        if self.settings.engine != "transformers":
-            self._check_served(body, options)
         return options
 
     def _check_prompts_fit(self, tokenizer: Any, body: TaskCreate, options: dict) -> None:
@@ -127,16 +125,6 @@ class TaskService:
         tokens = longest_prompt_tokens(tokenizer, template, body.demonstrations, shots)
         if tokens > window:
             raise ApiErrors.DEMONSTRATIONS_EXCEED_CONTEXT(shots=shots, tokens=tokens, window=window)
-
-    def _check_served(self, body: TaskCreate, options: dict) -> None:
-        """Only the transformers engine serves KV prefixes: a method that makes one is refused, and `auto` leaves
-        it out of its default candidates (`options` is changed in place); named as a candidate, it is refused."""
-        named = options["candidates"] if body.method == "auto" and "candidates" in body.options else [body.method]
-        for method in named:
-            if method in PREFIX_METHODS:
-                raise ApiErrors.METHOD_NOT_SERVED(method=quoted(method), engine=self.settings.engine)
-        if body.method == "auto" and "candidates" not in body.options:
-            options["candidates"] = [m for m in options["candidates"] if m not in PREFIX_METHODS]
 
     def _check_options(self, options: dict, where: str = "options") -> None:
         """Layers and strengths fixed in the options (at any depth, e.g. auto's per-method options) obey the

@@ -1,6 +1,6 @@
 """What steering costs on vLLM (`make bench-vllm`): steered / plain vLLM per token at 1, 8 and 32 clients, vLLM
 against the transformers engine at 8 and 32 clients, and the time to first token of a zero-shot steered request
-against a 10-shot prompt on vLLM, all in one process and one run.
+(a vector, a KV prefix) against a 10-shot prompt on vLLM, all in one process and one run.
 
 vLLM runs in-process (`VllmEngine` over `AsyncLLM`, V1 model runner) on the default model in float32, compiled
 with the steering ops inside (`--eager`: eager with Python hooks); the transformers engine runs as the service
@@ -34,6 +34,7 @@ from steering.generation.rows import GenerationRequest
 from steering.generation.transformers.continuous import ContinuousBackend
 from steering.generation.vllm.engine import VllmEngine, VllmOptions
 from steering.generation.vllm.model_folder import vllm_model_folder
+from steering.methods.context_tuning import build_prefix
 from steering.model.loading import LoadedModel, default_cache_dir, load_model
 from steering.steer.inject import SteeringTerm
 from steering.tasks.datasets import load_task
@@ -93,8 +94,21 @@ def synthetic_vector(lm: LoadedModel, mode: str, seed: int) -> TaskVector:
     return TaskVector(method, mode, tensors, list(range(lm.arch.num_layers)), 1.0, lm.fingerprint)  # type: ignore[arg-type]
 
 
+def prefix_vector(lm: LoadedModel) -> TaskVector:
+    """A KV prefix of the length context tuning makes: the keys and values of SHOTS demonstrations of the
+    first-token task (untrained: what a step costs does not depend on the values)."""
+    import torch
+
+    prefix = build_prefix(lm, DEFAULT_TEMPLATE, load_task(FIRST_TOKEN_TASK)[:SHOTS])
+    tensors = {
+        "prefix_keys": torch.cat([k.detach() for k in prefix.keys]),
+        "prefix_values": torch.cat([v.detach() for v in prefix.values]),
+    }
+    return TaskVector("context_tuning", "kv_prefix", tensors, list(range(lm.arch.num_layers)), 1.0, lm.fingerprint)
+
+
 def plans(lm: LoadedModel) -> dict[str, tuple[SteeringTerm, ...]]:
-    """What each steered row carries: the shapes of the three kinds of vector the service computes."""
+    """What each steered row carries: the shapes of the four kinds of vector the service computes."""
     every_layer = tuple(range(lm.arch.num_layers))
     middle = (lm.arch.num_layers // 2,)
     return {
@@ -102,6 +116,7 @@ def plans(lm: LoadedModel) -> dict[str, tuple[SteeringTerm, ...]]:
         "task_vector": (SteeringTerm(synthetic_vector(lm, "replace_last", 1), 1.0, middle),),
         "icv": (SteeringTerm(synthetic_vector(lm, "add_all_norm", 2), 0.1, every_layer),),
         "soft_injection": (SteeringTerm(synthetic_vector(lm, "head_mix_answer", 3), 1.0, every_layer),),
+        "context_tuning": (SteeringTerm(prefix_vector(lm), 1.0),),
     }
 
 
@@ -110,9 +125,11 @@ def first_token_runs(
     vllm: VllmEngine,
     loop: asyncio.AbstractEventLoop,
     terms: tuple[SteeringTerm, ...],
+    prefix: tuple[SteeringTerm, ...],
     queries: int,
 ) -> dict[str, Callable[[], float]]:
-    """Seconds to the first token per query, one client: zero-shot steered, 10-shot prompt, zero-shot plain."""
+    """Seconds to the first token per query, one client: zero-shot steered by a vector and by a KV prefix,
+    10-shot prompt, zero-shot plain."""
     demos = load_task(FIRST_TOKEN_TASK)
     shots, asked = demos[:SHOTS], demos[SHOTS : SHOTS + queries]
     zero = [encode(render_query(DEFAULT_TEMPLATE, q.input)) for q in asked]
@@ -129,6 +146,7 @@ def first_token_runs(
 
     return {
         "zero-shot steered": first_token(zero, terms),
+        "zero-shot KV prefix": first_token(zero, prefix),
         f"{SHOTS}-shot": first_token(few, ()),
         "zero-shot plain": first_token(zero, ()),
     }
@@ -140,6 +158,7 @@ def describe(name: str) -> str:
         "task_vector": "replace_last at 1 layer (acts at the last prompt token only)",
         "icv": "add_all_norm at every layer, every token",
         "soft_injection": "head_mix_answer at every layer, every token",
+        "context_tuning": f"a KV prefix of {SHOTS} demonstrations' keys and values (placeholders ahead of the prompt)",
     }[name]
 
 
@@ -214,7 +233,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             print(f"{clients} client(s) measured", flush=True)
         samples["first token"] = interleaved(
-            first_token_runs(engine.encode, vllm, loop, steering["task_vector"], settings.first_token_queries),
+            first_token_runs(
+                engine.encode,
+                vllm,
+                loop,
+                steering["task_vector"],
+                steering["context_tuning"],
+                settings.first_token_queries,
+            ),
             settings.reps,
             on_rep=lambda rep: print(f"  rep {rep}", flush=True),
         )
@@ -298,6 +324,13 @@ def first_token_figures(runs: dict[str, list[float]]) -> list[dict[str, Any]]:
             "ms_per_token": round(1000 * median(steered), 1),
             "tok_per_s": round(1 / median(steered), 1),
             "what": f"task_vector (replace_last), {FIRST_TOKEN_TASK} queries; ms here: the steered request's",
+        },
+        {
+            "figure": f"first token: zero-shot with a KV prefix / {SHOTS}-shot prompt, 1 client",
+            "ratio": round(median(paired_ratios(runs["zero-shot KV prefix"], few)), 3),
+            "ms_per_token": round(1000 * median(runs["zero-shot KV prefix"]), 1),
+            "tok_per_s": round(1 / median(runs["zero-shot KV prefix"]), 1),
+            "what": f"context tuning's {SHOTS}-shot prefix; its placeholders' blocks cached after the first request",
         },
         {
             "figure": f"first token: {SHOTS}-shot prompt, 1 client",

@@ -3,8 +3,8 @@ vLLM CPU engine compiled with torch.compile (inductor), against the eager form o
 
 Invariants: compiled steered tokens equal eager steered tokens in every mode, over one and several prefill
 chunks, and for rows of a mixed batch (several tasks per request, layer overrides, negative strengths, plain
-rows); strength 0 compiled is plain compiled (greedy and sampled); a compiled steered row is never the plain
-row; the compiled model gets a compile-cache key of its own; a model compiled without the ops is refused.
+rows, KV prefixes); strength 0 compiled is plain compiled (greedy and sampled); a compiled steered row is never
+the plain row; the compiled model gets a compile-cache key of its own; a model compiled without the ops is refused.
 The eager form is held to the transformers engine by `test_vllm_engine.py`.
 
 Each compiled start costs minutes of torch.compile on 2 cores: one compiled engine serves the module.
@@ -28,6 +28,7 @@ from tests.vllm_fixtures import (
     TinyVllm,
     every_mode_plans,
     needs_vllm,
+    prefix_vector,
     random_vector,
     start_engine,
 )
@@ -63,20 +64,22 @@ def test_the_compiled_form_has_a_compile_cache_key_of_its_own(tiny_vllm: TinyVll
         return args.create_engine_config().compute_hash()
 
     stock = config_hash()
-    steered = config_hash(load_format=graph_loader.LOAD_FORMAT, additional_config=graph_loader.additional_config(4))
-    assert steered != stock
-    assert config_hash(load_format=graph_loader.LOAD_FORMAT, additional_config=graph_loader.additional_config(4)) == (
-        steered
+    steered = config_hash(
+        load_format=graph_loader.LOAD_FORMAT, additional_config=graph_loader.additional_config(4, 110)
     )
+    assert steered != stock
+    assert config_hash(
+        load_format=graph_loader.LOAD_FORMAT, additional_config=graph_loader.additional_config(4, 110)
+    ) == (steered)
 
 
 async def test_the_engines_run_the_forms_asked_for(engines) -> None:
     eager, compiled = engines
     assert compiled.llm.vllm_config.compilation_config.mode.name != "NONE"
     assert not compiled.llm.vllm_config.model_config.enforce_eager
-    forms = [info["form"] for info in await compiled.llm.collective_rpc("steer_install", args=(4,))]
+    forms = [info["form"] for info in await compiled.llm.collective_rpc("steer_install", args=(4, 110))]
     assert forms == ["compiled"]
-    assert [info["form"] for info in await eager.llm.collective_rpc("steer_install", args=(4,))] == ["eager"]
+    assert [info["form"] for info in await eager.llm.collective_rpc("steer_install", args=(4, 110))] == ["eager"]
 
 
 @pytest.mark.parametrize("mode", ACTIVATION_MODE_NAMES)
@@ -113,6 +116,29 @@ async def test_compiled_mixed_batch_rows_equal_eager_solo_rows(engines, tiny_vll
     assert [r.token_ids for r in together] == [r.token_ids for r in alone]
 
 
+async def test_compiled_kv_prefix_rows_equal_eager_solo_rows(engines, tiny_vllm: TinyVllm) -> None:
+    """KV prefixes (their columns written over placeholders by ops traced into the graph) beside plain and
+    activation-steered rows, all at once on the compiled engine, each equal to its eager solo run; the prefix
+    changes the compiled row."""
+    lm, tokens = tiny_vllm.lm, tiny_vllm.reference
+    prefix, short = prefix_vector(lm, 11), prefix_vector(lm, 12, shots=3)
+    add = random_vector(lm, "add_from_last", 13, scale=0.5)
+    plans = [
+        [SteeringTerm(prefix, 1.0)],
+        [],
+        [SteeringTerm(short, 0.6), SteeringTerm(add, 0.8)],
+        [SteeringTerm(add, 1.0)],
+    ]
+    prompts = [LONG, PROMPTS[0], PROMPTS[3], PROMPTS[2]]
+    requests = [request(tokens, p, plan, 6) for p, plan in zip(prompts, plans, strict=True)]
+    eager, compiled = engines
+    alone = [await eager.complete(r) for r in requests]
+    together = await asyncio.gather(*(compiled.complete(r) for r in requests))
+    assert [r.token_ids for r in together] == [r.token_ids for r in alone]
+    plain = await compiled.complete(request(tokens, LONG, n=6))
+    assert together[0].token_ids != plain.token_ids, "the prefix left the compiled row plain"
+
+
 async def test_strength_zero_compiled_is_plain_compiled(engines, tiny_vllm: TinyVllm) -> None:
     """Also beside steered rows in the same forwards: the ops leave row-0 tokens exactly as they were."""
     compiled = engines[1]
@@ -136,12 +162,14 @@ async def test_strength_zero_compiled_is_plain_compiled(engines, tiny_vllm: Tiny
 @pytest.mark.slow
 async def test_compiled_tensor_parallel_2_gives_the_tokens_of_eager_1(tiny_vllm: TinyVllm) -> None:
     """Two compiled ranks, each with the ops on its 2 of the 4 heads (its slice of every per-head table), against
-    the session's eager single rank: plain, every mode and two tasks at once, over one and several prefill
-    chunks."""
+    the session's eager single rank: plain, every mode, two tasks at once and a KV prefix (each rank its key-value
+    head), over one and several prefill chunks."""
     lm = tiny_vllm.lm
     tp2 = await start_engine(tiny_vllm.folder, lm, enforce_eager=False, tensor_parallel_size=2, **EAGER_OPTIONS)
     try:
-        assert [info["form"] for info in await tp2.llm.collective_rpc("steer_install", args=(4,))] == ["compiled"] * 2
+        assert [info["form"] for info in await tp2.llm.collective_rpc("steer_install", args=(4, 110))] == [
+            "compiled"
+        ] * 2
         for plan in every_mode_plans(lm):
             for prompt in (PROMPTS[3], LONG):
                 req = request(tiny_vllm.reference, prompt, plan)
@@ -171,7 +199,7 @@ async def test_a_compiled_model_without_the_ops_is_refused(tiny_vllm: TinyVllm) 
     try:
         assert not llm.vllm_config.model_config.enforce_eager
         with pytest.raises(Exception, match="compiled model skips steering hooks"):
-            await llm.collective_rpc("steer_install", args=(4,))
+            await llm.collective_rpc("steer_install", args=(4, 110))
     finally:
         llm.shutdown()
 

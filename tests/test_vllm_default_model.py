@@ -5,7 +5,8 @@ read from the model's own activations on the antonyms task (a task vector, a con
 head means with chosen gates), one per injection mode at a strength that changes the answers. Agreement held:
 identical greedy answers (16 tokens, 3 queries sent at once to each server, per mode; tolerance: none, the
 engines' float32 logits differ by rounding only), plain answers too, through `/v1/generate` and the OpenAI
-route. A plan the vLLM engine cannot take is a 422 and the request beside it is unaffected.
+route; the same for a KV prefix (context tuning). A plan the vLLM engine cannot take is a 422 and the request
+beside it is unaffected.
 
 The vLLM server runs eager (`STEER_VLLM_ENFORCE_EAGER=1`): compiled, vLLM 0.32 compiles the default model at
 every start on CPU, which took 8-15 minutes on these loaded 2 cores, past the suite's 900 s per test. The
@@ -25,6 +26,7 @@ import pytest
 import torch
 
 from steering.methods.capture import last_token_activations
+from steering.methods.context_tuning import build_prefix
 from steering.model.loading import LoadedModel
 from steering.tasks.datasets import load_task, split_task
 from steering.tasks.templates import DEFAULT_TEMPLATE, render_example, render_query
@@ -163,17 +165,39 @@ def test_bad_steering_references_are_4xx_and_fail_alone(
         assert responses[1].status_code == status, responses[1].text
 
 
-def test_a_vllm_server_neither_computes_nor_serves_kv_prefixes(servers: dict[str, ServerProcess]) -> None:
-    """`context_tuning` makes KV prefixes, which vLLM cannot hold: refused by name (as a method and as `auto`'s
-    candidate) and left out of `auto`'s default candidates (an imported prefix is refused per request: the engine's
-    `test_bad_references_fail_alone`)."""
+def test_a_vllm_server_serves_and_computes_context_tuning(
+    servers: dict[str, ServerProcess], default_lm: LoadedModel
+) -> None:
+    """A KV prefix (context tuning's vector: a few-shot prompt's keys and values, moved as training moves them)
+    imported into both servers answers the same on each, and not as the plain model does; a vLLM server registers
+    `context_tuning` tasks and keeps it among `auto`'s default candidates."""
+    demos, test = split_task(load_task("antonyms"), 6, 3, seed=1)
+    prefix = build_prefix(default_lm, DEFAULT_TEMPLATE, demos)
+    gen = torch.Generator().manual_seed(0)
+    tensors = {}
+    for name, parts in (("prefix_keys", prefix.keys), ("prefix_values", prefix.values)):
+        whole = torch.cat([p.detach() for p in parts])
+        tensors[name] = whole + 0.05 * whole.std() * torch.randn(whole.shape, generator=gen)
+    layers = list(range(default_lm.arch.num_layers))
+    vector = TaskVector("context_tuning", "kv_prefix", tensors, layers, 1.0, default_lm.fingerprint)
+    task = {name: import_vector(server, vector) for name, server in servers.items()}
+
+    def answers(server: str, steered: bool) -> list[str]:
+        steering = [{"task": task[server]}] if steered else []
+        bodies = [{"prompt": render_query(DEFAULT_TEMPLATE, d.input), "steering": steering} for d in test]
+        bodies = [{**body, "max_new_tokens": ANSWER_TOKENS, "stop": []} for body in bodies]
+        responses = post_all(servers[server].url, "/v1/generate", bodies)
+        assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+        return [r.json()["text"] for r in responses]
+
+    assert answers("vllm", True) == answers("transformers", True) != answers("vllm", False)
+
     url = servers["vllm"].url
-    demos = [{"input": a, "output": b} for a, b in (("hot", "cold"), ("big", "small"), ("up", "down"))]
-    for body in ({"method": "context_tuning"}, {"method": "auto", "options": {"candidates": ["context_tuning"]}}):
-        refused = httpx.post(f"{url}/v1/tasks", json={**body, "demonstrations": demos}, timeout=60)
-        assert refused.status_code == 422 and refused.json()["error"]["type"] == "method_not_served", refused.text
-    created = httpx.post(f"{url}/v1/tasks", json={"method": "auto", "demonstrations": demos}, timeout=60)
-    assert created.status_code in (200, 201, 202), created.text
-    info = httpx.get(f"{url}/v1/tasks/{created.json()['id']}", timeout=60).json()
-    assert "context_tuning" not in info["options"]["candidates"] and info["options"]["candidates"]
-    httpx.delete(f"{url}/v1/tasks/{created.json()['id']}", timeout=60)
+    pairs = [{"input": d.input, "output": d.output} for d in demos]
+    for body in ({"method": "context_tuning"}, {"method": "auto"}):
+        created = httpx.post(f"{url}/v1/tasks", json={**body, "demonstrations": pairs}, timeout=60)
+        assert created.status_code in (200, 201, 202), created.text
+        info = httpx.get(f"{url}/v1/tasks/{created.json()['id']}", timeout=60).json()
+        if body["method"] == "auto":
+            assert "context_tuning" in info["options"]["candidates"]
+        httpx.delete(f"{url}/v1/tasks/{created.json()['id']}", timeout=60)

@@ -25,6 +25,7 @@ import torch
 
 from steering.generation.rows import GenerationRequest, GenerationResult
 from steering.generation.transformers.engine import Engine
+from steering.generation.vllm.engine import vector_id
 from steering.model.loading import LoadedModel
 from steering.steer.inject import SteeringError, SteeringTerm
 from steering.vectors.modes import ACTIVATION_MODE_NAMES
@@ -35,6 +36,7 @@ from tests.vllm_fixtures import (
     TinyVllm,
     every_mode_plans,
     needs_vllm,
+    prefix_vector,
     random_vector,
     start_engine,
 )
@@ -183,11 +185,15 @@ async def test_bad_references_fail_alone(vllm, reference: Engine, lm: LoadedMode
         (SteeringTerm(wrong_model, 1.0), "computed on model"),
         (SteeringTerm(wrong_shape, 1.0), "shape"),
         (SteeringTerm(random_vector(lm, "add_all", 4), 1.0, (99,)), "out of range"),
-        (SteeringTerm(random_vector(lm, "kv_prefix", 6), 1.0), "transformers engine"),  # a KV prefix is not served
     ]
-    for term, message in bad_terms:
+    prefix = SteeringTerm(prefix_vector(lm, 6, shots=3), 1.0)
+    bad_plans = [([term], message) for term, message in bad_terms] + [
+        ([prefix, SteeringTerm(prefix_vector(lm, 7, shots=3), 1.0)], "at most one"),
+        ([SteeringTerm(prefix.vector, 1.0, (0,))], "every layer"),
+    ]
+    for terms, message in bad_plans:
         outcome = await asyncio.gather(
-            solo(vllm, good), solo(vllm, request(reference, PROMPTS[1], [term])), return_exceptions=True
+            solo(vllm, good), solo(vllm, request(reference, PROMPTS[1], terms)), return_exceptions=True
         )
         assert isinstance(outcome[1], SteeringError) and message in str(outcome[1])
         assert outcome[0].token_ids == alone.token_ids
@@ -200,13 +206,58 @@ async def test_bad_references_fail_alone(vllm, reference: Engine, lm: LoadedMode
         await solo(vllm, request(reference, PROMPTS[1], too_many))
 
 
+async def test_a_kv_prefix_steers_as_the_transformers_engine(vllm, reference: Engine, lm: LoadedModel) -> None:
+    """The prefix's columns written over placeholder tokens give the tokens of the transformers engine, whose row
+    cache starts from the prefix: at strength 1 and dimmed to 0.5, alone and beside an activation vector, over one
+    prefill chunk and several (the 70-column prefix alone spans three); run again, the placeholders' blocks come
+    from the prefix cache and the tokens stay; and the prefix changes the answer."""
+    prefix = prefix_vector(lm, 1)
+    assert prefix.prefix_tokens > 2 * CHUNK_TOKENS
+    add = random_vector(lm, "add_from_last", 7, 0.5)
+    plans = [
+        [SteeringTerm(prefix, 1.0)],
+        [SteeringTerm(prefix, 0.5)],
+        [SteeringTerm(prefix, 1.0), SteeringTerm(add, 0.8)],
+    ]
+    for plan in plans:
+        requests = [request(reference, p, plan) for p in (PROMPTS[0], PROMPTS[2], LONG)]
+        want = [r.token_ids for r in reference.generate(requests)]
+        assert [r.token_ids for r in await asyncio.gather(*(solo(vllm, r) for r in requests))] == want
+        assert [(await solo(vllm, r)).token_ids for r in requests] == want  # the prefix cache's blocks
+    plain = await solo(vllm, request(reference, PROMPTS[0]))
+    assert (await solo(vllm, request(reference, PROMPTS[0], plans[0]))).token_ids != plain.token_ids
+
+
+async def test_kv_prefix_rows_of_a_mixed_batch_equal_their_solo_runs(vllm, reference: Engine, lm: LoadedModel) -> None:
+    """Two prefixes of different lengths, plain rows and activation-steered rows in flight at once; a prefix takes
+    no vector slot (four vectors beside it); a third prefix evicts the least recently used one, which loads again."""
+    long_prefix, short_prefix = prefix_vector(lm, 2), prefix_vector(lm, 3, shots=3)
+    vectors = [random_vector(lm, "add_all", 50 + i, 0.3) for i in range(4)]
+    plans = [
+        [SteeringTerm(long_prefix, 1.0)],
+        [],
+        [SteeringTerm(short_prefix, 1.0), *(SteeringTerm(v, 0.5) for v in vectors)],
+        [SteeringTerm(vectors[0], 1.0)],
+        [SteeringTerm(long_prefix, 0.7)],
+    ]
+    prompts = [LONG, PROMPTS[0], PROMPTS[3], PROMPTS[2], PROMPTS[4]]
+    requests = [request(reference, p, plan, 5 + i) for i, (p, plan) in enumerate(zip(prompts, plans, strict=True))]
+    alone = [await solo(vllm, r) for r in requests]
+    assert [r.token_ids for r in alone] == [r.token_ids for r in reference.generate(requests)]
+    together = await asyncio.gather(*(solo(vllm, r) for r in requests))
+    assert [r.token_ids for r in together] == [r.token_ids for r in alone]
+    await solo(vllm, request(reference, PROMPTS[0], [SteeringTerm(prefix_vector(lm, 4), 1.0)]))  # evicts one
+    again = await asyncio.gather(*(solo(vllm, r) for r in requests[:3]))
+    assert [r.token_ids for r in again] == [r.token_ids for r in alone[:3]]
+
+
 async def test_slots_evict_the_least_recently_used(vllm, reference: Engine, lm: LoadedModel) -> None:
     vectors = [random_vector(lm, "add_last", 30 + i, 0.5) for i in range(6)]
     first = await solo(vllm, request(reference, PROMPTS[0], [SteeringTerm(vectors[0], 1.0)]))
     for vector in vectors[1:]:
         await solo(vllm, request(reference, PROMPTS[0], [SteeringTerm(vector, 1.0)]))
-    loaded = (await vllm.llm.collective_rpc("steer_loaded"))[0]
-    assert len(loaded) == 4
+    loaded = set((await vllm.llm.collective_rpc("steer_loaded"))[0])
+    assert {vector_id(v) for v in vectors} & loaded == {vector_id(v) for v in vectors[2:]}  # the last four
     again = await solo(vllm, request(reference, PROMPTS[0], [SteeringTerm(vectors[0], 1.0)]))  # loaded again
     assert again.token_ids == first.token_ids
 
@@ -235,8 +286,9 @@ async def test_stop_strings_and_cancel(vllm, reference: Engine) -> None:
 
 @pytest.mark.slow
 async def test_tensor_parallel_2_gives_the_tokens_of_1(vllm, folder: Path, reference: Engine, lm: LoadedModel) -> None:
-    """Two ranks, each with 2 of the 4 heads (and its slice of every per-head vector), against this module's
-    single rank: plain, every mode, and two tasks at once, over one and several prefill chunks."""
+    """Two ranks, each with 2 of the 4 heads and 1 of the 2 key-value heads (and its slice of every per-head
+    vector and KV prefix), against this module's single rank: plain, every mode, two tasks at once and a KV prefix,
+    over one and several prefill chunks."""
     tp2 = await start_engine(folder, lm, **EAGER_OPTIONS, tensor_parallel_size=2)  # as this module's engine
     try:
         for plan in every_mode_plans(lm):

@@ -19,7 +19,7 @@ from steering.steer.inject import SteeringTerm
 from steering.vectors.modes import ACTIVATION_MODE_NAMES, expected_shapes, mode_spec
 from steering.vectors.task_vector import TaskVector
 
-SHAPE = ModelDims(num_layers=3, hidden_size=16, num_heads=4, head_dim=4)
+SHAPE = ModelDims(num_layers=3, hidden_size=16, num_heads=4, head_dim=4, num_kv_heads=2)
 
 
 def vector(mode: str, seed: int) -> TaskVector:

@@ -17,11 +17,14 @@ from transformers import AutoModelForCausalLM
 
 from steering.generation.transformers.engine import Engine
 from steering.generation.vllm.engine import VllmEngine, VllmOptions
+from steering.methods.context_tuning import build_prefix
 from steering.model.loading import LoadedModel, load_model
 from steering.model.tiny import build_tiny_tokenizer, tiny_config
 from steering.steer.inject import SteeringTerm
+from steering.tasks.templates import DEFAULT_TEMPLATE
 from steering.vectors.modes import ACTIVATION_MODE_NAMES, expected_shapes, mode_spec
 from steering.vectors.task_vector import TaskVector
+from steering.wire.protocol import Demonstration
 
 PROMPTS = [
     "Q: hot\nA:",
@@ -62,6 +65,23 @@ def random_vector(lm: LoadedModel, mode: str, seed: int, scale: float = 1.0) -> 
     return TaskVector(method, mode, tensors, list(range(lm.arch.num_layers)), 1.0, lm.fingerprint)  # type: ignore[arg-type]
 
 
+PAIRS = [("hot", "cold"), ("big", "small"), ("up", "down"), ("happy", "sad"), ("fast", "slow"), ("old", "new")]
+
+
+def prefix_vector(lm: LoadedModel, seed: int, shots: int = 6, noise: float = 0.3) -> TaskVector:
+    """A KV prefix as context tuning makes one: a few-shot prompt's keys and values (`build_prefix`), moved by
+    noise so that no tokens' keys and values equal it (what training does); `shots` demonstrations of PAIRS."""
+    demos = [Demonstration(input=a, output=b) for a, b in PAIRS[:shots]]
+    prefix = build_prefix(lm, DEFAULT_TEMPLATE, demos)
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, parts in (("prefix_keys", prefix.keys), ("prefix_values", prefix.values)):
+        whole = torch.cat([p.detach() for p in parts])
+        tensors[name] = whole + noise * whole.std() * torch.randn(whole.shape, generator=gen)
+    layers = list(range(lm.arch.num_layers))
+    return TaskVector("context_tuning", "kv_prefix", tensors, layers, 1.0, lm.fingerprint)  # type: ignore[arg-type]
+
+
 async def start_engine(folder: Path, lm: LoadedModel, **options: object) -> VllmEngine:
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # threads share cores with other processes
     # vLLM's "auto" dtype is bfloat16 on CPU even for float32 weights: run in the loaded model's dtype, as the
@@ -83,16 +103,24 @@ async def start_engine(folder: Path, lm: LoadedModel, **options: object) -> Vllm
 
 
 def every_mode_plans(lm: LoadedModel) -> list[list[SteeringTerm]]:
-    """Plain, each mode alone, and two tasks at once (a head mix on the answer and a residual add): what a
-    tensor-parallel engine is held to against a single rank."""
+    """Plain, each mode alone, two tasks at once (a head mix on the answer and a residual add), and a KV prefix
+    with a residual add: what a tensor-parallel engine is held to against a single rank."""
     vectors = {m: random_vector(lm, m, seed=3, scale=0.5) for m in ACTIVATION_MODE_NAMES}
     plans: list[list[SteeringTerm]] = [[], *([SteeringTerm(v, 1.0)] for v in vectors.values())]
     plans.append([SteeringTerm(vectors["head_mix_answer"], 0.7), SteeringTerm(vectors["add_from_last"], -0.5)])
+    plans.append([SteeringTerm(prefix_vector(lm, 1), 1.0), SteeringTerm(vectors["add_from_last"], 0.5)])
     return plans
 
 
-# Prompts like LONG span several 32-token prefill chunks and KV blocks; 4 vector slots, so that eviction shows.
-EAGER_OPTIONS: dict[str, object] = {"max_num_batched_tokens": 32, "block_size": 32, "max_slots": 4}
+# Prompts like LONG span several 32-token prefill chunks and KV blocks; 4 vector slots, and KV-prefix room for a
+# prefix of six PAIRS (70 columns on the tiny tokenizer) beside one of three (34) but not for two of six, so that
+# eviction shows.
+EAGER_OPTIONS: dict[str, object] = {
+    "max_num_batched_tokens": 32,
+    "block_size": 32,
+    "max_slots": 4,
+    "max_prefix_tokens": 110,
+}
 
 
 @dataclass(frozen=True)

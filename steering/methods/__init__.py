@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from steering.methods.common import Cancelled, Job, MethodOptions, ProgressFn, job_answer_end
-from steering.methods.registry import PREFIX_METHODS, method_spec
+from steering.methods.registry import method_spec
 from steering.model.loading import LoadedModel
 from steering.tasks.templates import DEFAULT_TEMPLATE
 from steering.vectors.task_vector import TaskVector
@@ -18,7 +18,7 @@ from steering.wire.protocol import Demonstration, Template
 
 METHODS: tuple[str, ...] = METHOD_NAMES
 
-__all__ = ["METHODS", "PREFIX_METHODS", "Cancelled", "compute_vector", "options_model"]
+__all__ = ["METHODS", "Cancelled", "compute_vector", "options_model"]
 
 
 def options_model(method: str) -> type[MethodOptions]:

@@ -85,7 +85,6 @@ class MethodSpec:
     relative_cost: float = 1.0
     tried_by_auto: bool = False  # among `auto`'s default candidates (in registry order)
     style: bool = False  # steers style and tone rather than an input-to-output mapping
-    kv_prefix: bool = False  # its vectors are KV prefixes, which only the transformers engine serves
 
 
 @dataclass

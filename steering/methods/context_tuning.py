@@ -314,6 +314,4 @@ def compute(job: Job, options: dict) -> TaskVector:
     )
 
 
-SPEC = MethodSpec(
-    "context_tuning", ContextTuningOptions, compute, relative_cost=3.0, tried_by_auto=True, kv_prefix=True
-)
+SPEC = MethodSpec("context_tuning", ContextTuningOptions, compute, relative_cost=3.0, tried_by_auto=True)

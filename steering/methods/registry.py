@@ -47,9 +47,6 @@ def in_wire_order(specs: Mapping[str, MethodSpec]) -> dict[str, MethodSpec]:
 # In the order of the wire's names. Style methods (ICV, contrastive) are not among `auto`'s default candidates.
 VECTOR_METHODS: Mapping[str, MethodSpec] = in_wire_order(declared_specs())
 STYLE_METHODS: frozenset[str] = frozenset(name for name, spec in VECTOR_METHODS.items() if spec.style)
-# Methods whose vectors only the transformers engine serves (KV prefixes): a vLLM server neither computes them nor
-# lets `auto` try them.
-PREFIX_METHODS: frozenset[str] = frozenset(name for name, spec in VECTOR_METHODS.items() if spec.kv_prefix)
 
 
 def auto_candidates() -> list[str]:

@@ -37,8 +37,9 @@ from typing import Any
 from steering.generation.rows import GenerationRequest, GenerationResult, RowState
 from steering.generation.vllm.plan import EXTRA_ARGS_KEY, PlannedTerm, cache_salt, encode_plan
 from steering.generation.vllm.self_check import check_steering_acts
-from steering.generation.vllm.slots import VectorSlots
+from steering.generation.vllm.slots import Cost, VectorSlots
 from steering.steer.inject import SteeringError, SteeringTerm
+from steering.steer.prefix import PrefixError, prefix_term
 from steering.vectors.errors import VectorImportError
 from steering.vectors.modes import mode_spec
 from steering.vectors.task_vector import TaskVector, check_for_model
@@ -46,9 +47,10 @@ from steering.vectors.task_vector import TaskVector, check_for_model
 log = logging.getLogger(__name__)
 
 WORKER_EXTENSION = "steering.generation.vllm.worker.SteeringWorkerExtension"
-SUPPORTED_OPS = frozenset({"add", "add_norm", "replace", "head_mix"})  # what `token_steering` applies
-SUPPORTED_POSITIONS = frozenset({"last", "from_last", "all"})
+SUPPORTED_OPS = frozenset({"add", "add_norm", "replace", "head_mix", "kv_prefix"})  # token_steering, kv_prefix
+SUPPORTED_POSITIONS = frozenset({"last", "from_last", "all", "before"})
 _CANCEL_POLL_S = 0.05
+PLACEHOLDER_ID = 0  # the token ahead of the prompt whose keys and values a KV prefix's column replaces (any id)
 EAGER_ENV = "STEER_VLLM_ENFORCE_EAGER"
 
 
@@ -60,7 +62,8 @@ class VllmOptions:
     max_num_seqs: int = 8  # requests decoding at once
     max_num_batched_tokens: int | None = None  # tokens per step; smaller splits long prompts into prefill chunks
     max_model_len: int | None = None
-    max_slots: int = 32  # vectors held by the workers at once
+    max_slots: int = 32  # activation vectors held by the workers at once
+    max_prefix_tokens: int = 4096  # KV-prefix columns held at once, over all prefixes (context tuning's ~100-500)
     kv_cache_bytes: int = 1 << 30
     block_size: int | None = None  # KV block tokens (vLLM's CPU default 128); prefix caching shares whole blocks
     # Never "auto": vLLM's "auto" runs float32 weights in bfloat16 on CPU (vllm/config/model.py, "Downcast for
@@ -96,7 +99,7 @@ class ModelDims:
     hidden_size: int
     num_heads: int
     head_dim: int
-    num_kv_heads: int = 0  # not reported: vLLM serves no KV prefix (`kv_prefix` is refused before shapes count)
+    num_kv_heads: int
 
 
 def vector_id(vector: TaskVector) -> str:
@@ -136,7 +139,7 @@ class VllmEngine:
     ) -> None:
         self.llm, self.tokenizer, self.dims, self.fingerprint = llm, tokenizer, dims, fingerprint
         self.eos_ids, self.options = eos_ids, options
-        self._slots = VectorSlots(options.max_slots)
+        self._slots = VectorSlots(options.max_slots, options.max_prefix_tokens)
         self._slot_change = asyncio.Condition()
         self._ids = _VectorIds()
         self.in_flight = 0
@@ -166,7 +169,7 @@ class VllmEngine:
             if eager
             else {
                 "load_format": graph_loader.LOAD_FORMAT,
-                "additional_config": graph_loader.additional_config(options.max_slots),
+                "additional_config": graph_loader.additional_config(options.max_slots, options.max_prefix_tokens),
             }
         )
         # GPUs default to the V2 model runner, which orders a batch's tokens otherwise (`worker.py` reads MRV1's);
@@ -195,10 +198,12 @@ class VllmEngine:
         try:
             if llm.vllm_config.use_v2_model_runner:
                 raise RuntimeError("the steering plugin needs vLLM's V1 model runner: set VLLM_USE_V2_MODEL_RUNNER=0")
-            info = (await llm.collective_rpc("steer_install", args=(options.max_slots,)))[0]
+            info = (await llm.collective_rpc("steer_install", args=(options.max_slots, options.max_prefix_tokens)))[0]
             if info["form"] != ("eager" if eager else "compiled"):
                 raise RuntimeError(f"vLLM steers in the {info['form']} form, not the one asked for")
-            dims = ModelDims(info["num_layers"], info["hidden_size"], info["num_heads"], info["head_dim"])
+            dims = ModelDims(
+                info["num_layers"], info["hidden_size"], info["num_heads"], info["head_dim"], info["num_kv_heads"]
+            )
             await check_steering_acts(llm, dims)
         except BaseException:
             llm.shutdown()
@@ -222,11 +227,12 @@ class VllmEngine:
 
     # ------------------------------------------------------------------------------------------ checks
 
-    def plan(self, terms: Sequence[SteeringTerm]) -> tuple[list[PlannedTerm], dict[str, bytes]]:
-        """The request's plan by content id, and the bytes of each vector it names; `SteeringError` for a plan
-        this engine cannot run on this model."""
+    def plan(self, terms: Sequence[SteeringTerm]) -> tuple[list[PlannedTerm], dict[str, bytes], dict[str, Cost]]:
+        """The request's plan by content id, the bytes of each vector it names, and what each KV prefix among them
+        takes of the workers' room; `SteeringError` for a plan this engine cannot run on this model."""
         planned: list[PlannedTerm] = []
         blobs: dict[str, bytes] = {}
+        costs: dict[str, Cost] = {}
         for term in terms:
             if term.strength == 0.0:
                 continue
@@ -237,23 +243,30 @@ class VllmEngine:
                     raise SteeringError(f"layer {layer} is out of range: the model has {self.dims.num_layers}")
             content_id, data = self._ids.get(term.vector)
             blobs[content_id] = data
+            if term.vector.prefix_tokens:
+                costs[content_id] = (0, term.vector.prefix_tokens)
             planned.append(PlannedTerm(content_id, float(term.strength), tuple(layers)))
-        if len(blobs) > self.options.max_slots:
+        try:
+            prefix_term(terms, self.dims)
+        except PrefixError as exc:
+            raise SteeringError(str(exc)) from None
+        vectors, columns = len(blobs) - len(costs), sum(c[1] for c in costs.values())
+        if vectors > self.options.max_slots:
             raise SteeringError(
-                f"the request names {len(blobs)} vectors; this server holds at most {self.options.max_slots} at once"
+                f"the request names {vectors} vectors; this server holds at most {self.options.max_slots} at once"
             )
-        return planned, blobs
+        if columns > self.options.max_prefix_tokens:
+            raise SteeringError(
+                f"the request's KV prefix takes {columns} columns; this server holds at most "
+                f"{self.options.max_prefix_tokens} (STEER_VLLM_MAX_PREFIX_TOKENS)"
+            )
+        return planned, blobs, costs
 
     def check_vector(self, vector: TaskVector) -> None:
         try:
             spec = mode_spec(vector.mode)
         except ValueError as exc:
             raise SteeringError(str(exc)) from None
-        if spec.site == "cache":
-            raise SteeringError(
-                f"injection mode {vector.mode!r} (a KV prefix) is served by the transformers engine only "
-                "(STEER_ENGINE=transformers), not by vLLM"
-            )
         if spec.op not in SUPPORTED_OPS or spec.positions not in SUPPORTED_POSITIONS:
             raise SteeringError(f"injection mode {vector.mode!r} cannot run on the vLLM engine")
         if self.fingerprint is not None and vector.fingerprint != self.fingerprint:
@@ -267,13 +280,13 @@ class VllmEngine:
 
     # ------------------------------------------------------------------------------------------ slots
 
-    async def _hold(self, blobs: dict[str, bytes]) -> None:
-        """Pin these vectors in the workers' slots, loading them first where needed (waits while all are pinned)."""
+    async def _hold(self, blobs: dict[str, bytes], costs: dict[str, Cost]) -> None:
+        """Pin these vectors in the workers' room, loading them first where needed (waits while it is pinned)."""
         async with self._slot_change:
-            reservation = self._slots.reserve(blobs)
+            reservation = self._slots.reserve(blobs, costs)
             while reservation is None:
                 await self._slot_change.wait()
-                reservation = self._slots.reserve(blobs)
+                reservation = self._slots.reserve(blobs, costs)
             try:
                 if reservation.evict:
                     await self.llm.collective_rpc("steer_unload", args=(list(reservation.evict),))
@@ -313,14 +326,15 @@ class VllmEngine:
         """Text pieces as they are decided, then the `GenerationResult` (always last)."""
         if not request.prompt_ids:
             raise ValueError("every request needs at least one prompt token")
-        planned, blobs = self.plan(request.steering)
+        planned, blobs, costs = self.plan(request.steering)
         plan = encode_plan(planned)
-        prompt: dict[str, Any] = {"prompt_token_ids": list(request.prompt_ids)}
+        placeholders = [PLACEHOLDER_ID] * max((c[1] for c in costs.values()), default=0)  # the KV prefix's columns
+        prompt: dict[str, Any] = {"prompt_token_ids": placeholders + list(request.prompt_ids)}
         if plan is not None:
             prompt["cache_salt"] = cache_salt(plan)
         params = self.sampling_params(request, plan)
         state = RowState(request, self.tokenizer, self.eos_ids)
-        await self._hold(blobs)
+        await self._hold(blobs, costs)
         self.in_flight += 1
         started = time.perf_counter()
         outputs = self.llm.generate(prompt, params, uuid.uuid4().hex)

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 
 import numpy as np
 import torch
@@ -32,8 +32,9 @@ _OP_ROW = {"add": OP_ADD, "replace": OP_REPLACE, "add_norm": OP_NORM}
 class GraphSteering:
     """One rank's writer of the persistent buffers."""
 
-    def __init__(self, tables: SteeringTables, max_plans: int) -> None:
+    def __init__(self, tables: SteeringTables, max_plans: int, prefixes: Container[str] = ()) -> None:
         self.tables, self.max_plans = tables, max_plans
+        self.prefixes = prefixes  # ids of loaded KV prefixes, which `kv_prefix.py` applies: no column here
         self._columns: dict[str, tuple[int, InjectionModeSpec]] = {}  # vector id -> its column, its mode
         self._free = list(range(tables.slots - 1, 0, -1))
         self._blocks: OrderedDict[str, int] = OrderedDict()  # plan -> its block of coefficient rows
@@ -91,6 +92,8 @@ class GraphSteering:
         tables = self.tables
         block = torch.zeros(tables.coef.shape[0], PHASES, tables.coef.shape[2], dtype=torch.float64)
         for term in decode_plan(plan):
+            if term.vector_id in self.prefixes:
+                continue
             entry = self._columns.get(term.vector_id)
             if entry is None:  # the front end loads every vector before a plan names it: a bug, not a bad request
                 raise RuntimeError(f"steering vector {term.vector_id} is not loaded on this rank")

@@ -21,6 +21,9 @@ class RankShape:
     first_head: int  # this rank's first head among all heads
     all_heads: int
     tp_size: int
+    num_kv_heads: int  # key-value heads on this rank (what its KV cache and a KV prefix's slice hold)
+    first_kv_head: int
+    all_kv_heads: int
 
 
 def rank_shape(vllm_config: Any) -> RankShape:
@@ -31,6 +34,8 @@ def rank_shape(vllm_config: Any) -> RankShape:
     heads = int(config.num_attention_heads)
     tp_size, tp_rank = get_tensor_model_parallel_world_size(), get_tensor_model_parallel_rank()
     local_heads = heads // tp_size
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    first_kv, local_kv = rank_kv_heads(kv_heads, tp_size, tp_rank)
     return RankShape(
         num_layers=int(config.num_hidden_layers),
         hidden_size=int(config.hidden_size),
@@ -39,7 +44,19 @@ def rank_shape(vllm_config: Any) -> RankShape:
         first_head=tp_rank * local_heads,
         all_heads=heads,
         tp_size=tp_size,
+        num_kv_heads=local_kv,
+        first_kv_head=first_kv,
+        all_kv_heads=kv_heads,
     )
+
+
+def rank_kv_heads(total: int, tp_size: int, tp_rank: int) -> tuple[int, int]:
+    """(first, count) of the key-value heads a rank holds: vLLM splits them over the ranks or, with fewer heads
+    than ranks, gives each rank one, shared by `tp_size // total` ranks."""
+    if total >= tp_size:
+        count = total // tp_size
+        return tp_rank * count, count
+    return tp_rank // (tp_size // total), 1
 
 
 def attention_out(layer: nn.Module) -> nn.Module:

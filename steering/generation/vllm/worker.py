@@ -10,6 +10,9 @@ methods on every rank with `collective_rpc` (`steer_install` once after start-up
 - compiled: the model was loaded with `graph_loader`'s ops already in it (vLLM compiled them into its graph);
   each forward first rewrites the persistent buffers they read (`graph_steering.GraphSteering`).
 
+KV prefixes take the same path in both forms (`kv_prefix.py`: tables and a pre-hook on every attention layer,
+installed at load when compiled, by `steer_install` when eager); they are held by columns, not in a slot.
+
 Either way `steer_install` wraps the model runner's `_model_forward`, which maps each forward's flattened
 tokens to their requests; dummy and profiling runs bypass it and see no steering. Vectors arrive as
 safetensors bytes (`TaskVector.to_bytes`, never pickle) under their content id; each rank keeps its own
@@ -30,12 +33,14 @@ from typing import Any
 
 from torch import nn
 
-from steering.generation.vllm import graph_loader
+from steering.generation.vllm import graph_loader, kv_prefix
 from steering.generation.vllm.graph_steering import GraphSteering
+from steering.generation.vllm.kv_prefix import PrefixWriter
 from steering.generation.vllm.model_parts import RankShape, attention_out, decoder_layers, rank_shape
 from steering.generation.vllm.plan import EXTRA_ARGS_KEY, decode_plan
 from steering.generation.vllm.token_steering import LayerPlan, StepRow, StepSteering, build_layer_plans
 from steering.steer.inject import SteeringTerm
+from steering.vectors.modes import PREFIX_TENSORS
 from steering.vectors.task_vector import TaskVector
 
 log = logging.getLogger(__name__)
@@ -52,18 +57,28 @@ class _RankSteering:
         self.vectors: dict[str, TaskVector] = {}
         self.step: StepSteering | None = None
         self.graph: GraphSteering | None = None  # the compiled form's buffers, when the model has them
+        self.prefixes: PrefixWriter | None = None  # KV prefixes, in either form
         self._plans: OrderedDict[str, tuple[SteeringTerm, ...]] = OrderedDict()
         self._edits: OrderedDict[tuple[str, ...], dict[int, LayerPlan]] = OrderedDict()
+        self._prefix_of: dict[str, tuple[str, float] | None] = {}  # plan -> its KV prefix's id and strength
 
     def load(self, vector_id: str, data: bytes) -> None:
         if hashlib.sha256(data).hexdigest() != vector_id:
             raise ValueError(f"vector {vector_id}: the bytes do not hash to their id")
         if vector_id in self.vectors:
             return
-        if len(self.vectors) >= self.max_slots:
-            raise RuntimeError(f"all {self.max_slots} steering slots are taken; unload one first")
         vector = TaskVector.from_bytes(data)
-        first, count = self.shape.first_head, self.shape.num_heads
+        shape = self.shape
+        if vector.prefix_tokens:  # held in the prefix tables, by columns: not a slot
+            first, count = shape.first_kv_head, shape.num_kv_heads
+            sliced = {name: vector.tensors[name][:, first : first + count].contiguous() for name in PREFIX_TENSORS}
+            assert self.prefixes is not None
+            self.prefixes.load(vector_id, replace(vector, tensors=sliced))
+            self.vectors[vector_id] = replace(vector, tensors=sliced)
+            return
+        if sum(not v.prefix_tokens for v in self.vectors.values()) >= self.max_slots:
+            raise RuntimeError(f"all {self.max_slots} steering slots are taken; unload one first")
+        first, count = shape.first_head, shape.num_heads
         sliced = {
             name: tensor if name == "residual" else tensor[:, first : first + count].contiguous()
             for name, tensor in vector.tensors.items()
@@ -77,8 +92,11 @@ class _RankSteering:
             self.vectors.pop(vector_id, None)
         if self.graph is not None:
             self.graph.unload(vector_ids)
+        if self.prefixes is not None:
+            self.prefixes.unload(vector_ids)
         self._plans.clear()
         self._edits.clear()
+        self._prefix_of.clear()
 
     def _terms(self, plan: str) -> tuple[SteeringTerm, ...]:
         terms = self._plans.get(plan)
@@ -107,13 +125,26 @@ class _RankSteering:
         self._edits.move_to_end(plans)
         return layers
 
-    def step_from_runner(self) -> StepSteering | None:
+    def step_from_runner(self, rows: list[tuple[str, StepRow]]) -> StepSteering | None:
         """This forward's steering in the eager form (None: no steered token)."""
-        rows = scheduled_rows(self.runner)
         if not rows:
             return None
         plans = tuple(plan for plan, _ in rows)
         return StepSteering(self._layer_plans(plans), [row for _, row in rows], self.runner.device)
+
+    def prefix_rows(self, rows: list[tuple[str, StepRow]]) -> list[tuple[str, float, StepRow]]:
+        """The steered requests of this forward whose plan holds a KV prefix: (its id, strength, the row)."""
+        found = []
+        for plan, row in rows:
+            if plan not in self._prefix_of:
+                if len(self._prefix_of) >= _PLAN_CACHE:
+                    self._prefix_of.clear()
+                terms = [t for t in decode_plan(plan) if self._term(t.vector_id, 1.0, ()).vector.prefix_tokens]
+                self._prefix_of[plan] = (terms[0].vector_id, terms[0].strength) if terms else None
+            prefix = self._prefix_of[plan]
+            if prefix is not None:
+                found.append((*prefix, row))
+        return found
 
 
 def scheduled_rows(runner: Any) -> list[tuple[str, StepRow]]:
@@ -157,37 +188,47 @@ def _check_runner(worker: Any, compiled_form: bool) -> None:
 class SteeringWorkerExtension:
     """Methods vLLM mixes into its worker; called on every rank through `collective_rpc`."""
 
-    def steer_install(self, max_slots: int) -> dict[str, Any]:
+    def steer_install(self, max_slots: int, max_prefix_tokens: int) -> dict[str, Any]:
         """Set steering up once; returns the whole model's shape (the front end checks vectors against it) and
         the form in use."""
         worker: Any = self
         if getattr(worker, "_steering", None) is not None:
             return worker._steering_info
         runner = worker.model_runner
-        tables = graph_loader.installed_tables(runner.get_model())
+        model = runner.get_model()
+        tables = graph_loader.installed_tables(model)
         _check_runner(worker, compiled_form=tables is not None)
         shape = rank_shape(worker.vllm_config)
         state = _RankSteering(runner, shape, max_slots)
         if tables is not None:
             if tables.slots != max_slots + 1:
                 raise RuntimeError(f"the steering tables hold {tables.slots - 1} vectors, not {max_slots}")
-            graph = state.graph = GraphSteering(tables, int(worker.vllm_config.scheduler_config.max_num_seqs))
-
-            def begin() -> None:
-                graph.begin(scheduled_rows(runner))
-
-            def end() -> None:
-                graph.end()
+            prefix_tables = kv_prefix.installed(model)
+            if prefix_tables is None or prefix_tables.capacity != max_prefix_tokens:
+                raise RuntimeError(f"the compiled model holds no KV-prefix tables of {max_prefix_tokens} columns")
         else:
-            for index, layer in decoder_layers(runner.get_model()):
+            for index, layer in decoder_layers(model):
                 layer.register_forward_hook(_residual_hook(state, index))
                 attention_out(layer).register_forward_pre_hook(_heads_hook(state, index))
+            prefix_tables = graph_loader.prefix_tables(worker.vllm_config, max_prefix_tokens, runner.device)
+            kv_prefix.install(model, decoder_layers(model), prefix_tables, eager=True)
+        prefixes = state.prefixes = PrefixWriter(prefix_tables)
+        if tables is not None:
+            state.graph = GraphSteering(tables, int(worker.vllm_config.scheduler_config.max_num_seqs), prefixes)
 
-            def begin() -> None:
-                state.step = state.step_from_runner()
+        def begin() -> None:
+            rows = scheduled_rows(runner)
+            if state.graph is not None:
+                state.graph.begin(rows)
+            else:
+                state.step = state.step_from_runner(rows)
+            prefixes.begin(state.prefix_rows(rows))
 
-            def end() -> None:
-                state.step = None
+        def end() -> None:
+            prefixes.end()
+            if state.graph is not None:
+                state.graph.end()
+            state.step = None
 
         forward = runner._model_forward
 
@@ -205,14 +246,16 @@ class SteeringWorkerExtension:
             "hidden_size": shape.hidden_size,
             "num_heads": shape.all_heads,
             "head_dim": shape.head_dim,
+            "num_kv_heads": shape.all_kv_heads,
             "tp_size": shape.tp_size,
             "form": "compiled" if tables is not None else "eager",
         }
         log.info(
-            "steering (%s form) installed on a rank of %d (%d slots)",
+            "steering (%s form) installed on a rank of %d (%d slots, %d KV-prefix columns)",
             worker._steering_info["form"],
             shape.tp_size,
             max_slots,
+            max_prefix_tokens,
         )
         return worker._steering_info
 
