@@ -91,7 +91,7 @@ class Settings(BaseSettings):
     )
     vllm_max_slots: int = Field(32, ge=1, description="vllm: vectors held by vLLM's workers at once (LRU).")
     vllm_max_prefix_tokens: int = Field(
-        4096, ge=1, description="vllm: KV-prefix columns (context tuning's tasks) held by the workers at once (LRU)."
+        2048, ge=1, description="vllm: KV-prefix columns (context tuning's tasks) held by the workers at once (LRU)."
     )
     vllm_tensor_parallel_size: int = Field(1, ge=1, description="vllm: tensor-parallel ranks (heads split).")
     vllm_kv_cache_bytes: int = Field(1 << 30, ge=1 << 20, description="vllm: memory for vLLM's KV cache.")

@@ -172,6 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--clients", type=_client_counts, default=CLIENTS, help="client counts to measure, e.g. 32 or 1,8,32"
     )
     parser.add_argument("--reps", type=int, help="repetitions (default: 5, or 1 with --quick)")
+    parser.add_argument(
+        "--block-size", type=int, help="vLLM's KV block tokens (default: its own, 128 on CPU, 16 on CUDA)"
+    )
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
     if args.reps is not None:
@@ -189,7 +192,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             eos_ids=set(),
             fingerprint=lm.fingerprint,
             options=VllmOptions(
-                max_num_seqs=MAX_ROWS, max_num_batched_tokens=512, kv_cache_bytes=512 << 20, enforce_eager=args.eager
+                max_num_seqs=MAX_ROWS,
+                max_num_batched_tokens=512,
+                kv_cache_bytes=512 << 20,
+                enforce_eager=args.eager,
+                block_size=args.block_size,
             ),
         )
     )
@@ -268,6 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "vllm_max_num_seqs": MAX_ROWS,
                 "transformers_max_batch": MAX_ROWS,
                 "vllm_form": form,
+                "vllm_block_size": args.block_size,
             },
             "machine": machine_facts() | {"vllm": _vllm_version()},
             **sampler.summary(),

@@ -25,6 +25,7 @@ import torch
 
 from steering.generation.rows import GenerationRequest, GenerationResult
 from steering.generation.transformers.engine import Engine
+from steering.generation.vllm import kv_prefix
 from steering.generation.vllm.engine import vector_id
 from steering.model.loading import LoadedModel
 from steering.steer.inject import SteeringError, SteeringTerm
@@ -197,6 +198,13 @@ async def test_bad_references_fail_alone(vllm, reference: Engine, lm: LoadedMode
         )
         assert isinstance(outcome[1], SteeringError) and message in str(outcome[1])
         assert outcome[0].token_ids == alone.token_ids
+    vllm.serves_prefixes = False  # as for a model whose layers take none (`kv_prefix.attention_layers`)
+    try:
+        with pytest.raises(SteeringError, match="cannot take a KV prefix"):
+            await solo(vllm, request(reference, PROMPTS[1], [prefix]))
+    finally:
+        vllm.serves_prefixes = True
+    assert kv_prefix.attention_layers([(0, torch.nn.Linear(2, 2))], 64) is None  # no attention layer in it
     unknown_mode = random_vector(lm, "add_all", 5)
     unknown_mode.mode = "add_sideways"  # type: ignore[assignment]
     with pytest.raises(SteeringError, match="mode"):
@@ -247,6 +255,9 @@ async def test_kv_prefix_rows_of_a_mixed_batch_equal_their_solo_runs(vllm, refer
     together = await asyncio.gather(*(solo(vllm, r) for r in requests))
     assert [r.token_ids for r in together] == [r.token_ids for r in alone]
     await solo(vllm, request(reference, PROMPTS[0], [SteeringTerm(prefix_vector(lm, 4), 1.0)]))  # evicts one
+    loaded = set((await vllm.llm.collective_rpc("steer_loaded"))[0])
+    assert vector_id(long_prefix) not in loaded  # the least recently used; 70 + 70 columns do not fit in 110
+    await vllm.llm.reset_prefix_cache()  # the placeholders are computed again, and take the reloaded columns
     again = await asyncio.gather(*(solo(vllm, r) for r in requests[:3]))
     assert [r.token_ids for r in again] == [r.token_ids for r in alone[:3]]
 

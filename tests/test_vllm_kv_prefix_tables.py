@@ -76,6 +76,20 @@ def test_placeholders_take_their_columns_and_other_tokens_stay() -> None:
     assert torch.equal(got_key, key) and torch.equal(got_value, value)
 
 
+def test_keys_shaped_by_heads_are_replaced_alike() -> None:
+    """Some models hand the attention layer [tokens, kv_heads, head_dim]: the same rows change, the shape stays."""
+    prefixes = writer()
+    vector = prefix(3, 6)
+    prefixes.load("p", vector)
+    prefixes.begin([("p", 2.0, StepRow(1, 2, 1, 5))])
+    key, value = torch.randn(4, KV_HEADS, HEAD_DIM), torch.randn(4, KV_HEADS, HEAD_DIM)
+    flat = prefixes.tables.replace(0, key.flatten(1), value.flatten(1))
+    shaped = prefixes.tables.replace(0, key, value)
+    assert shaped[0].shape == key.shape and torch.equal(shaped[0].flatten(1), flat[0])
+    assert torch.equal(shaped[1].flatten(1), flat[1])
+    assert torch.equal(shaped[1][2], vector.tensors["prefix_values"][0, :, 2] * 2.0)
+
+
 def test_a_forward_without_placeholders_says_so() -> None:
     prefixes = writer()
     prefixes.load("p", prefix(5, 3))

@@ -63,7 +63,9 @@ class VllmOptions:
     max_num_batched_tokens: int | None = None  # tokens per step; smaller splits long prompts into prefill chunks
     max_model_len: int | None = None
     max_slots: int = 32  # activation vectors held by the workers at once
-    max_prefix_tokens: int = 4096  # KV-prefix columns held at once, over all prefixes (context tuning's ~100-500)
+    # KV-prefix columns held at once, over all prefixes (context tuning's take ~100-500 each); each column costs
+    # 2 × layers × key-value heads × head_dim × dtype bytes on every rank (46 kB on the default model in float32)
+    max_prefix_tokens: int = 2048
     kv_cache_bytes: int = 1 << 30
     block_size: int | None = None  # KV block tokens (vLLM's CPU default 128); prefix caching shares whole blocks
     # Never "auto": vLLM's "auto" runs float32 weights in bfloat16 on CPU (vllm/config/model.py, "Downcast for
@@ -136,8 +138,10 @@ class VllmEngine:
         fingerprint: str | None,
         eos_ids: set[int],
         options: VllmOptions,
+        serves_prefixes: bool = True,
     ) -> None:
         self.llm, self.tokenizer, self.dims, self.fingerprint = llm, tokenizer, dims, fingerprint
+        self.serves_prefixes = serves_prefixes  # the model's attention layers take KV prefixes (`kv_prefix.py`)
         self.eos_ids, self.options = eos_ids, options
         self._slots = VectorSlots(options.max_slots, options.max_prefix_tokens)
         self._slot_change = asyncio.Condition()
@@ -215,7 +219,15 @@ class VllmEngine:
             info["tp_size"],
             options.max_slots,
         )
-        return cls(llm, tokenizer, dims, fingerprint=fingerprint, eos_ids=set(eos_ids), options=options)
+        return cls(
+            llm,
+            tokenizer,
+            dims,
+            fingerprint=fingerprint,
+            eos_ids=set(eos_ids),
+            options=options,
+            serves_prefixes=bool(info["kv_prefix"]),
+        )
 
     @property
     def capacity(self) -> int:
@@ -267,6 +279,11 @@ class VllmEngine:
             spec = mode_spec(vector.mode)
         except ValueError as exc:
             raise SteeringError(str(exc)) from None
+        if spec.site == "cache" and not self.serves_prefixes:
+            raise SteeringError(
+                "this model's attention layers on vLLM cannot take a KV prefix (a context_tuning task): each decoder "
+                "layer needs one attention of the model's key width; serve it with STEER_ENGINE=transformers"
+            )
         if spec.op not in SUPPORTED_OPS or spec.positions not in SUPPORTED_POSITIONS:
             raise SteeringError(f"injection mode {vector.mode!r} cannot run on the vLLM engine")
         if self.fingerprint is not None and vector.fingerprint != self.fingerprint:

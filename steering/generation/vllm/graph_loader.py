@@ -86,7 +86,7 @@ def install(model: nn.Module, vllm_config: Any) -> SteeringTables:
         out = attention_out(layer)
         out.steering = LayerSteering(tables, index)
         out.register_forward_pre_hook(heads_hook)
-    capacity = int(settings["max_prefix_tokens"])
+    capacity = int(settings["max_prefix_tokens"])  # a model that cannot take KV prefixes gets no tables
     kv_prefix.install(model, decoder_layers(model), prefix_tables(vllm_config, capacity, first.device), eager=False)
     return tables
 

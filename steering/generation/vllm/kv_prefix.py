@@ -52,17 +52,20 @@ class PrefixTables(nn.Module):
         self.register_buffer("keys", torch.zeros(table, dtype=dtype, **kw), persistent=False)
         self.register_buffer("values", torch.zeros(table, dtype=dtype, **kw), persistent=False)
         self.register_buffer("token_entry", torch.zeros(max_tokens, dtype=torch.int64, **kw), persistent=False)
-        self.register_buffer("token_scale", torch.zeros(max_tokens, dtype=dtype, **kw), persistent=False)
+        # float32 whatever the model's dtype: the transformers engine scales the values by a Python float
+        self.register_buffer("token_scale", torch.zeros(max_tokens, dtype=torch.float32, **kw), persistent=False)
 
     def replace(self, layer: int, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
-        """An attention layer's [tokens, kv_heads·head_dim] key and value, placeholders' rows replaced."""
+        """An attention layer's key and value ([tokens, kv_heads·head_dim] or [tokens, kv_heads, head_dim]),
+        placeholders' rows replaced."""
         tokens = key.shape[0]
         entry = self.token_entry[:tokens]
         taken = entry.ne(0).unsqueeze(1)
-        key = torch.where(taken, self.keys[layer].index_select(0, entry).view_as(key), key)
-        scaled = self.values[layer].index_select(0, entry) * self.token_scale[:tokens].unsqueeze(1)
-        value = torch.where(taken, scaled.view_as(value), value)
-        return key, value
+        flat_key, flat_value = key.reshape(tokens, -1), value.reshape(tokens, -1)
+        new_key = torch.where(taken, self.keys[layer].index_select(0, entry), flat_key)
+        scaled = self.values[layer].index_select(0, entry).float() * self.token_scale[:tokens].unsqueeze(1)
+        new_value = torch.where(taken, scaled.to(value.dtype), flat_value)
+        return new_key.view_as(key), new_value.view_as(value)
 
 
 class LayerPrefix(nn.Module):
@@ -79,34 +82,46 @@ def prefix_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     handle: LayerPrefix = module.kv_prefix  # type: ignore[assignment]
     if handle.eager and not handle.tables.active:  # eager: skip the ops in forwards without placeholders
         return None
-    if len(args) >= 3:
-        key, value = handle.tables.replace(handle.layer, args[1], args[2])
+    positional = len(args) >= 3
+    key, value = (args[1], args[2]) if positional else (kwargs.get("key"), kwargs.get("value"))
+    if key is None or value is None:  # a layer reading another layer's cache writes none of its own
+        return None
+    key, value = handle.tables.replace(handle.layer, key, value)
+    if positional:
         return (args[0], key, value, *args[3:]), kwargs
-    key, value = handle.tables.replace(handle.layer, kwargs["key"], kwargs["value"])
     return args, {**kwargs, "key": key, "value": value}
 
 
-def attention_layers(model: nn.Module, decoder_layers: Sequence[tuple[int, nn.Module]]) -> list[tuple[int, nn.Module]]:
-    """Each decoder layer's vLLM `Attention` module (the one that takes rotated keys and writes the cache)."""
+def attention_layers(
+    decoder_layers: Sequence[tuple[int, nn.Module]], kv_width: int
+) -> list[tuple[int, nn.Module]] | None:
+    """Each decoder layer's vLLM `Attention` module (the one that takes rotated keys and writes the cache), or
+    None where a KV prefix cannot go: a layer without exactly one, or with keys of another width than the
+    prefix's (multi-head latent attention, hybrid layers, per-layer head sizes)."""
     from vllm.model_executor.layers.attention.attention import Attention
 
     found = []
     for index, layer in decoder_layers:
         modules = [m for m in layer.modules() if isinstance(m, Attention)]
-        if len(modules) != 1:
-            raise RuntimeError(f"decoder layer {index} holds {len(modules)} attention layers, not one")
+        if len(modules) != 1 or modules[0].num_kv_heads * modules[0].head_size != kv_width:
+            return None
         found.append((index, modules[0]))
     return found
 
 
 def install(
     model: nn.Module, decoder_layers: Sequence[tuple[int, nn.Module]], tables: PrefixTables, *, eager: bool
-) -> None:
-    """Give every attention layer the tables and the pre-hook (before vLLM compiles the model, when it does)."""
+) -> bool:
+    """Give every attention layer the tables and the pre-hook (before vLLM compiles the model, when it does);
+    False, and nothing installed, where the model's layers cannot take a KV prefix (`attention_layers`)."""
+    layers = attention_layers(decoder_layers, tables.keys.shape[2])
+    if layers is None:
+        return False
     model.steering_prefixes = tables
-    for index, attention in attention_layers(model, decoder_layers):
+    for index, attention in layers:
         attention.kv_prefix = LayerPrefix(tables, index, eager)
         attention.register_forward_pre_hook(prefix_hook, with_kwargs=True)
+    return True
 
 
 def installed(model: nn.Module) -> PrefixTables | None:
@@ -131,16 +146,21 @@ class PrefixWriter:
         """Write a prefix (already sliced to this rank's key-value heads) into free entries."""
         if vector_id in self._entries:
             return
-        keys, values = vector.tensors["prefix_keys"], vector.tensors["prefix_values"]  # [layers, kv, tokens, dim]
-        tokens = keys.shape[2]
+        tables = self.tables
+        flat = {  # [layers, tokens, kv·dim]
+            name: vector.tensors[f"prefix_{name}"].permute(0, 2, 1, 3).flatten(2) for name in ("keys", "values")
+        }
+        tokens = flat["keys"].shape[1]
+        if flat["keys"].shape != (tables.keys.shape[0], tokens, tables.keys.shape[2]):
+            raise RuntimeError(
+                f"a KV prefix of shape {list(vector.tensors['prefix_keys'].shape)} does not fit these tables"
+            )
         if tokens > len(self._free):
             raise RuntimeError(f"the prefix tables hold {len(self._free)} more columns, not {tokens}: unload one first")
         entries = torch.tensor([self._free.pop() for _ in range(tokens)])
-        tables = self.tables
         at = entries.to(tables.keys.device)
-        for name, source in (("keys", keys), ("values", values)):
-            flat = source.permute(0, 2, 1, 3).flatten(2)  # [layers, tokens, kv·dim]
-            getattr(tables, name)[:, at] = flat.to(tables.keys.device, tables.keys.dtype)
+        for name, source in flat.items():
+            getattr(tables, name)[:, at] = source.to(tables.keys.device, tables.keys.dtype)
         self._entries[vector_id] = entries
 
     @torch.no_grad()
@@ -161,7 +181,7 @@ class PrefixWriter:
             return False
         end = max(row.start + row.count for _, _, row in rows)
         token_entry = np.zeros(end, dtype=np.int64)
-        token_scale = np.zeros(end, dtype=np.float64)
+        token_scale = np.zeros(end, dtype=np.float32)
         placed = False
         for vector_id, strength, row in rows:
             entries = self._entries.get(vector_id)
@@ -177,7 +197,7 @@ class PrefixWriter:
         if placed:
             tables = self.tables
             tables.token_entry[:end].copy_(torch.from_numpy(token_entry))
-            tables.token_scale[:end].copy_(torch.from_numpy(token_scale).to(tables.token_scale.dtype))
+            tables.token_scale[:end].copy_(torch.from_numpy(token_scale))
             self._written = end
         self.tables.active = placed
         return placed

@@ -70,11 +70,13 @@ class _RankSteering:
         vector = TaskVector.from_bytes(data)
         shape = self.shape
         if vector.prefix_tokens:  # held in the prefix tables, by columns: not a slot
+            if self.prefixes is None:  # the front end refuses KV prefixes for such a model: a bug, not a bad request
+                raise RuntimeError("this model's attention layers take no KV prefix")
             first, count = shape.first_kv_head, shape.num_kv_heads
             sliced = {name: vector.tensors[name][:, first : first + count].contiguous() for name in PREFIX_TENSORS}
-            assert self.prefixes is not None
-            self.prefixes.load(vector_id, replace(vector, tensors=sliced))
-            self.vectors[vector_id] = replace(vector, tensors=sliced)
+            mine = replace(vector, tensors=sliced)
+            self.prefixes.load(vector_id, mine)
+            self.vectors[vector_id] = mine
             return
         if sum(not v.prefix_tokens for v in self.vectors.values()) >= self.max_slots:
             raise RuntimeError(f"all {self.max_slots} steering slots are taken; unload one first")
@@ -204,17 +206,19 @@ class SteeringWorkerExtension:
             if tables.slots != max_slots + 1:
                 raise RuntimeError(f"the steering tables hold {tables.slots - 1} vectors, not {max_slots}")
             prefix_tables = kv_prefix.installed(model)
-            if prefix_tables is None or prefix_tables.capacity != max_prefix_tokens:
-                raise RuntimeError(f"the compiled model holds no KV-prefix tables of {max_prefix_tokens} columns")
+            if prefix_tables is not None and prefix_tables.capacity != max_prefix_tokens:
+                raise RuntimeError(f"the compiled model's KV-prefix tables hold {prefix_tables.capacity} columns")
         else:
             for index, layer in decoder_layers(model):
                 layer.register_forward_hook(_residual_hook(state, index))
                 attention_out(layer).register_forward_pre_hook(_heads_hook(state, index))
             prefix_tables = graph_loader.prefix_tables(worker.vllm_config, max_prefix_tokens, runner.device)
-            kv_prefix.install(model, decoder_layers(model), prefix_tables, eager=True)
-        prefixes = state.prefixes = PrefixWriter(prefix_tables)
+            if not kv_prefix.install(model, decoder_layers(model), prefix_tables, eager=True):
+                prefix_tables = None
+        prefixes = state.prefixes = PrefixWriter(prefix_tables) if prefix_tables is not None else None
         if tables is not None:
-            state.graph = GraphSteering(tables, int(worker.vllm_config.scheduler_config.max_num_seqs), prefixes)
+            max_plans = int(worker.vllm_config.scheduler_config.max_num_seqs)
+            state.graph = GraphSteering(tables, max_plans, prefixes if prefixes is not None else ())
 
         def begin() -> None:
             rows = scheduled_rows(runner)
@@ -222,10 +226,12 @@ class SteeringWorkerExtension:
                 state.graph.begin(rows)
             else:
                 state.step = state.step_from_runner(rows)
-            prefixes.begin(state.prefix_rows(rows))
+            if prefixes is not None:
+                prefixes.begin(state.prefix_rows(rows))
 
         def end() -> None:
-            prefixes.end()
+            if prefixes is not None:
+                prefixes.end()
             if state.graph is not None:
                 state.graph.end()
             state.step = None
@@ -233,8 +239,8 @@ class SteeringWorkerExtension:
         forward = runner._model_forward
 
         def steered_forward(*args: Any, **kwargs: Any) -> Any:
-            begin()
-            try:
+            try:  # `end` undoes whatever part of `begin` ran
+                begin()
                 return forward(*args, **kwargs)
             finally:
                 end()
@@ -247,6 +253,7 @@ class SteeringWorkerExtension:
             "num_heads": shape.all_heads,
             "head_dim": shape.head_dim,
             "num_kv_heads": shape.all_kv_heads,
+            "kv_prefix": prefixes is not None,
             "tp_size": shape.tp_size,
             "form": "compiled" if tables is not None else "eager",
         }
