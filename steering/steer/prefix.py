@@ -2,7 +2,8 @@
 
 A KV prefix is a few-shot prompt's keys and values, trained (`steering.methods.context_tuning`): the transformers
 engine puts them in the row's cache ahead of its prompt, whose positions then count from the prefix's length, as
-if the prompt followed the demonstrations. A row takes at most one, on every layer; `strength` scales its values.
+if the prompt followed the demonstrations (vLLM writes them over placeholder tokens instead,
+`steering.generation.vllm.kv_prefix`). A row takes at most one, on every layer; `strength` scales its values.
 """
 
 from __future__ import annotations

@@ -6,9 +6,10 @@ and at which positions, the schedulers (through `inject.DECODE_MODES`) for wheth
 while decoding, and `steering.vectors.export` for whether it exports as a GGUF control vector. A method picks a
 mode by name; a new mode is a new entry here (and, for a new op, its hook code in `steering.steer.inject`).
 
-One mode edits no activation: `kv_prefix` holds keys and values that the transformers engine places in a row's
-KV cache before its prompt (`steering.steer.prefix`), a trained stand-in for a few-shot prompt (Context Tuning,
-arXiv 2507.04221). Its tensors' length is the prefix's, so its shapes fix every dimension but that one.
+One mode edits no activation: `kv_prefix` holds keys and values that go in a row's KV cache before its prompt
+(the transformers engine: `steering.steer.prefix`; vLLM: `steering.generation.vllm.kv_prefix`), a trained
+stand-in for a few-shot prompt (Context Tuning, arXiv 2507.04221). Its tensors' length is the prefix's, so its
+shapes fix every dimension but that one.
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ MODES: Mapping[str, InjectionModeSpec] = {
 MODE_NAMES: tuple[str, ...] = tuple(MODES)
 InjectionMode = Literal[MODE_NAMES]  # type: ignore[valid-type]  # the accepted values, from the table
 
-# The modes whose hooks edit activations (every engine's); the others are the transformers engine's cache.
+# The modes whose hooks edit activations; the other (`kv_prefix`) goes in the row's KV cache.
 ACTIVATION_MODE_NAMES: tuple[str, ...] = tuple(name for name, spec in MODES.items() if spec.site != "cache")
 DECODE_MODES: frozenset[str] = frozenset(name for name, spec in MODES.items() if spec.acts_while_decoding)
 GGUF_EXPORTABLE_MODES: tuple[str, ...] = tuple(name for name, spec in MODES.items() if spec.gguf)
