@@ -19,11 +19,8 @@ from steering.generation.rows import GenerationRequest
 from steering.generation.transformers.engine import Engine
 from steering.methods import compute_vector
 from steering.methods.capture import next_token_logprobs
-from steering.methods.common import split_demonstrations
-from steering.methods.context_tuning import build_prefix, build_rows, dev_loss
 from steering.model.loading import LoadedModel
 from steering.steer.inject import BatchSteering, SteeringError, SteeringTerm
-from steering.tasks.templates import DEFAULT_TEMPLATE
 from steering.vectors.errors import ModelMismatch, VectorImportError
 from steering.vectors.modes import MAX_PREFIX_TOKENS
 from steering.vectors.task_vector import ActivationScale, TaskVector, check_for_model, check_norms
@@ -176,30 +173,6 @@ def test_context_tuning_trains_the_prefix_on_held_out_loss(tiny_llama: LoadedMod
     check_for_model(vector, tiny_llama.arch)
     with pytest.raises(ValueError, match="no `layer`"):
         compute_vector(tiny_llama, demos, "context_tuning", options={"layer": 1})
-
-
-def test_a_refit_prefix_trains_on_the_held_out_demonstrations_too(tiny_llama: LoadedModel) -> None:
-    """`refit`: the served prefix is trained again on every demonstration for the best epoch count; the scores
-    stay the first fit's (the same run without refit), and the held-out demonstrations' loss falls under the new
-    prefix, which has now seen them."""
-    demos = [Demonstration(input=a, output=b) for a, b in COUNTRIES]
-    options = {"k_shot": 3, "epochs": 6, "lr": 0.2}
-    first = compute_vector(tiny_llama, demos, "context_tuning", options=options)
-    refit = compute_vector(tiny_llama, demos, "context_tuning", options={**options, "refit": True})
-    scores = ("dev_steered_exact", "dev_steered_accuracy", "best_epoch", "best_dev_loss")
-    assert [refit.metrics[k] for k in scores] == [first.metrics[k] for k in scores]
-    assert refit.metrics["refit_seconds"] > 0 and "refit_seconds" not in first.metrics
-    assert refit.prefix_tokens == first.prefix_tokens
-    split = split_demonstrations(demos, 0.25, 0)
-    prefix = build_prefix(tiny_llama, DEFAULT_TEMPLATE, split.train[:3])
-    held_out = build_rows(tiny_llama, DEFAULT_TEMPLATE, split.dev, prefix)
-
-    def loss(vector: TaskVector) -> float:
-        keys, values = vector.tensors["prefix_keys"], vector.tensors["prefix_values"]
-        return dev_loss(tiny_llama, list(keys[:, None]), list(values[:, None]), prefix, held_out)
-
-    assert loss(first) == pytest.approx(first.metrics["best_dev_loss"], rel=1e-4)
-    assert loss(refit) < loss(first)
 
 
 async def test_prefix_tasks_over_http(tmp_path: Path) -> None:

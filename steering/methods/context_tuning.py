@@ -38,7 +38,6 @@ from steering.methods.common import (
     Job,
     MethodOptions,
     MethodSpec,
-    Split,
     ended_answer_ids,
     exact_match,
     finish,
@@ -63,11 +62,6 @@ class ContextTuningOptions(MethodOptions):
     lr: float = Field(3e-3, gt=0.0, le=1.0, description="AdamW learning rate of the prefix's keys and values.")
     batch_size: int = Field(8, ge=1, le=256, description="Training demonstrations per step.")
     token_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Chance that a prefix column is hidden per row.")
-    refit: bool = Field(
-        False,
-        description="Train again on every demonstration, held-out ones too, for the best epoch count, and serve "
-        "that prefix (its held-out scores stay the first fit's).",
-    )
 
     @model_validator(mode="after")
     def _every_layer(self) -> ContextTuningOptions:
@@ -206,14 +200,13 @@ def dev_loss(lm: LoadedModel, keys: list[Tensor], values: list[Tensor], prefix: 
         return float(_loss(prefix_logits(lm, keys, values, prefix, rows), rows.labels))
 
 
-def train_prefix(job: Job, opts: ContextTuningOptions, prefix: Prefix, train: Rows, dev: Rows | None) -> Training:
-    """AdamW on the prefix; the best keys and values on the dev rows are left in `prefix` (without dev rows:
-    those after `opts.epochs` epochs)."""
+def train_prefix(job: Job, opts: ContextTuningOptions, prefix: Prefix, train: Rows, dev: Rows) -> Training:
+    """AdamW on the prefix; the best keys and values on the dev rows are left in `prefix`."""
     lm, started = job.lm, time.perf_counter()
     optimiser = torch.optim.AdamW([*prefix.keys, *prefix.values], lr=opts.lr, weight_decay=0.0)
     rng = random.Random(opts.seed)
     isolated_rng = torch.random.fork_rng(devices=[])  # dropout draws from its own seeded generator
-    first = best_loss = dev_loss(lm, prefix.keys, prefix.values, prefix, dev) if dev is not None else float("nan")
+    first = best_loss = dev_loss(lm, prefix.keys, prefix.values, prefix, dev)
     best, best_epoch, stale, epoch = prefix.copy(), 0, 0, 0
     curve = [{"epoch": 0, "dev_loss": first}]
     with isolated_rng:
@@ -230,11 +223,6 @@ def train_prefix(job: Job, opts: ContextTuningOptions, prefix: Prefix, train: Ro
                     optimiser.zero_grad()
                     loss.backward()
                 optimiser.step()
-            if dev is None:
-                curve.append({"epoch": epoch, "train_loss": loss.item()})
-                job.report(stage="training the prefix on every demonstration", step=epoch, steps=opts.epochs)
-                best, best_epoch = prefix.copy(), epoch
-                continue
             current = dev_loss(lm, prefix.keys, prefix.values, prefix, dev)
             curve.append({"epoch": epoch, "dev_loss": current, "train_loss": loss.item()})
             job.report(stage="training the prefix", step=epoch, steps=opts.epochs, dev_loss=round(current, 4))
@@ -280,19 +268,6 @@ def dev_exact(job: Job, dev: DevSet, prefix: Prefix, rows: Rows, vector: TaskVec
     return exact_match([texts[i] for i in range(len(rows.left_out))], dev.outputs)
 
 
-def refit(job: Job, opts: ContextTuningOptions, split: Split, epochs: int, vector: TaskVector) -> float:
-    """Train a fresh prefix of the same shots on every demonstration for `epochs` epochs, and put it in `vector`
-    (whose held-out scores were the first fit's: nothing is left to score this one on); its seconds."""
-    job.report(stage="caching the prefix again")
-    started = time.perf_counter()
-    prefix = build_prefix(job.lm, job.template, split.train[: opts.k_shot])
-    rows = build_rows(job.lm, job.template, [*split.train, *split.dev], prefix)
-    train_prefix(job, opts.model_copy(update={"epochs": epochs}), prefix, rows, None)
-    vector.tensors["prefix_keys"] = torch.cat(prefix.keys).detach().cpu().contiguous()
-    vector.tensors["prefix_values"] = torch.cat(prefix.values).detach().cpu().contiguous()
-    return round(time.perf_counter() - started, 3)
-
-
 def compute(job: Job, options: dict) -> TaskVector:
     opts = ContextTuningOptions(**options)
     lm, template = job.lm, job.template
@@ -322,16 +297,12 @@ def compute(job: Job, options: dict) -> TaskVector:
     exact = dev_exact(job, dev, prefix, dev_rows, vector, strength)
     row: dict[str, Any] = {"strength": strength, "accuracy": accuracy, "logprob": logprob, "exact": exact}
     choice = Choice(Candidate(terms, {"strength": strength}), accuracy, logprob, [row], exact)
-    refitted = {}
-    if opts.refit and split.held_out and training.best_epoch > 0:
-        refitted["refit_seconds"] = refit(job, opts, split, training.best_epoch, vector)
     return finish(
         vector,
         job,
         dev,
         split,
         choice,
-        **refitted,
         prefix_tokens=prefix.tokens,
         prefix_shots=len(prefix.shots),
         best_epoch=training.best_epoch,
