@@ -86,8 +86,10 @@ def install(model: nn.Module, vllm_config: Any) -> SteeringTables:
         out = attention_out(layer)
         out.steering = LayerSteering(tables, index)
         out.register_forward_pre_hook(heads_hook)
-    capacity = int(settings["max_prefix_tokens"])  # a model that cannot take KV prefixes gets no tables
-    kv_prefix.install(model, decoder_layers(model), prefix_tables(vllm_config, capacity, first.device), eager=False)
+    attentions = kv_prefix.attention_layers(decoder_layers(model), shape.num_kv_heads * shape.head_dim)
+    if attentions is not None:  # a model whose layers cannot take a KV prefix gets no tables
+        capacity = int(settings["max_prefix_tokens"])
+        kv_prefix.install(model, attentions, prefix_tables(vllm_config, capacity, first.device), eager=False)
     return tables
 
 

@@ -110,18 +110,14 @@ def attention_layers(
 
 
 def install(
-    model: nn.Module, decoder_layers: Sequence[tuple[int, nn.Module]], tables: PrefixTables, *, eager: bool
-) -> bool:
-    """Give every attention layer the tables and the pre-hook (before vLLM compiles the model, when it does);
-    False, and nothing installed, where the model's layers cannot take a KV prefix (`attention_layers`)."""
-    layers = attention_layers(decoder_layers, tables.keys.shape[2])
-    if layers is None:
-        return False
+    model: nn.Module, attentions: Sequence[tuple[int, nn.Module]], tables: PrefixTables, *, eager: bool
+) -> None:
+    """Give the attention layers `attention_layers` found the tables and the pre-hook (before vLLM compiles the
+    model, when it does)."""
     model.steering_prefixes = tables
-    for index, attention in layers:
+    for index, attention in attentions:
         attention.kv_prefix = LayerPrefix(tables, index, eager)
         attention.register_forward_pre_hook(prefix_hook, with_kwargs=True)
-    return True
 
 
 def installed(model: nn.Module) -> PrefixTables | None:

@@ -212,9 +212,11 @@ class SteeringWorkerExtension:
             for index, layer in decoder_layers(model):
                 layer.register_forward_hook(_residual_hook(state, index))
                 attention_out(layer).register_forward_pre_hook(_heads_hook(state, index))
-            prefix_tables = graph_loader.prefix_tables(worker.vllm_config, max_prefix_tokens, runner.device)
-            if not kv_prefix.install(model, decoder_layers(model), prefix_tables, eager=True):
-                prefix_tables = None
+            attentions = kv_prefix.attention_layers(decoder_layers(model), shape.num_kv_heads * shape.head_dim)
+            prefix_tables = None
+            if attentions is not None:
+                prefix_tables = graph_loader.prefix_tables(worker.vllm_config, max_prefix_tokens, runner.device)
+                kv_prefix.install(model, attentions, prefix_tables, eager=True)
         prefixes = state.prefixes = PrefixWriter(prefix_tables) if prefix_tables is not None else None
         if tables is not None:
             max_plans = int(worker.vllm_config.scheduler_config.max_num_seqs)
