@@ -1,11 +1,14 @@
 """The vLLM engine: per-request steering on an unmodified vLLM through its own extension points.
 
 - `plan.py`: a request's steering plan as JSON in `SamplingParams.extra_args`, and its prefix-cache salt;
-- `slots.py`: which vectors the workers hold (bounded, least recently used out, pinned while in use);
+- `slots.py`: which vectors the workers hold (bounded by slots, and KV prefixes by columns; least recently used
+  out, pinned while in use);
 - `token_steering.py`: the eager form: one forward's flattened tokens mapped to their requests, and the edits;
 - `graph_ops.py`: the compiled form: tensor ops over persistent per-token and per-slot buffers, traced into
   vLLM's compiled graph (CUDA-graph safe), for every mode;
 - `graph_steering.py`: what the host writes into those buffers before each forward;
+- `kv_prefix.py`: KV prefixes (context tuning) in both forms: placeholder tokens' keys and values replaced by the
+  prefix's before each attention layer;
 - `graph_loader.py`: vLLM's model loader for `load_format="steering"`, which installs the ops before vLLM
   compiles, and the compile-cache key of the compiled form;
 - `model_parts.py`: where steering acts in vLLM's model (decoder layers, attention output projections), per rank;

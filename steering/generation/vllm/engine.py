@@ -4,7 +4,9 @@ A `GenerationRequest` (prompt ids, steering terms with `TaskVector`s, sampling, 
 tasks' `AnswerEnd`, a cancel event) becomes one vLLM request: the terms' vectors are loaded into the
 workers' slots by content id (`slots.py`, `worker.SteeringWorkerExtension.steer_load`), the plan travels in
 `SamplingParams.extra_args` (`plan.py`), and the prompt carries a `cache_salt` derived from the plan so a
-steered prompt never shares KV blocks with a plain or differently steered one. vLLM returns token ids only
+steered prompt never shares KV blocks with a plain or differently steered one. A KV prefix (context tuning)
+puts one placeholder token per column ahead of the prompt ids, whose keys and values the workers replace
+(`kv_prefix.py`). vLLM returns token ids only
 (no detokenizing there); each goes through the transformers engine's own `RowState`, so end tokens, stop
 strings, the answer end, the token limit and cancelling end a row exactly where the transformers engine
 ends it, and the text is decoded the same way. A row ended on our side is aborted in vLLM.
