@@ -6,7 +6,9 @@ gives the transformers engine's tokens, and no steering or strength 0 gives plai
 as the transformers engine does, token for token; rows of a mixed batch (plain rows, other tasks and
 strengths, a row joining mid-decode) equal their solo runs; a last-prompt-token vector does not move when the
 prompt is split over chunks; prefix caching never shares blocks between plain and steered prompts; bad
-references fail alone with `SteeringError` (422 in the app); tensor parallelism 2 gives TP 1's tokens (slow).
+references fail alone with `SteeringError` (422 in the app); tensor parallelism 2 gives TP 1's tokens, and a KV
+prefix on two ranks sharing one key-value head gives the transformers engine's (slow); a KV prefix written over
+placeholder tokens gives the transformers engine's tokens, alone and in mixed batches.
 
 The engines agree token for token because both compute in float32 (logprobs within about 1e-5 here, against
 gaps of 0.03 and more between the two best tokens); vLLM's "auto" dtype would run this model in bfloat16.
@@ -27,7 +29,7 @@ from steering.generation.rows import GenerationRequest, GenerationResult
 from steering.generation.transformers.engine import Engine
 from steering.generation.vllm import kv_prefix
 from steering.generation.vllm.engine import vector_id
-from steering.model.loading import LoadedModel
+from steering.model.loading import LoadedModel, load_model
 from steering.steer.inject import SteeringError, SteeringTerm
 from steering.vectors.modes import ACTIVATION_MODE_NAMES
 from tests.vllm_fixtures import (
@@ -39,6 +41,7 @@ from tests.vllm_fixtures import (
     needs_vllm,
     prefix_vector,
     random_vector,
+    save_tiny_llama,
     start_engine,
 )
 
@@ -307,5 +310,24 @@ async def test_tensor_parallel_2_gives_the_tokens_of_1(vllm, folder: Path, refer
             one = await asyncio.gather(*(solo(vllm, r) for r in requests))
             two = await asyncio.gather(*(solo(tp2, r) for r in requests))
             assert [r.token_ids for r in two] == [r.token_ids for r in one], [t.vector.mode for t in plan]
+    finally:
+        tp2.close()
+
+
+@pytest.mark.slow
+async def test_tensor_parallel_2_shares_one_key_value_head(tmp_path: Path) -> None:
+    """With fewer key-value heads than ranks vLLM gives each rank a copy of the one head: each rank writes the
+    whole KV prefix, and the tokens are the transformers engine's (a prefix alone and beside a head mix)."""
+    folder = save_tiny_llama(tmp_path / "one-kv-head", kv_heads=1)
+    lm = load_model(str(folder))
+    assert lm.arch.num_kv_heads == 1
+    reference = Engine(lm)
+    tp2 = await start_engine(folder, lm, **EAGER_OPTIONS, tensor_parallel_size=2)
+    try:
+        prefix, mix = prefix_vector(lm, 8), random_vector(lm, "head_mix_answer", 9, 0.5)
+        for plan in ([SteeringTerm(prefix, 1.0)], [SteeringTerm(prefix, 0.8), SteeringTerm(mix, 1.0)]):
+            requests = [request(reference, p, plan) for p in (PROMPTS[3], LONG)]
+            got = await asyncio.gather(*(solo(tp2, r) for r in requests))
+            assert [r.token_ids for r in got] == [r.token_ids for r in reference.generate(requests)]
     finally:
         tp2.close()

@@ -42,12 +42,13 @@ needs_vllm = pytest.mark.skipif(
 )
 
 
-def save_tiny_llama(folder: Path) -> Path:
+def save_tiny_llama(folder: Path, kv_heads: int = 2) -> Path:
     """The tiny llama of `steering.model.tiny` with head_dim 32 (vLLM's CPU attention has no head size 16): 4 heads,
-    2 key-value heads, so tensor parallelism 2 splits both."""
+    2 key-value heads, so tensor parallelism 2 splits both (with 1, the two ranks share it)."""
     tokenizer = build_tiny_tokenizer()
     config = tiny_config("llama", len(tokenizer))
     config.hidden_size, config.intermediate_size, config.head_dim = 128, 256, 32
+    config.num_key_value_heads = kv_heads
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
