@@ -40,8 +40,9 @@ def _vllm_backend(engine: Engine, settings: Settings, metrics: Metrics, serving:
     """vLLM on the weights the transformers engine loaded, so that vectors computed here fit it."""
     # vLLM is imported only when chosen: the default install does not have it.
     from steering.generation.vllm.backend import VllmBackend
-    from steering.generation.vllm.engine import VllmEngine, VllmOptions
+    from steering.generation.vllm.engine import VllmEngine
     from steering.generation.vllm.model_folder import vllm_model_folder
+    from steering.generation.vllm.options import VllmOptions
 
     lm = engine.lm
     window = lm.context_window

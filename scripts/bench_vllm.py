@@ -32,8 +32,9 @@ from scripts.bench_common import LoadSampler, interleaved, machine_facts, median
 from scripts.bench_engine import fixed_length_engine
 from steering.generation.rows import GenerationRequest
 from steering.generation.transformers.continuous import ContinuousBackend
-from steering.generation.vllm.engine import VllmEngine, VllmOptions
+from steering.generation.vllm.engine import VllmEngine
 from steering.generation.vllm.model_folder import vllm_model_folder
+from steering.generation.vllm.options import VllmOptions
 from steering.methods.context_tuning import build_prefix
 from steering.model.loading import LoadedModel, default_cache_dir, load_model
 from steering.steer.inject import SteeringTerm

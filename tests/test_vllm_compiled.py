@@ -213,7 +213,7 @@ def test_the_form_follows_the_setting_and_the_device(monkeypatch, setting: str |
     0 and 1 force the form."""
     import torch
 
-    from steering.generation.vllm.engine import EAGER_ENV, VllmOptions
+    from steering.generation.vllm.options import EAGER_ENV, VllmOptions
 
     if setting is None:
         monkeypatch.delenv(EAGER_ENV, raising=False)

@@ -16,7 +16,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from steering.generation.transformers.engine import Engine
-from steering.generation.vllm.engine import VllmEngine, VllmOptions
+from steering.generation.vllm.engine import VllmEngine
+from steering.generation.vllm.options import VllmOptions
 from steering.methods.context_tuning import build_prefix
 from steering.model.loading import LoadedModel, load_model
 from steering.model.tiny import build_tiny_tokenizer, tiny_config

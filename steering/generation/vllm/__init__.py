@@ -14,6 +14,7 @@
 - `model_parts.py`: where steering acts in vLLM's model (decoder layers, attention output projections), per rank;
 - `worker.py`: `SteeringWorkerExtension`, vLLM's `worker_extension_cls` (either form, vector loading);
 - `self_check.py`: the start-up check that a steered token differs from the plain one;
+- `options.py`: `VllmOptions`, how the engine starts vLLM (sizes, dtype, eager or compiled);
 - `engine.py`: `VllmEngine`, `GenerationRequest`s on vLLM's in-process `AsyncLLM`, eager or compiled;
 - `model_folder.py`: a folder vLLM can load for the model the service loaded.
 - `backend.py`: `VllmBackend`, the service's generation backend for `STEER_ENGINE=vllm` (`steering.generation.backend`).
