@@ -98,13 +98,7 @@ def synthetic_vector(lm: LoadedModel, mode: str, seed: int) -> TaskVector:
 def prefix_vector(lm: LoadedModel) -> TaskVector:
     """A KV prefix of the length context tuning makes: the keys and values of SHOTS demonstrations of the
     first-token task (untrained: what a step costs does not depend on the values)."""
-    import torch
-
-    prefix = build_prefix(lm, DEFAULT_TEMPLATE, load_task(FIRST_TOKEN_TASK)[:SHOTS])
-    tensors = {
-        "prefix_keys": torch.cat([k.detach() for k in prefix.keys]),
-        "prefix_values": torch.cat([v.detach() for v in prefix.values]),
-    }
+    tensors = build_prefix(lm, DEFAULT_TEMPLATE, load_task(FIRST_TOKEN_TASK)[:SHOTS]).tensors()
     return TaskVector("context_tuning", "kv_prefix", tensors, list(range(lm.arch.num_layers)), 1.0, lm.fingerprint)
 
 

@@ -26,14 +26,13 @@ import pytest
 import torch
 
 from steering.methods.capture import last_token_activations
-from steering.methods.context_tuning import build_prefix
 from steering.model.loading import LoadedModel
 from steering.tasks.datasets import load_task, split_task
 from steering.tasks.templates import DEFAULT_TEMPLATE, render_example, render_query
 from steering.vectors.modes import ACTIVATION_MODE_NAMES
 from steering.vectors.task_vector import TaskVector
 from tests.conftest import ServerProcess, start_server
-from tests.vllm_fixtures import needs_vllm
+from tests.vllm_fixtures import needs_vllm, noised_prefix
 
 pytestmark = [needs_vllm, pytest.mark.vllm, pytest.mark.slow]
 
@@ -172,14 +171,7 @@ def test_a_vllm_server_serves_and_computes_context_tuning(
     imported into both servers answers the same on each, and not as the plain model does; a vLLM server registers
     `context_tuning` tasks and keeps it among `auto`'s default candidates."""
     demos, test = split_task(load_task("antonyms"), 6, 3, seed=1)
-    prefix = build_prefix(default_lm, DEFAULT_TEMPLATE, demos)
-    gen = torch.Generator().manual_seed(0)
-    tensors = {}
-    for name, parts in (("prefix_keys", prefix.keys), ("prefix_values", prefix.values)):
-        whole = torch.cat([p.detach() for p in parts])
-        tensors[name] = whole + 0.05 * whole.std() * torch.randn(whole.shape, generator=gen)
-    layers = list(range(default_lm.arch.num_layers))
-    vector = TaskVector("context_tuning", "kv_prefix", tensors, layers, 1.0, default_lm.fingerprint)
+    vector = noised_prefix(default_lm, demos, seed=0, noise=0.05)
     task = {name: import_vector(server, vector) for name, server in servers.items()}
 
     def answers(server: str, steered: bool) -> list[str]:

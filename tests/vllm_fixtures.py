@@ -70,18 +70,20 @@ def random_vector(lm: LoadedModel, mode: str, seed: int, scale: float = 1.0) -> 
 PAIRS = [("hot", "cold"), ("big", "small"), ("up", "down"), ("happy", "sad"), ("fast", "slow"), ("old", "new")]
 
 
-def prefix_vector(lm: LoadedModel, seed: int, shots: int = 6, noise: float = 0.3) -> TaskVector:
+def noised_prefix(lm: LoadedModel, demos: list[Demonstration], seed: int, noise: float) -> TaskVector:
     """A KV prefix as context tuning makes one: a few-shot prompt's keys and values (`build_prefix`), moved by
-    noise so that no tokens' keys and values equal it (what training does); `shots` demonstrations of PAIRS."""
-    demos = [Demonstration(input=a, output=b) for a, b in PAIRS[:shots]]
-    prefix = build_prefix(lm, DEFAULT_TEMPLATE, demos)
+    noise (`noise` times each tensor's spread) so that no tokens' keys and values equal it, as training does."""
     gen = torch.Generator().manual_seed(seed)
-    tensors = {}
-    for name, parts in (("prefix_keys", prefix.keys), ("prefix_values", prefix.values)):
-        whole = torch.cat([p.detach() for p in parts])
+    tensors = build_prefix(lm, DEFAULT_TEMPLATE, demos).tensors()
+    for name, whole in tensors.items():
         tensors[name] = whole + noise * whole.std() * torch.randn(whole.shape, generator=gen)
     layers = list(range(lm.arch.num_layers))
     return TaskVector("context_tuning", "kv_prefix", tensors, layers, 1.0, lm.fingerprint)  # type: ignore[arg-type]
+
+
+def prefix_vector(lm: LoadedModel, seed: int, shots: int = 6, noise: float = 0.3) -> TaskVector:
+    """`noised_prefix` of the first `shots` demonstrations of PAIRS."""
+    return noised_prefix(lm, [Demonstration(input=a, output=b) for a, b in PAIRS[:shots]], seed, noise)
 
 
 async def start_engine(folder: Path, lm: LoadedModel, **options: object) -> VllmEngine:

@@ -86,6 +86,13 @@ class Prefix:
     def copy(self) -> tuple[list[Tensor], list[Tensor]]:
         return [k.detach().clone() for k in self.keys], [v.detach().clone() for v in self.values]
 
+    def tensors(self) -> dict[str, Tensor]:
+        """The prefix as a `kv_prefix` vector holds it: [layers, kv_heads, tokens, head_dim] keys and values."""
+        return {
+            "prefix_keys": torch.cat(self.keys).detach().cpu().contiguous(),
+            "prefix_values": torch.cat(self.values).detach().cpu().contiguous(),
+        }
+
 
 @dataclass
 class Rows:
@@ -284,10 +291,7 @@ def compute(job: Job, options: dict) -> TaskVector:
             f"{window} tokens (lower k_shot or shorten the demonstrations)"
         )
     training = train_prefix(job, opts, prefix, train_rows, dev_rows)
-    tensors = {
-        "prefix_keys": torch.cat(prefix.keys).detach().cpu().contiguous(),
-        "prefix_values": torch.cat(prefix.values).detach().cpu().contiguous(),
-    }
+    tensors = prefix.tensors()
     strength = opts.strength if opts.strength is not None else 1.0
     vector = new_vector(job, opts, "context_tuning", "kv_prefix", tensors, range(lm.arch.num_layers), strength)
     dev = DevSet.build(job, split, opts.seed)
