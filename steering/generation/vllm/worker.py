@@ -103,18 +103,18 @@ class _RankSteering:
     def _terms(self, plan: str) -> tuple[SteeringTerm, ...]:
         terms = self._plans.get(plan)
         if terms is None:
-            terms = tuple(self._term(t.vector_id, t.strength, t.layers) for t in decode_plan(plan))
+            terms = tuple(SteeringTerm(self._vector(t.vector_id), t.strength, t.layers) for t in decode_plan(plan))
             self._plans[plan] = terms
             while len(self._plans) > _PLAN_CACHE:
                 self._plans.popitem(last=False)
         self._plans.move_to_end(plan)
         return terms
 
-    def _term(self, vector_id: str, strength: float, layers: tuple[int, ...]) -> SteeringTerm:
+    def _vector(self, vector_id: str) -> TaskVector:
         vector = self.vectors.get(vector_id)
         if vector is None:  # the front end loads every vector before a plan names it: a bug, not a bad request
             raise RuntimeError(f"steering vector {vector_id} is not loaded on this rank")
-        return SteeringTerm(vector, strength, layers)
+        return vector
 
     def _layer_plans(self, plans: tuple[str, ...]) -> dict[int, LayerPlan]:
         layers = self._edits.get(plans)
@@ -141,7 +141,7 @@ class _RankSteering:
             if plan not in self._prefix_of:
                 if len(self._prefix_of) >= _PLAN_CACHE:
                     self._prefix_of.clear()
-                terms = [t for t in decode_plan(plan) if self._term(t.vector_id, 1.0, ()).vector.prefix_tokens]
+                terms = [t for t in decode_plan(plan) if self._vector(t.vector_id).prefix_tokens]
                 self._prefix_of[plan] = (terms[0].vector_id, terms[0].strength) if terms else None
             prefix = self._prefix_of[plan]
             if prefix is not None:
