@@ -2,7 +2,8 @@
 
 A `GenerationRequest` (prompt ids, steering terms with `TaskVector`s, sampling, seed, stop strings, the
 tasks' `AnswerEnd`, a cancel event) becomes one vLLM request: the terms' vectors are loaded into the
-workers' slots by content id (`slots.py`, `worker.SteeringWorkerExtension.steer_load`), the plan travels in
+workers' slots by content id (`slots.py`, `worker.SteeringWorkerExtension.steer_load`; requests waiting for
+room are served in the order they came, `room_queue.py`), the plan travels in
 `SamplingParams.extra_args` (`plan.py`), and the prompt carries a `cache_salt` derived from the plan so a
 steered prompt never shares KV blocks with a plain or differently steered one. A KV prefix (context tuning)
 puts one placeholder token per column ahead of the prompt ids, whose keys and values the workers replace
@@ -39,8 +40,9 @@ from typing import Any
 from steering.generation.rows import GenerationRequest, GenerationResult, RowState
 from steering.generation.vllm.options import VllmOptions
 from steering.generation.vllm.plan import EXTRA_ARGS_KEY, PlannedTerm, cache_salt, encode_plan
+from steering.generation.vllm.room_queue import RoomQueue
 from steering.generation.vllm.self_check import check_steering_acts
-from steering.generation.vllm.slots import Cost, VectorSlots
+from steering.generation.vllm.slots import Cost, Reservation, VectorSlots
 from steering.steer.inject import SteeringError, SteeringTerm
 from steering.steer.prefix import PrefixError, prefix_term
 from steering.vectors.errors import VectorImportError
@@ -106,8 +108,7 @@ class VllmEngine:
         self.llm, self.tokenizer, self.dims, self.fingerprint = llm, tokenizer, dims, fingerprint
         self.serves_prefixes = serves_prefixes  # the model's attention layers take KV prefixes (`kv_prefix.py`)
         self.eos_ids, self.options = eos_ids, options
-        self._slots = VectorSlots(options.max_slots, options.max_prefix_tokens)
-        self._slot_change = asyncio.Condition()
+        self._room = RoomQueue(VectorSlots(options.max_slots, options.max_prefix_tokens))
         self._ids = _VectorIds()
         self.in_flight = 0
 
@@ -261,27 +262,15 @@ class VllmEngine:
     # ------------------------------------------------------------------------------------------ slots
 
     async def _hold(self, blobs: dict[str, bytes], costs: dict[str, Cost]) -> None:
-        """Pin these vectors in the workers' room, loading them first where needed (waits while it is pinned)."""
-        async with self._slot_change:
-            reservation = self._slots.reserve(blobs, costs)
-            while reservation is None:
-                await self._slot_change.wait()
-                reservation = self._slots.reserve(blobs, costs)
-            try:
-                if reservation.evict:
-                    await self.llm.collective_rpc("steer_unload", args=(list(reservation.evict),))
-                for content_id in reservation.load:
-                    await self.llm.collective_rpc("steer_load", args=(content_id, blobs[content_id]))
-            except BaseException:
-                self._slots.release(blobs)
-                self._slots.forget(reservation.load)
-                self._slot_change.notify_all()
-                raise
+        """Pin these vectors in the workers' room, loading them first where needed (waits its turn for room)."""
 
-    async def _release(self, blobs: dict[str, bytes]) -> None:
-        async with self._slot_change:
-            self._slots.release(blobs)
-            self._slot_change.notify_all()
+        async def load(reservation: Reservation) -> None:
+            if reservation.evict:
+                await self.llm.collective_rpc("steer_unload", args=(list(reservation.evict),))
+            for content_id in reservation.load:
+                await self.llm.collective_rpc("steer_load", args=(content_id, blobs[content_id]))
+
+        await self._room.hold(blobs, costs, load)
 
     # ------------------------------------------------------------------------------------------ generation
 
@@ -340,7 +329,7 @@ class VllmEngine:
         finally:
             await outputs.aclose()  # aborts the vLLM request if it is still running
             self.in_flight -= 1
-            await self._release(blobs)
+            await self._room.release(blobs)
         yield state.result(started, time.perf_counter())
 
     async def complete(self, request: GenerationRequest) -> GenerationResult:

@@ -43,18 +43,23 @@ class VectorSlots:
     def used(self) -> Cost:
         return sum(c[0] for c in self._costs.values()), sum(c[1] for c in self._costs.values())
 
-    def reserve(self, vector_ids: Iterable[str], costs: Mapping[str, Cost] | None = None) -> Reservation | None:
-        """Pin these ids (loading the missing ones, evicting unpinned ones as needed); None when there is no room
-        now (other vectors are pinned) and nothing was changed. `costs` gives a KV prefix's (0, its tokens);
-        an id it leaves out takes one slot."""
-        wanted = list(dict.fromkeys(vector_ids))
-        cost = {v: (costs or {}).get(v, ONE_SLOT) for v in wanted}
+    def check(self, vector_ids: Iterable[str], costs: Mapping[str, Cost] | None = None) -> dict[str, Cost]:
+        """Each id's cost; `ValueError` if together they need more than the whole room (they could never fit)."""
+        cost = {v: (costs or {}).get(v, ONE_SLOT) for v in dict.fromkeys(vector_ids)}
         need = sum(c[0] for c in cost.values()), sum(c[1] for c in cost.values())
         if need[0] > self.capacity or need[1] > self.columns:
             raise ValueError(
                 f"a request names {need[0]} vectors and {need[1]} KV-prefix columns; vLLM holds at most "
                 f"{self.capacity} and {self.columns} at once"
             )
+        return cost
+
+    def reserve(self, vector_ids: Iterable[str], costs: Mapping[str, Cost] | None = None) -> Reservation | None:
+        """Pin these ids (loading the missing ones, evicting unpinned ones as needed); None when there is no room
+        now (other vectors are pinned) and nothing was changed. `costs` gives a KV prefix's (0, its tokens);
+        an id it leaves out takes one slot."""
+        wanted = list(dict.fromkeys(vector_ids))
+        cost = self.check(wanted, costs)
         missing = [v for v in wanted if v not in self._held]
         used = self.used()
         short = [
