@@ -55,9 +55,11 @@ def verb_past() -> Iterable[tuple[str, str]]:
 
 def entity_character() -> Iterable[tuple[str, str]]:
     """An HTML 4 character entity's name -> its character (`eacute` -> `é`, `rarr` -> `→`); the standard library's
-    table of HTML 4.01's 252 entities."""
+    table of HTML 4.01's 252 entities, those of spaces and invisible marks (`nbsp`, `shy`, `zwj`) left out."""
     for name, codepoint in html.entities.name2codepoint.items():
-        yield name, chr(codepoint)
+        char = chr(codepoint)
+        if char.isprintable() and not char.isspace():
+            yield name, char
 
 
 TASKS = {
