@@ -8,7 +8,8 @@ strengths, a row joining mid-decode) equal their solo runs; a last-prompt-token 
 prompt is split over chunks; prefix caching never shares blocks between plain and steered prompts; bad
 references fail alone with `SteeringError` (422 in the app); tensor parallelism 2 gives TP 1's tokens, and a KV
 prefix on two ranks sharing one key-value head gives the transformers engine's (slow); a KV prefix written over
-placeholder tokens gives the transformers engine's tokens, alone and in mixed batches.
+placeholder tokens gives the transformers engine's tokens, alone and in mixed batches, and on sliding-window
+layers with prompts far past the window (slow).
 
 The engines agree token for token because both compute in float32 (logprobs within about 1e-5 here, against
 gaps of 0.03 and more between the two best tokens); vLLM's "auto" dtype would run this model in bfloat16.
@@ -331,3 +332,29 @@ async def test_tensor_parallel_2_shares_one_key_value_head(tmp_path: Path) -> No
             assert [r.token_ids for r in got] == [r.token_ids for r in reference.generate(requests)]
     finally:
         tp2.close()
+
+
+@pytest.mark.slow
+async def test_a_kv_prefix_on_sliding_window_layers_steers_as_the_transformers_engine(tmp_path: Path) -> None:
+    """A mistral whose two layers attend to their last 16 tokens, under a 70-column prefix: vLLM's window over the
+    placeholders' cache gives the transformers engine's tokens (its window over the row's cache), at strength 1
+    and 0.5 beside a head mix, on a prompt within the prefix's reach and on one far past it. Past it (two layers
+    of 15 columns back), the answer is the plain one on both: the window holds over the prefix."""
+    folder = save_tiny_llama(tmp_path / "windowed", sliding_window=16)
+    lm = load_model(str(folder))
+    assert lm.model.config.sliding_window == 16 and lm.arch.num_layers == 2
+    reference = Engine(lm)
+    windowed = await start_engine(folder, lm, **EAGER_OPTIONS)
+    try:
+        prefix, mix = prefix_vector(lm, 11), random_vector(lm, "head_mix_answer", 12, 0.5)
+        plans = [[], [SteeringTerm(prefix, 1.0)], [SteeringTerm(prefix, 0.5), SteeringTerm(mix, 1.0)]]
+        answers = []
+        for plan in plans:
+            requests = [request(reference, p, plan, 12) for p in (PROMPTS[0], PROMPTS[2], LONG)]
+            want = [r.token_ids for r in reference.generate(requests)]
+            assert [r.token_ids for r in await asyncio.gather(*(solo(windowed, r) for r in requests))] == want
+            answers.append(want)
+        plain, prefixed = answers[0], answers[1]
+        assert prefixed[0] != plain[0] and prefixed[2] == plain[2]
+    finally:
+        windowed.close()

@@ -43,13 +43,16 @@ needs_vllm = pytest.mark.skipif(
 )
 
 
-def save_tiny_llama(folder: Path, kv_heads: int = 2) -> Path:
+def save_tiny_llama(folder: Path, kv_heads: int = 2, sliding_window: int | None = None) -> Path:
     """The tiny llama of `steering.model.tiny` with head_dim 32 (vLLM's CPU attention has no head size 16): 4 heads,
-    2 key-value heads, so tensor parallelism 2 splits both (with 1, the two ranks share it)."""
+    2 key-value heads, so tensor parallelism 2 splits both (with 1, the two ranks share it). With a
+    `sliding_window`, the tiny mistral instead: the same shapes, every layer attending to its last that many tokens."""
     tokenizer = build_tiny_tokenizer()
-    config = tiny_config("llama", len(tokenizer))
+    config = tiny_config("llama" if sliding_window is None else "mistral", len(tokenizer))
     config.hidden_size, config.intermediate_size, config.head_dim = 128, 256, 32
     config.num_key_value_heads = kv_heads
+    if sliding_window is not None:
+        config.sliding_window = sliding_window
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
