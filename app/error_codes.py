@@ -76,6 +76,13 @@ class ApiErrors(Enum):
     TOO_MANY_STEERING_ENTRIES = ErrorSpec(
         422, "too_many_steering_entries", "at most {limit} steering entries per request"
     )
+    TWO_KV_PREFIXES = ErrorSpec(
+        422,
+        "two_kv_prefixes",
+        "steering entries {entries} name tasks whose vectors are KV prefixes (context_tuning: {tasks}); a request "
+        "takes one, ahead of its prompt. Steer with one of them, or register the others' demonstrations again "
+        'with an activation method ("method": "soft_injection", say), whose vectors compose',
+    )
     NO_CHAT_TEMPLATE = ErrorSpec(422, "no_chat_template", "this model has no chat template: send `prompt` instead")
     EMPTY_PROMPT = ErrorSpec(422, "empty_prompt", "the prompt is empty")
     PROMPT_TOO_LONG = ErrorSpec(422, "prompt_too_long", "the prompt has {tokens} tokens; the limit is {limit}")

@@ -26,6 +26,7 @@ from steering.methods.prompt_length import longest_prompt_tokens
 from steering.methods.registry import most_shots
 from steering.model.loading import LoadedModel
 from steering.steer.inject import SteeringTerm
+from steering.steer.prefix import is_prefix
 from steering.tasks.templates import DEFAULT_TEMPLATE, NoChatTemplate, chat_template
 from steering.tasks.verdict import verdict
 from steering.vectors.task_vector import TaskVector, check_for_model
@@ -350,6 +351,7 @@ class TaskService:
                 bounds.layers(entry.layers, f"steering.{i}.layers")
         terms = []
         per_task: dict[str, list[tuple[int, float]]] = {}
+        prefixes: dict[int, str] = {}  # entry -> task, for entries that put a KV prefix ahead of the prompt
         for i, entry in enumerate(entries):
             record, vector = await self.ready_vector(entry.task, owner)
             strength = entry.strength if entry.strength is not None else vector.default_strength
@@ -358,4 +360,10 @@ class TaskService:
             bounds.task_strength(record.id, per_task[record.id])
             layers = bounds.layers(entry.layers if entry.layers is not None else vector.layers, f"steering.{i}.layers")
             terms.append(SteeringTerm(vector, strength, layers))
+            if strength != 0.0 and is_prefix(vector.mode):
+                prefixes[i] = record.id
+        if len(prefixes) > 1:
+            raise ApiErrors.TWO_KV_PREFIXES(
+                entries=", ".join(map(str, prefixes)), tasks=", ".join(map(quoted, dict.fromkeys(prefixes.values())))
+            )
         return terms
