@@ -1,7 +1,6 @@
-"""The eighth set of unseen tasks (steering/eval/unseen_8/*.jsonl), set aside in issue 22's tenth round when the
-seventh was measured: Pygments' lexers, pypinyin's dictionary, lemminflect's verb forms and the standard library's
-HTML 4 entities, with wordfreq's English and Chinese word lists. `scripts/make_unseen_tasks.py` writes it with the
-others (same scratch venv, pins in its docstring)."""
+"""The eighth set (steering/eval/unseen_8), set aside in issue 22's tenth round when the seventh was measured: Pygments'
+lexers, pypinyin's dictionary, lemminflect's verb forms and the standard library's HTML 4 entities, with wordfreq's
+English and Chinese word lists."""
 
 from __future__ import annotations
 
