@@ -93,10 +93,9 @@ def report(found: list[Pair]) -> str:
             f"({_share(len(same), len(said))}); past the margin on the held-out answers: {len(firm)}, of which on the "
             f"same side on the test items: {sum(p.test_gap * side > 0 for p in firm)}"
         )
-    level = [p for p in found if p.rating == "as_good_as_few_shot"]
-    lines.append(
-        f"- as_good_as_few_shot: {len(level)}; the test gap within the margin: {sum(p.covered for p in level)}"
-    )
+    for rating in ("as_good_as_few_shot", "no_effect"):
+        said = [p for p in found if p.rating == rating]
+        lines.append(f"- {rating}: {len(said)}; the test gap within the margin: {sum(p.covered for p in said)}")
     return "\n".join(lines)
 
 

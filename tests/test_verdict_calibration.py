@@ -62,3 +62,4 @@ def test_each_task_counts_once_from_its_largest_run_and_the_margin_is_held_to_th
     assert "past the margin on the held-out answers: 1, of which on the same side on the test items: 0" in text
     assert "below_few_shot: 1; the test items on the same side of prompting: 0 (0 %)" in text
     assert "as_good_as_few_shot: 1; the test gap within the margin: 1" in text
+    assert "no_effect: 0; the test gap within the margin: 0" in text
