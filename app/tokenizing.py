@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import queue
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,11 @@ class PromptTokenizer:
     once, and the generation thread uses the model's."""
 
     def __init__(self, tokenizer: Any, threads: int = TOKENIZING_THREADS) -> None:
-        self._original = tokenizer
+        # The copies are made here, at start-up: copying a Rust tokenizer holds the GIL for its whole length
+        # (about 0.1 s for the default model's), which on a thread's first request would stall the event loop.
+        self._copies: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for _ in range(threads):
+            self._copies.put(copy.deepcopy(tokenizer))
         self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tokenize")
         self._local = threading.local()
 
@@ -39,7 +44,7 @@ class PromptTokenizer:
 
     def _tokenizer(self) -> Any:
         if not hasattr(self._local, "tokenizer"):
-            self._local.tokenizer = copy.deepcopy(self._original)
+            self._local.tokenizer = self._copies.get_nowait()  # one per pool thread, so never empty here
         return self._local.tokenizer
 
     def _render_chat(self, messages: Sequence[ChatMessage]) -> str:
