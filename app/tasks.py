@@ -26,7 +26,7 @@ from steering.methods.prompt_length import longest_prompt_tokens
 from steering.methods.registry import most_shots
 from steering.model.loading import LoadedModel
 from steering.steer.inject import SteeringTerm
-from steering.steer.prefix import is_prefix
+from steering.steer.prefix import carries_prefix
 from steering.tasks.templates import DEFAULT_TEMPLATE, NoChatTemplate, chat_template
 from steering.tasks.verdict import verdict
 from steering.vectors.task_vector import TaskVector, check_for_model
@@ -360,7 +360,7 @@ class TaskService:
             bounds.task_strength(record.id, per_task[record.id])
             layers = bounds.layers(entry.layers if entry.layers is not None else vector.layers, f"steering.{i}.layers")
             terms.append(SteeringTerm(vector, strength, layers))
-            if strength != 0.0 and is_prefix(vector.mode):
+            if carries_prefix(terms[-1]):
                 prefixes[i] = record.id
         if len(prefixes) > 1:
             raise ApiErrors.TWO_KV_PREFIXES(

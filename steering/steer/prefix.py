@@ -37,9 +37,14 @@ def is_prefix(term_mode: str) -> bool:
     return mode_spec(term_mode).site == "cache"
 
 
+def carries_prefix(term: Term) -> bool:
+    """The term puts a KV prefix ahead of its row's prompt (at strength 0 it puts none)."""
+    return term.strength != 0.0 and is_prefix(term.vector.mode)
+
+
 def prefix_term(terms: Sequence[Term], model: ModelShape) -> Term | None:
     """The row's KV-prefix term (None without one); `PrefixError` for a plan that cannot carry it."""
-    found = [t for t in terms if t.strength != 0.0 and is_prefix(t.vector.mode)]
+    found = [t for t in terms if carries_prefix(t)]
     if not found:
         return None
     if len(found) > 1:
