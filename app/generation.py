@@ -25,6 +25,12 @@ from steering.wire.protocol import ChatMessage, SteeringEntry
 
 
 @dataclass
+class Prepared:
+    request: GenerationRequest  # what the engine runs (KV-prefix tasks composed into one prefix)
+    terms: list[SteeringTerm]  # one per steering entry, as the entries resolved
+
+
+@dataclass
 class Sampling:
     max_new_tokens: int
     temperature: float
@@ -49,7 +55,7 @@ class GenerationService:
         steering: Sequence[SteeringEntry],
         sampling: Sampling,
         owner: str | None,
-    ) -> GenerationRequest:
+    ) -> Prepared:
         self.tasks.bounds.new_tokens(sampling.max_new_tokens)
         terms = await self.tasks.steering_terms(steering, owner)
         stop = [sampling.stop] if isinstance(sampling.stop, str) else list(sampling.stop or [])
@@ -70,9 +76,9 @@ class GenerationService:
         tokens = len(ids) + sum(t.vector.prefix_tokens for t in terms if t.strength != 0.0)
         if window is not None and tokens + sampling.max_new_tokens > window:
             raise ApiErrors.CONTEXT_LENGTH_EXCEEDED(tokens=tokens, new_tokens=sampling.max_new_tokens, window=window)
-        return GenerationRequest(
+        request = GenerationRequest(
             prompt_ids=ids,
-            steering=tuple(terms),
+            steering=tuple(await self.tasks.engine_plan(terms, steering)),
             max_new_tokens=sampling.max_new_tokens,
             temperature=sampling.temperature,
             top_p=sampling.top_p,
@@ -80,6 +86,7 @@ class GenerationService:
             stop=stop,
             answer_end=answer_end,
         )
+        return Prepared(request, terms)
 
     async def complete(self, request: GenerationRequest, client: Request | None = None) -> GenerationResult:
         """Wait for a non-streaming request; if `client` hangs up first, its row is cancelled (no work is left)."""

@@ -26,7 +26,8 @@ from steering.methods.prompt_length import longest_prompt_tokens
 from steering.methods.registry import most_shots
 from steering.model.loading import LoadedModel
 from steering.steer.inject import SteeringTerm
-from steering.steer.prefix import carries_prefix
+from steering.steer.prefix import PrefixError, carries_prefix
+from steering.steer.prefix_compose import PrefixComposer
 from steering.tasks.templates import DEFAULT_TEMPLATE, NoChatTemplate, chat_template
 from steering.tasks.verdict import verdict
 from steering.vectors.task_vector import TaskVector, check_for_model
@@ -97,6 +98,7 @@ class TaskService:
         self.lm, self.store, self.worker, self.vectors = lm, store, worker, vectors
         self.settings, self.metrics, self.bounds = settings, metrics, bounds
         self._tokenizing = PromptTokenizer(lm.tokenizer, threads=1)  # registrations' prompt-length checks
+        self._prefixes = PrefixComposer(lm)
 
     def _check_limits(self, body: TaskCreate) -> dict:
         limit = self.settings.max_demonstrations
@@ -351,7 +353,6 @@ class TaskService:
                 bounds.layers(entry.layers, f"steering.{i}.layers")
         terms = []
         per_task: dict[str, list[tuple[int, float]]] = {}
-        prefixes: dict[int, str] = {}  # entry -> task, for entries that put a KV prefix ahead of the prompt
         for i, entry in enumerate(entries):
             record, vector = await self.ready_vector(entry.task, owner)
             strength = entry.strength if entry.strength is not None else vector.default_strength
@@ -360,10 +361,18 @@ class TaskService:
             bounds.task_strength(record.id, per_task[record.id])
             layers = bounds.layers(entry.layers if entry.layers is not None else vector.layers, f"steering.{i}.layers")
             terms.append(SteeringTerm(vector, strength, layers))
-            if carries_prefix(terms[-1]):
-                prefixes[i] = record.id
-        if len(prefixes) > 1:
-            raise ApiErrors.TWO_KV_PREFIXES(
-                entries=", ".join(map(str, prefixes)), tasks=", ".join(map(quoted, dict.fromkeys(prefixes.values())))
-            )
         return terms
+
+    async def engine_plan(self, terms: Sequence[SteeringTerm], entries: Sequence[SteeringEntry]) -> list[SteeringTerm]:
+        """What the engine runs for these terms (one per entry): their KV prefixes composed into one."""
+        if not PrefixComposer.needed(terms):
+            return list(terms)
+        try:  # in a thread: the first time prefixes meet at an offset, the model measures its key rotation
+            return await asyncio.to_thread(self._prefixes.compose, terms)
+        except PrefixError as exc:
+            prefixes = [i for i, term in enumerate(terms) if carries_prefix(term)]
+            raise ApiErrors.TWO_KV_PREFIXES(
+                entries=", ".join(map(str, prefixes)),
+                tasks=", ".join(dict.fromkeys(quoted(entries[i].task) for i in prefixes)),
+                reason=str(exc),
+            ) from None

@@ -32,6 +32,7 @@ from steering.generation.vllm import kv_prefix
 from steering.generation.vllm.engine import vector_id
 from steering.model.loading import LoadedModel, load_model
 from steering.steer.inject import SteeringError, SteeringTerm
+from steering.steer.prefix_compose import PrefixComposer
 from steering.vectors.modes import ACTIVATION_MODE_NAMES
 from tests.vllm_fixtures import (
     EAGER_OPTIONS,
@@ -193,7 +194,7 @@ async def test_bad_references_fail_alone(vllm, reference: Engine, lm: LoadedMode
     ]
     prefix = SteeringTerm(prefix_vector(lm, 6, shots=3), 1.0)
     bad_plans = [([term], message) for term, message in bad_terms] + [
-        ([prefix, SteeringTerm(prefix_vector(lm, 7, shots=3), 1.0)], "at most one"),
+        ([prefix, SteeringTerm(prefix_vector(lm, 7, shots=3), 1.0)], "compose several first"),
         ([SteeringTerm(prefix.vector, 1.0, (0,))], "every layer"),
     ]
     for terms, message in bad_plans:
@@ -264,6 +265,18 @@ async def test_kv_prefix_rows_of_a_mixed_batch_equal_their_solo_runs(vllm, refer
     await vllm.llm.reset_prefix_cache()  # the placeholders are computed again, and take the reloaded columns
     again = await asyncio.gather(*(solo(vllm, r) for r in requests[:3]))
     assert [r.token_ids for r in again] == [r.token_ids for r in alone[:3]]
+
+
+async def test_composed_prefixes_steer_as_the_transformers_engine(vllm, reference: Engine, lm: LoadedModel) -> None:
+    """Two prefix tasks composed as the service composes them (`steering.steer.prefix_compose`) are one prefix to
+    vLLM: the transformers engine's tokens, and not those of either part alone."""
+    first, second = prefix_vector(lm, 5, shots=3), prefix_vector(lm, 6, shots=2)
+    plan = PrefixComposer(lm).compose([SteeringTerm(first, 0.8), SteeringTerm(second, 1.0)])
+    requests = [request(reference, p, plan) for p in (PROMPTS[0], PROMPTS[2], LONG)]
+    want = [r.token_ids for r in reference.generate(requests)]
+    assert [r.token_ids for r in await asyncio.gather(*(solo(vllm, r) for r in requests))] == want
+    parts = [await solo(vllm, request(reference, PROMPTS[0], [SteeringTerm(v, 1.0)])) for v in (first, second)]
+    assert all(part.token_ids != want[0] for part in parts)
 
 
 async def test_slots_evict_the_least_recently_used(vllm, reference: Engine, lm: LoadedModel) -> None:

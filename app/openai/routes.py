@@ -60,14 +60,16 @@ async def _answer(
 ) -> T | EventSourceResponse:
     """What both endpoints do: check the model, prepare the request, then stream its chunks or answer its body."""
     serving.check_model(body.model, svc.lm.name, svc.settings.model)
-    request = await svc.generation.prepare(
-        prompt=prompt,
-        input_text=None,
-        messages=messages,
-        steering=body.steering,
-        sampling=serving.sampling(body, svc.settings.max_new_tokens),
-        owner=who,
-    )
+    request = (
+        await svc.generation.prepare(
+            prompt=prompt,
+            input_text=None,
+            messages=messages,
+            steering=body.steering,
+            sampling=serving.sampling(body, svc.settings.max_new_tokens),
+            owner=who,
+        )
+    ).request
     header = serving.Header.new(id_prefix, svc.lm.name)
     if body.stream:
         submission = svc.generation.start_stream(request)

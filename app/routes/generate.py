@@ -23,7 +23,7 @@ async def generate(
     sampling = Sampling(
         body.max_new_tokens, body.temperature, body.top_p, body.seed, body.stop, task_answer_end=body.prompt is None
     )
-    request = await svc.generation.prepare(
+    prepared = await svc.generation.prepare(
         prompt=body.prompt,
         input_text=body.input,
         messages=body.messages,
@@ -31,7 +31,7 @@ async def generate(
         sampling=sampling,
         owner=who,
     )
-    resolved = applied(request.steering, body.steering)
+    request, resolved = prepared.request, applied(prepared.terms, body.steering)
     if body.stream:
         pending = svc.generation.start_stream(request)
 

@@ -3,7 +3,8 @@
 A KV prefix is a few-shot prompt's keys and values, trained (`steering.methods.context_tuning`): the transformers
 engine puts them in the row's cache ahead of its prompt, whose positions then count from the prefix's length, as
 if the prompt followed the demonstrations (vLLM writes them over placeholder tokens instead,
-`steering.generation.vllm.kv_prefix`). A row takes at most one, on every layer; `strength` scales its values.
+`steering.generation.vllm.kv_prefix`). A row takes one, on every layer (several tasks' prefixes are composed into
+one first, `steering.steer.prefix_compose`); `strength` scales its values.
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ def prefix_term(terms: Sequence[Term], model: ModelShape) -> Term | None:
     if not found:
         return None
     if len(found) > 1:
-        raise PrefixError("a request takes at most one task whose vector is a KV prefix (kv_prefix)")
+        raise PrefixError(
+            "a row takes one KV prefix (kv_prefix): compose several first (steering.steer.prefix_compose)"
+        )
     term = found[0]
     if term.layers is not None and sorted(set(term.layers)) != list(range(model.num_layers)):
         raise PrefixError("a KV prefix (kv_prefix) covers every layer: its task takes no other `layers`")

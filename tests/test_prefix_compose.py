@@ -1,0 +1,175 @@
+"""Several KV prefixes in one request (`steering.steer.prefix_compose`): each after the ones before it, its keys
+moved there by the rotation the model applies (`steering.steer.key_positions`), measured on every model type."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from steering.generation.rows import GenerationRequest
+from steering.generation.transformers.engine import Engine
+from steering.model.loading import LoadedModel
+from steering.steer.inject import SteeringTerm
+from steering.steer.key_positions import KeyShifter, KeyShiftError
+from steering.steer.prefix import PrefixError
+from steering.steer.prefix_compose import PrefixComposer
+from steering.vectors.task_vector import TaskVector
+from tests.api_helpers import (
+    ANTONYMS,
+    CAPITALS,
+    OCTET,
+    assert_error,
+    running_app,
+    services_of,
+    settings,
+    task_body,
+    wait_task,
+)
+from tests.test_kv_prefix import PREFIX_TEXTS
+from tests.test_scheduler import PROMPTS, solo, synthetic_vector
+
+LEARNED_POSITIONS = {"gpt2"}  # position embeddings added to the tokens: no rotation moves their keys
+
+
+def text_cache(lm: LoadedModel, ids: list[int], start: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The keys and values [layers, kv_heads, tokens, head_dim] of `ids` alone at positions start, start + 1, ..."""
+    cache = DynamicCache()
+    positions = (start + torch.arange(len(ids), device=lm.device))[None]
+    with torch.no_grad():
+        lm.model(
+            torch.tensor([ids], device=lm.device),
+            position_ids=positions,
+            **lm.arch.cache_argument(cache),
+            use_cache=True,
+        )
+    return torch.cat([layer.keys for layer in cache.layers]), torch.cat([layer.values for layer in cache.layers])
+
+
+def prefix_vector(lm: LoadedModel, keys: torch.Tensor, values: torch.Tensor) -> TaskVector:
+    tensors = {"prefix_keys": keys.float(), "prefix_values": values.float()}
+    return TaskVector("context_tuning", "kv_prefix", tensors, list(range(lm.arch.num_layers)), 1.0, lm.fingerprint)
+
+
+def test_keys_moved_later_are_the_keys_their_text_has_there(tiny_lm: LoadedModel) -> None:
+    ids = Engine(tiny_lm).encode(PREFIX_TEXTS[1])
+    keys, values = text_cache(tiny_lm, ids, 0)
+    shifter = KeyShifter(tiny_lm)
+    if tiny_lm.model.config.model_type in LEARNED_POSITIONS:
+        with pytest.raises(KeyShiftError, match="learned position embeddings"):
+            shifter.shift(keys, 45)
+        return
+    for offset in (1, 45, 300):
+        later_keys, later_values = text_cache(tiny_lm, ids, offset)
+        torch.testing.assert_close(later_values, values, rtol=1e-4, atol=1e-4)  # what a token carries stays
+        torch.testing.assert_close(shifter.shift(keys, offset), later_keys.float(), rtol=1e-3, atol=1e-4)
+    if not tiny_lm.name.endswith("alibi"):  # ALiBi biases the scores and leaves keys as they are
+        assert not torch.allclose(later_keys, keys), "the keys did not move: the test could not tell"
+
+
+def test_two_prefixes_answer_as_their_texts_one_after_the_other(tiny_lm: LoadedModel) -> None:
+    """The composed prefix is the first text's cache, then the second's as that text has it at the positions after
+    the first (and neither attends to the other), each part's values scaled by its own strength; an activation term
+    between them stays where it is."""
+    if tiny_lm.model.config.model_type in LEARNED_POSITIONS:
+        pytest.skip("no rotation moves learned positions (the test above)")
+    engine = Engine(tiny_lm)
+    first_ids, second_ids = (engine.encode(text) for text in PREFIX_TEXTS)
+    first, second = (prefix_vector(tiny_lm, *text_cache(tiny_lm, ids, 0)) for ids in (first_ids, second_ids))
+    moved_keys, moved_values = text_cache(tiny_lm, second_ids, len(first_ids))
+    want_prefix = prefix_vector(
+        tiny_lm,
+        torch.cat([first.tensors["prefix_keys"], moved_keys.float()], dim=2),
+        torch.cat([0.7 * first.tensors["prefix_values"], 1.3 * moved_values.float()], dim=2),
+    )
+    added = synthetic_vector(tiny_lm, "add_from_last", 5)
+    composer = PrefixComposer(tiny_lm)
+    plan = [SteeringTerm(first, 0.7), SteeringTerm(added, 0.6), SteeringTerm(second, 1.3)]
+    composed = composer.compose(plan)
+    assert [t.vector.mode for t in composed] == ["kv_prefix", "add_from_last"] and composed[0].strength == 1.0
+    assert composed[0].vector.prefix_tokens == len(first_ids) + len(second_ids)
+    for prompt in PROMPTS[:3]:
+        ids = engine.encode(prompt)
+        want = solo(engine, GenerationRequest(ids, (SteeringTerm(want_prefix, 1.0), plan[1]), max_new_tokens=8))
+        assert solo(engine, GenerationRequest(ids, tuple(composed), max_new_tokens=8)) == want, prompt
+
+
+def test_a_combination_is_composed_once_and_a_strength_makes_another(tiny_llama: LoadedModel) -> None:
+    engine = Engine(tiny_llama)
+    first, second = (prefix_vector(tiny_llama, *text_cache(tiny_llama, engine.encode(t), 0)) for t in PREFIX_TEXTS)
+    composer = PrefixComposer(tiny_llama)
+    plan = [SteeringTerm(first, 1.0), SteeringTerm(second, 1.0)]
+    again = composer.compose(plan)[0].vector
+    assert composer.compose(plan)[0].vector is again
+    assert composer.compose([plan[0], SteeringTerm(second, 0.5)])[0].vector is not again
+    swapped = composer.compose(plan[::-1])[0].vector
+    assert not torch.equal(swapped.tensors["prefix_keys"], again.tensors["prefix_keys"])
+    # A prefix at strength 0 puts nothing ahead of the prompt: nothing to compose.
+    assert composer.compose([plan[0], SteeringTerm(second, 0.0)]) == [plan[0], SteeringTerm(second, 0.0)]
+
+
+def test_prefixes_past_the_model_positions_together_are_refused(tiny_llama: LoadedModel) -> None:
+    engine = Engine(tiny_llama)
+    ids = engine.encode(PREFIX_TEXTS[1] * 30)
+    assert tiny_llama.context_window is not None and tiny_llama.context_window < 2 * len(ids)
+    long = prefix_vector(tiny_llama, *text_cache(tiny_llama, ids[: tiny_llama.context_window - 8], 0))
+    with pytest.raises(PrefixError, match="positions together"):
+        PrefixComposer(tiny_llama).compose([SteeringTerm(long, 1.0), SteeringTerm(long, 1.0)])
+
+
+async def test_prefix_tasks_compose_over_http(tmp_path: Path) -> None:
+    """Two context-tuning tasks in one request (on /v1/generate and the OpenAI endpoint) answer as the composed
+    prefix imported as a task of its own; the same task twice composes too."""
+    async with running_app(settings(tmp_path)) as (app, client):
+        ids = []
+        for pairs in (ANTONYMS, CAPITALS):
+            body = task_body(pairs, method="context_tuning", options={"k_shot": 2, "epochs": 2})
+            ids.append((await client.post("/v1/tasks", json=body)).json()["id"])
+        vectors = []
+        for task_id in ids:
+            assert (await wait_task(client, task_id))["status"] == "ready"
+            vectors.append(TaskVector.from_bytes((await client.get(f"/v1/tasks/{task_id}/vector")).content))
+        composed = PrefixComposer(services_of(app).lm).compose(
+            [SteeringTerm(vectors[0], 0.8), SteeringTerm(vectors[1], 1.0)]
+        )
+        imported = await client.post("/v1/tasks/import", content=composed[0].vector.to_bytes(), headers=OCTET)
+        assert imported.status_code in (200, 201), imported.text
+        steering = [{"task": ids[0], "strength": 0.8}, {"task": ids[1]}]
+        texts = {}
+        for name, plan in (
+            ("both", steering),
+            ("composed", [{"task": imported.json()["id"]}]),
+            ("first", steering[:1]),
+        ):
+            body = {"prompt": PROMPTS[0], "max_new_tokens": 6, "steering": plan}
+            reply = await client.post("/v1/generate", json=body)
+            assert reply.status_code == 200, reply.text
+            texts[name] = reply.json()["text"]
+        assert texts["both"] == texts["composed"] != texts["first"]
+        model = (await client.get("/v1/models")).json()["data"][0]["id"]
+        body = {"model": model, "prompt": PROMPTS[0], "max_tokens": 6, "temperature": 0, "steering": steering}
+        completion = await client.post("/v1/completions", json=body)
+        assert completion.status_code == 200 and completion.json()["choices"][0]["text"] == texts["both"]
+        twice = {"prompt": PROMPTS[0], "max_new_tokens": 6, "steering": [steering[1], steering[1]]}
+        assert (await client.post("/v1/generate", json=twice)).status_code == 200
+
+
+async def test_prefixes_that_cannot_compose_are_a_422_that_says_why(tmp_path: Path) -> None:
+    """tiny:gpt2's keys carry learned positions: two prefix tasks are refused, naming the entries and tasks, and
+    a request with one of them is served beside it."""
+    async with running_app(settings(tmp_path, model="tiny:gpt2")) as (app, client):
+        lm = services_of(app).lm
+        task_ids = []
+        for text in PREFIX_TEXTS:
+            vector = prefix_vector(lm, *text_cache(lm, Engine(lm).encode(text), 0))
+            imported = await client.post("/v1/tasks/import", content=vector.to_bytes(), headers=OCTET)
+            assert imported.status_code in (200, 201), imported.text
+            task_ids.append(imported.json()["id"])
+        both = {"prompt": PROMPTS[0], "max_new_tokens": 4, "steering": [{"task": t} for t in task_ids]}
+        error = assert_error(await client.post("/v1/generate", json=both), 422, "two_kv_prefixes")
+        assert "entries 0, 1" in error["message"] and all(t in error["message"] for t in task_ids), error
+        assert "learned position embeddings" in error["message"], error
+        one = {**both, "steering": both["steering"][:1]}
+        assert (await client.post("/v1/generate", json=one)).status_code == 200
