@@ -15,7 +15,7 @@ from steering.model.loading import LoadedModel
 from steering.steer.inject import SteeringTerm
 from steering.steer.key_positions import KeyShifter, KeyShiftError
 from steering.steer.prefix import PrefixError
-from steering.steer.prefix_compose import PrefixComposer
+from steering.steer.prefix_compose import LAYOUTS, Layout, PrefixComposer
 from steering.vectors.task_vector import TaskVector
 from tests.api_helpers import (
     ANTONYMS,
@@ -69,31 +69,48 @@ def test_keys_moved_later_are_the_keys_their_text_has_there(tiny_lm: LoadedModel
         assert not torch.allclose(later_keys, keys), "the keys did not move: the test could not tell"
 
 
-def test_two_prefixes_answer_as_their_texts_one_after_the_other(tiny_lm: LoadedModel) -> None:
-    """The composed prefix is the first text's cache, then the second's as that text has it at the positions after
-    the first (and neither attends to the other), each part's values scaled by its own strength; an activation term
-    between them stays where it is."""
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_two_prefixes_answer_as_their_texts_at_their_composed_positions(tiny_lm: LoadedModel, layout: Layout) -> None:
+    """The composed prefix holds each text's cache as that text has it at the positions its layout gives it
+    (parallel: each ends just before the prompt; sequential: the second after the first), neither attending to the
+    other, each part's values scaled by its own strength; an activation term between them stays where it is."""
     if tiny_lm.model.config.model_type in LEARNED_POSITIONS:
         pytest.skip("no rotation moves learned positions (the test above)")
     engine = Engine(tiny_lm)
     first_ids, second_ids = (engine.encode(text) for text in PREFIX_TEXTS)
-    first, second = (prefix_vector(tiny_lm, *text_cache(tiny_lm, ids, 0)) for ids in (first_ids, second_ids))
-    moved_keys, moved_values = text_cache(tiny_lm, second_ids, len(first_ids))
+    starts = (len(second_ids), len(first_ids)) if layout == "parallel" else (0, len(first_ids))
+    (first_keys, first_values), (second_keys, second_values) = (
+        text_cache(tiny_lm, ids, start) for ids, start in zip((first_ids, second_ids), starts, strict=True)
+    )
     want_prefix = prefix_vector(
         tiny_lm,
-        torch.cat([first.tensors["prefix_keys"], moved_keys.float()], dim=2),
-        torch.cat([0.7 * first.tensors["prefix_values"], 1.3 * moved_values.float()], dim=2),
+        torch.cat([first_keys, second_keys], dim=2),
+        torch.cat([0.7 * first_values, 1.3 * second_values], dim=2),
     )
+    first, second = (prefix_vector(tiny_lm, *text_cache(tiny_lm, ids, 0)) for ids in (first_ids, second_ids))
     added = synthetic_vector(tiny_lm, "add_from_last", 5)
-    composer = PrefixComposer(tiny_lm)
     plan = [SteeringTerm(first, 0.7), SteeringTerm(added, 0.6), SteeringTerm(second, 1.3)]
-    composed = composer.compose(plan)
+    composed = PrefixComposer(tiny_lm, layout=layout).compose(plan)
     assert [t.vector.mode for t in composed] == ["kv_prefix", "add_from_last"] and composed[0].strength == 1.0
     assert composed[0].vector.prefix_tokens == len(first_ids) + len(second_ids)
     for prompt in PROMPTS[:3]:
         ids = engine.encode(prompt)
         want = solo(engine, GenerationRequest(ids, (SteeringTerm(want_prefix, 1.0), plan[1]), max_new_tokens=8))
         assert solo(engine, GenerationRequest(ids, tuple(composed), max_new_tokens=8)) == want, prompt
+
+
+def test_in_parallel_the_order_of_the_entries_does_not_matter(tiny_llama: LoadedModel) -> None:
+    engine = Engine(tiny_llama)
+    first, second = (prefix_vector(tiny_llama, *text_cache(tiny_llama, engine.encode(t), 0)) for t in PREFIX_TEXTS)
+    composer = PrefixComposer(tiny_llama)
+    ids = engine.encode(PROMPTS[0])
+
+    def answer(*terms: SteeringTerm) -> list[int]:
+        return solo(engine, GenerationRequest(ids, tuple(composer.compose(terms)), max_new_tokens=8))
+
+    both = answer(SteeringTerm(first, 1.0), SteeringTerm(second, 1.0))
+    assert answer(SteeringTerm(second, 1.0), SteeringTerm(first, 1.0)) == both
+    assert both != answer(SteeringTerm(first, 1.0)) and both != answer(SteeringTerm(second, 1.0))
 
 
 def test_a_combination_is_composed_once_and_a_strength_makes_another(tiny_llama: LoadedModel) -> None:
@@ -104,8 +121,8 @@ def test_a_combination_is_composed_once_and_a_strength_makes_another(tiny_llama:
     again = composer.compose(plan)[0].vector
     assert composer.compose(plan)[0].vector is again
     assert composer.compose([plan[0], SteeringTerm(second, 0.5)])[0].vector is not again
-    swapped = composer.compose(plan[::-1])[0].vector
-    assert not torch.equal(swapped.tensors["prefix_keys"], again.tensors["prefix_keys"])
+    swapped = PrefixComposer(tiny_llama, layout="sequential").compose(plan[::-1])[0].vector
+    assert not torch.equal(swapped.tensors["prefix_keys"][:, :, :8], again.tensors["prefix_keys"][:, :, :8])
     # A prefix at strength 0 puts nothing ahead of the prompt: nothing to compose.
     assert composer.compose([plan[0], SteeringTerm(second, 0.0)]) == [plan[0], SteeringTerm(second, 0.0)]
 
