@@ -4,11 +4,11 @@ A KV prefix (`steering.steer.prefix`) is a few-shot prompt's keys and values, tr
 the positions it was trained with. Composed, each part ends where the prompt begins, as it did in training: every
 part's keys are moved (`steering.steer.key_positions`) so that its last column sits just before the prompt, and
 the prompt's tokens attend to all of them, as parallel context windows do (Ratner et al., 2023, arXiv 2212.10947).
-No part is nearer the prompt than another, so the order of the entries does not matter. The `sequential` layout (each part after the ones before it, as concatenated
-few-shot prompts) is kept for comparison: the part nearest the prompt dominates it, and on pairs of tasks with
-inputs of different kinds each task answers its own inputs less often than in parallel (docs/RESULTS.md,
-issue 22 round 11). Each part's values are scaled by its own strength, so the composed prefix is applied at 1.
-Activation terms are left as they are.
+No part is nearer the prompt than another, so the order of the entries does not matter. The `sequential` layout
+(each part after the ones before it, as concatenated few-shot prompts) is kept for comparison: the part nearest the
+prompt dominates it, and on pairs of tasks with inputs of different kinds each task answers its own inputs less
+often than in parallel (docs/RESULTS.md, issue 22 round 11). Each part's values are scaled by its own strength, so
+the composed prefix is applied at strength 1. Activation terms are left as they are.
 """
 
 from __future__ import annotations
