@@ -80,8 +80,8 @@ class ApiErrors(Enum):
         422,
         "two_kv_prefixes",
         "steering entries {entries} name tasks whose vectors are KV prefixes (context_tuning: {tasks}), which "
-        "compose one after the other ahead of the prompt, but not here: {reason}. Steer with one of them, or "
-        'register the others\' demonstrations again with an activation method ("method": "soft_injection", say)',
+        "compose side by side ahead of the prompt, but not here: {reason}. Steer with one of them, or register "
+        'the others\' demonstrations again with an activation method ("method": "soft_injection", say)',
     )
     NO_CHAT_TEMPLATE = ErrorSpec(422, "no_chat_template", "this model has no chat template: send `prompt` instead")
     EMPTY_PROMPT = ErrorSpec(422, "empty_prompt", "the prompt is empty")
