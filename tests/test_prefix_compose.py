@@ -12,7 +12,7 @@ from transformers import DynamicCache
 
 from steering.generation.rows import GenerationRequest
 from steering.generation.transformers.engine import Engine
-from steering.model.loading import LoadedModel
+from steering.model.loading import LoadedModel, load_model
 from steering.steer.inject import SteeringTerm
 from steering.steer.key_positions import KeyShifter, KeyShiftError
 from steering.steer.prefix import PrefixError
@@ -205,3 +205,17 @@ async def test_prefixes_that_cannot_compose_are_a_422_that_says_why(tmp_path: Pa
         assert "learned position embeddings" in error["message"], error
         one = {**both, "steering": both["steering"][:1]}
         assert (await client.post("/v1/generate", json=one)).status_code == 200
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_in_half_precision_moved_keys_are_as_near_the_true_ones_as_the_model_own(dtype: str) -> None:
+    """A half-precision model rotates its keys with rounding that grows with the position; the rotation measured
+    on it is that rotation, so keys it moves miss the float32 model's keys about as much as the keys the
+    half-precision model computes there itself (on the default model in bfloat16: 2.6 % against 2.4 % of the keys'
+    spread at offset 37, 40.3 % against 40.0 % at 1500)."""
+    exact, half = load_model("tiny:llama"), load_model("tiny:llama", dtype=dtype)
+    ids = Engine(exact).encode(PREFIX_TEXTS[1])
+    moved = KeyShifter(half).shift(text_cache(half, ids, 0)[0], 300)
+    truth, own = text_cache(exact, ids, 300)[0], text_cache(half, ids, 300)[0].float()
+    spread = (truth - truth.mean(dim=2, keepdim=True)).norm()
+    assert float((moved - truth).norm() / spread) < 1.5 * float((own - truth).norm() / spread) + 1e-3

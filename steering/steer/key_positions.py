@@ -8,7 +8,9 @@ Rather than encode each, R(a) is read off the model: a batch of single tokens, e
 position a (a lone token's hidden states do not depend on where it sits, only its keys' rotation does), gives
 each layer's keys before and after the move, and the rotation between them is the orthogonal Procrustes
 solution. A model whose keys carry their position in their content (learned position embeddings: GPT-2) does not
-fit a rotation, and `KeyShiftError` says so.
+fit a rotation, and `KeyShiftError` says so. In half precision the model's own rotation rounds, the more the farther
+it moves (the default model in bfloat16 puts a text's keys at position 1500 40 % of their spread away from float32's);
+the rotation read off it is that rounded one, so keys it moves are as near the float32 ones as the model's own.
 """
 
 from __future__ import annotations
