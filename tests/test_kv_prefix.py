@@ -11,6 +11,7 @@ import random
 import string
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 from transformers import DynamicCache
@@ -41,18 +42,44 @@ from tests.test_scheduler import PROMPTS, run, solo, synthetic_vector
 PREFIX_TEXTS = ["Q: hot\nA: cold\n\nQ: big\nA: small\n\n", "one two three four five six seven eight nine ten\n"]
 
 
+def text_cache(lm: LoadedModel, ids: list[int], start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The keys and values [layers, kv_heads, tokens, head_dim] of `ids` alone at positions start, start + 1, ..."""
+    cache = DynamicCache()  # no config: sliding-window layers keep every column too
+    positions = (start + torch.arange(len(ids), device=lm.device))[None]
+    with torch.no_grad():
+        lm.model(
+            torch.tensor([ids], device=lm.device),
+            position_ids=positions,
+            **lm.arch.cache_argument(cache),
+            use_cache=True,
+        )
+    return torch.cat([layer.keys for layer in cache.layers]), torch.cat([layer.values for layer in cache.layers])
+
+
+def cache_vector(lm: LoadedModel, keys: torch.Tensor, values: torch.Tensor) -> TaskVector:
+    """Keys and values [layers, kv_heads, tokens, head_dim] as a `kv_prefix` vector."""
+    tensors = {"prefix_keys": keys, "prefix_values": values}
+    return TaskVector("context_tuning", "kv_prefix", tensors, list(range(lm.arch.num_layers)), 1.0, lm.fingerprint)
+
+
 def text_prefix(lm: LoadedModel, text: str) -> tuple[TaskVector, list[int]]:
     """The untrained prefix of `text` (its cache, as a vector) and the text's token ids."""
     ids = Engine(lm).encode(text)
-    cache = DynamicCache()  # no config: sliding-window layers keep every column too
-    with torch.no_grad():
-        lm.model(torch.tensor([ids], device=lm.device), **lm.arch.cache_argument(cache), use_cache=True)
-    tensors = {
-        "prefix_keys": torch.cat([layer.keys for layer in cache.layers]),
-        "prefix_values": torch.cat([layer.values for layer in cache.layers]),
-    }
-    layers = list(range(lm.arch.num_layers))
-    return TaskVector("context_tuning", "kv_prefix", tensors, layers, 1.0, lm.fingerprint), ids
+    return cache_vector(lm, *text_cache(lm, ids)), ids
+
+
+async def ready_prefix_tasks(client: httpx.AsyncClient) -> tuple[list[str], list[TaskVector]]:
+    """Two context-tuning tasks (antonyms, capitals) registered and ready: their ids and stored vectors."""
+    ids, vectors = [], []
+    for pairs in (ANTONYMS, CAPITALS):
+        body = task_body(pairs, method="context_tuning", options={"k_shot": 2, "epochs": 2})
+        ids.append((await client.post("/v1/tasks", json=body)).json()["id"])
+    for task_id in ids:
+        info = await wait_task(client, task_id)
+        assert info["status"] == "ready" and info["method"] == "context_tuning", info
+        vectors.append(TaskVector.from_bytes((await client.get(f"/v1/tasks/{task_id}/vector")).content))
+        assert vectors[-1].mode == "kv_prefix"
+    return ids, vectors
 
 
 def test_an_untrained_prefix_answers_as_its_text_does(tiny_lm: LoadedModel) -> None:
@@ -179,15 +206,7 @@ async def test_prefix_tasks_over_http(tmp_path: Path) -> None:
     """Registered, generated with, refused where a plan cannot take them (422, nothing else changed), and kept
     out of GGUF files, through the service."""
     async with running_app(settings(tmp_path)) as (_, client):
-        ids = []
-        for pairs in (ANTONYMS, CAPITALS):
-            body = task_body(pairs, method="context_tuning", options={"k_shot": 2, "epochs": 2})
-            ids.append((await client.post("/v1/tasks", json=body)).json()["id"])
-        for task_id in ids:
-            info = await wait_task(client, task_id)
-            assert info["status"] == "ready" and info["method"] == "context_tuning", info
-            stored = TaskVector.from_bytes((await client.get(f"/v1/tasks/{task_id}/vector")).content)
-            assert stored.mode == "kv_prefix"
+        ids, _ = await ready_prefix_tasks(client)
         one = [{"task": ids[0], "strength": 1.0}]
         plain = await client.post("/v1/generate", json={"prompt": PROMPTS[0], "max_new_tokens": 6})
         steered = await client.post("/v1/generate", json={"prompt": PROMPTS[0], "max_new_tokens": 6, "steering": one})

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import DynamicCache
 
 from steering.generation.rows import GenerationRequest
 from steering.generation.transformers.engine import Engine
@@ -17,46 +16,16 @@ from steering.steer.inject import SteeringTerm
 from steering.steer.key_positions import KeyShifter, KeyShiftError
 from steering.steer.prefix import PrefixError
 from steering.steer.prefix_compose import LAYOUTS, Layout, PrefixComposer
-from steering.vectors.task_vector import TaskVector
-from tests.api_helpers import (
-    ANTONYMS,
-    CAPITALS,
-    OCTET,
-    assert_error,
-    running_app,
-    services_of,
-    settings,
-    task_body,
-    wait_task,
-)
-from tests.test_kv_prefix import PREFIX_TEXTS
+from tests.api_helpers import OCTET, assert_error, running_app, services_of, settings
+from tests.test_kv_prefix import PREFIX_TEXTS, cache_vector, ready_prefix_tasks, text_cache, text_prefix
 from tests.test_scheduler import PROMPTS, solo, synthetic_vector
 
 LEARNED_POSITIONS = {"gpt2"}  # position embeddings added to the tokens: no rotation moves their keys
 
 
-def text_cache(lm: LoadedModel, ids: list[int], start: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The keys and values [layers, kv_heads, tokens, head_dim] of `ids` alone at positions start, start + 1, ..."""
-    cache = DynamicCache()
-    positions = (start + torch.arange(len(ids), device=lm.device))[None]
-    with torch.no_grad():
-        lm.model(
-            torch.tensor([ids], device=lm.device),
-            position_ids=positions,
-            **lm.arch.cache_argument(cache),
-            use_cache=True,
-        )
-    return torch.cat([layer.keys for layer in cache.layers]), torch.cat([layer.values for layer in cache.layers])
-
-
-def prefix_vector(lm: LoadedModel, keys: torch.Tensor, values: torch.Tensor) -> TaskVector:
-    tensors = {"prefix_keys": keys.float(), "prefix_values": values.float()}
-    return TaskVector("context_tuning", "kv_prefix", tensors, list(range(lm.arch.num_layers)), 1.0, lm.fingerprint)
-
-
 def test_keys_moved_later_are_the_keys_their_text_has_there(tiny_lm: LoadedModel) -> None:
     ids = Engine(tiny_lm).encode(PREFIX_TEXTS[1])
-    keys, values = text_cache(tiny_lm, ids, 0)
+    keys, values = text_cache(tiny_lm, ids)
     shifter = KeyShifter(tiny_lm)
     if tiny_lm.model.config.model_type in LEARNED_POSITIONS:
         with pytest.raises(KeyShiftError, match="learned position embeddings"):
@@ -75,7 +44,7 @@ def test_the_default_model_keys_move_as_its_text_keys_do_far_on(default_lm: Load
     misfit); the fit in float64 holds to about 1e-6 of the keys' spread around their mean, here far into the
     context."""
     ids = Engine(default_lm).encode(PREFIX_TEXTS[0])
-    keys, _ = text_cache(default_lm, ids, 0)
+    keys, _ = text_cache(default_lm, ids)
     shifter = KeyShifter(default_lm)
     for offset in (37, 1500):
         later, _ = text_cache(default_lm, ids, offset)
@@ -97,12 +66,12 @@ def test_two_prefixes_answer_as_their_texts_at_their_composed_positions(tiny_lm:
     (first_keys, first_values), (second_keys, second_values) = (
         text_cache(tiny_lm, ids, start) for ids, start in zip((first_ids, second_ids), starts, strict=True)
     )
-    want_prefix = prefix_vector(
+    want_prefix = cache_vector(
         tiny_lm,
         torch.cat([first_keys, second_keys], dim=2),
         torch.cat([0.7 * first_values, 1.3 * second_values], dim=2),
     )
-    first, second = (prefix_vector(tiny_lm, *text_cache(tiny_lm, ids, 0)) for ids in (first_ids, second_ids))
+    first, second = (text_prefix(tiny_lm, text)[0] for text in PREFIX_TEXTS)
     added = synthetic_vector(tiny_lm, "add_from_last", 5)
     plan = [SteeringTerm(first, 0.7), SteeringTerm(added, 0.6), SteeringTerm(second, 1.3)]
     composed = PrefixComposer(tiny_lm, layout=layout).compose(plan)
@@ -116,7 +85,7 @@ def test_two_prefixes_answer_as_their_texts_at_their_composed_positions(tiny_lm:
 
 def test_in_parallel_the_order_of_the_entries_does_not_matter(tiny_llama: LoadedModel) -> None:
     engine = Engine(tiny_llama)
-    first, second = (prefix_vector(tiny_llama, *text_cache(tiny_llama, engine.encode(t), 0)) for t in PREFIX_TEXTS)
+    first, second = (text_prefix(tiny_llama, text)[0] for text in PREFIX_TEXTS)
     composer = PrefixComposer(tiny_llama)
     ids = engine.encode(PROMPTS[0])
 
@@ -129,8 +98,7 @@ def test_in_parallel_the_order_of_the_entries_does_not_matter(tiny_llama: Loaded
 
 
 def test_a_combination_is_composed_once_and_a_strength_makes_another(tiny_llama: LoadedModel) -> None:
-    engine = Engine(tiny_llama)
-    first, second = (prefix_vector(tiny_llama, *text_cache(tiny_llama, engine.encode(t), 0)) for t in PREFIX_TEXTS)
+    first, second = (text_prefix(tiny_llama, text)[0] for text in PREFIX_TEXTS)
     composer = PrefixComposer(tiny_llama)
     plan = [SteeringTerm(first, 1.0), SteeringTerm(second, 1.0)]
     again = composer.compose(plan)[0].vector
@@ -146,7 +114,7 @@ def test_prefixes_past_the_model_positions_together_are_refused(tiny_llama: Load
     engine = Engine(tiny_llama)
     ids = engine.encode(PREFIX_TEXTS[1] * 30)
     assert tiny_llama.context_window is not None and tiny_llama.context_window < 2 * len(ids)
-    long = prefix_vector(tiny_llama, *text_cache(tiny_llama, ids[: tiny_llama.context_window - 8], 0))
+    long = cache_vector(tiny_llama, *text_cache(tiny_llama, ids[: tiny_llama.context_window - 8]))
     with pytest.raises(PrefixError, match="positions together"):
         PrefixComposer(tiny_llama).compose([SteeringTerm(long, 1.0), SteeringTerm(long, 1.0)])
 
@@ -155,14 +123,7 @@ async def test_prefix_tasks_compose_over_http(tmp_path: Path) -> None:
     """Two context-tuning tasks in one request (on /v1/generate and the OpenAI endpoint) answer as the composed
     prefix imported as a task of its own; the same task twice composes too."""
     async with running_app(settings(tmp_path)) as (app, client):
-        ids = []
-        for pairs in (ANTONYMS, CAPITALS):
-            body = task_body(pairs, method="context_tuning", options={"k_shot": 2, "epochs": 2})
-            ids.append((await client.post("/v1/tasks", json=body)).json()["id"])
-        vectors = []
-        for task_id in ids:
-            assert (await wait_task(client, task_id))["status"] == "ready"
-            vectors.append(TaskVector.from_bytes((await client.get(f"/v1/tasks/{task_id}/vector")).content))
+        ids, vectors = await ready_prefix_tasks(client)
         composed = PrefixComposer(services_of(app).lm).compose(
             [SteeringTerm(vectors[0], 0.8), SteeringTerm(vectors[1], 1.0)]
         )
@@ -195,7 +156,7 @@ async def test_prefixes_that_cannot_compose_are_a_422_that_says_why(tmp_path: Pa
         lm = services_of(app).lm
         task_ids = []
         for text in PREFIX_TEXTS:
-            vector = prefix_vector(lm, *text_cache(lm, Engine(lm).encode(text), 0))
+            vector, _ = text_prefix(lm, text)
             imported = await client.post("/v1/tasks/import", content=vector.to_bytes(), headers=OCTET)
             assert imported.status_code in (200, 201), imported.text
             task_ids.append(imported.json()["id"])
@@ -215,7 +176,7 @@ def test_in_half_precision_moved_keys_are_as_near_the_true_ones_as_the_model_own
     spread at offset 37, 40.3 % against 40.0 % at 1500)."""
     exact, half = load_model("tiny:llama"), load_model("tiny:llama", dtype=dtype)
     ids = Engine(exact).encode(PREFIX_TEXTS[1])
-    moved = KeyShifter(half).shift(text_cache(half, ids, 0)[0], 300)
+    moved = KeyShifter(half).shift(text_cache(half, ids)[0], 300)
     truth, own = text_cache(exact, ids, 300)[0], text_cache(half, ids, 300)[0].float()
     spread = (truth - truth.mean(dim=2, keepdim=True)).norm()
     assert float((moved - truth).norm() / spread) < 1.5 * float((own - truth).norm() / spread) + 1e-3
