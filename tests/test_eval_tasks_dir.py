@@ -15,20 +15,8 @@ from steering.tasks.datasets import task_names
 from steering.wire.protocol import Demonstration
 
 # Set aside for issue 22's rounds 2, 4, 5 and 6, (unseen_5) after round 7, (unseen_6) in round 8, (unseen_7) in 9,
-# (unseen_8) in 10.
-UNSEEN_NAMES = (
-    "unseen",
-    "unseen_2",
-    "unseen_3",
-    "unseen_4",
-    "unseen_5",
-    "unseen_6",
-    "unseen_7",
-    "unseen_8",
-    "unseen_9",
-    "unseen_10",
-    "unseen_11",
-)
+# (unseen_8) in 10, (unseen_9) in 11, (unseen_10 and unseen_11) in 12.
+UNSEEN_NAMES = ("unseen", *(f"unseen_{n}" for n in range(2, 12)))
 UNSEEN_SETS = tuple(UNSEEN_DIR.parent / name for name in UNSEEN_NAMES)
 
 
