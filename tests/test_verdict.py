@@ -32,10 +32,35 @@ def test_a_gap_inside_the_margin_is_always_said(counts: tuple[int, int, int, int
     steered, zero, few, n = counts
     found = verdict("task_vector", held_out_metrics(steered, zero, few, n))
     assert found is not None and found.margin is not None
-    if found.rating == "no_effect" or abs(found.steered - found.few_shot) >= found.margin:
+    if abs(found.steered - found.few_shot) >= found.margin or (found.rating == "no_effect" and steered >= few):
         return
     assert found.advice is not None and "within chance" in found.advice
     assert f"±{100 * found.margin:.0f} points" in found.advice and "post more demonstrations" in found.advice
+
+
+@given(scores())
+def test_trailing_prompting_is_always_said(counts: tuple[int, int, int, int]) -> None:
+    """Whatever the rating, a vector that answers fewer held-out demonstrations than prompting says so: also when
+    it adds nothing to asking zero-shot (`no_effect`), where prompting's lead is the news."""
+    steered, zero, few, n = counts
+    found = verdict("task_vector", held_out_metrics(steered, zero, few, n))
+    assert found is not None
+    if few > steered:
+        assert "below 10-shot prompting" in found.summary
+    else:
+        assert "below" not in found.summary
+
+
+def test_no_effect_while_prompting_answers_says_prompting_is_better() -> None:
+    found = verdict("context_tuning", {**held_out_metrics(0, 0, 2, 10), "auto": {"chose": "context_tuning"}})
+    assert found is not None and found.rating == "no_effect"
+    assert found.summary.endswith("no better than asking with no demonstrations, and below 10-shot prompting.")
+    assert found.advice == (
+        "The vector did not change answers on held-out demonstrations. Try a higher strength or more demonstrations. "
+        "10-shot prompting answers 20 % of them: prompting answers this task better. On 10 held-out demonstrations "
+        "a gap of 20 points to 10-shot prompting (0 % against 20 %) is within chance (95 % margin ±29 points); post "
+        "more demonstrations for a firmer verdict."
+    )
 
 
 def test_a_tie_on_few_items_says_how_large_a_gap_it_hides() -> None:

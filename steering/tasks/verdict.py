@@ -73,7 +73,7 @@ def _tried(metrics: dict[str, Any], metric: str) -> list[tuple[str, float]]:
 
 
 def _advice(
-    method: str, rating: VerdictRating, metrics: dict[str, Any], metric: str, shots: str, few: float
+    method: str, rating: VerdictRating, metrics: dict[str, Any], metric: str, shots: str, steered: float, few: float
 ) -> str | None:
     tried = _tried(metrics, metric)
     listing = ", ".join(f"{m} {_pct(v)}" for m, v in tried)
@@ -87,10 +87,12 @@ def _advice(
                 "For input-to-output tasks use soft_injection or auto."
             )
         else:
+            instead = " or more demonstrations" if _auto(metrics) else ", more demonstrations, or method auto"
             parts.append(
-                "The vector did not change answers on held-out demonstrations. Try a higher strength, more "
-                "demonstrations, or method auto."
+                f"The vector did not change answers on held-out demonstrations. Try a higher strength{instead}."
             )
+        if few > steered:
+            parts.append(f"{shots} prompting answers {_pct(few)} of them: prompting answers this task better.")
     elif rating == "below_few_shot":
         ahead = [m for m, v in tried if v > few + 1e-9]
         if ahead:  # `auto.choose` kept context tuning within chance of a candidate that scored above prompting
@@ -122,7 +124,7 @@ def _chance_note(
 ) -> str | None:
     """Said whenever the gap to prompting is inside the margin: a tie included, since a tie settles nothing either."""
     gap = abs(steered - few)
-    if margin is None or rating == "no_effect" or gap >= margin:
+    if margin is None or gap >= margin or (rating == "no_effect" and steered >= few):
         return None
     firmer = "post more demonstrations for a firmer verdict."
     if rating == "as_good_as_few_shot":
@@ -162,11 +164,13 @@ def verdict(method: str, metrics: dict[str, Any] | None) -> Verdict | None:
         "below_few_shot": f"below {shots} prompting",
         "no_effect": "no better than asking with no demonstrations",
     }[rating]
+    if rating == "no_effect" and few > steered:
+        conclusion += f", and below {shots} prompting"
     summary = (
         f"{who} answers {_pct(steered)} of {where} {measure}; {shots} prompting {_pct(few)}, "
         f"zero-shot {_pct(zero)}: {conclusion}."
     )
-    advice = _advice(chose or method, rating, metrics, metric, shots, few)
+    advice = _advice(chose or method, rating, metrics, metric, shots, steered, few)
     chance = _chance_note(rating, steered, few, margin, held_out, shots)
     return Verdict(
         rating=rating,
