@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,12 +41,20 @@ class Pair:
         return abs(self.dev_gap) > self.margin
 
 
+def run_key(result: dict[str, Any], name: str, task: dict[str, Any]) -> tuple[tuple[str, str, Any], tuple[int, str]]:
+    """Which pair a task's run belongs to (model, task, demonstrations posted: tasks of one name in two sets are one
+    task) and how it ranks among that pair's runs (the most test items, then the latest)."""
+    demonstrations = result.get("config", {}).get("n_demos")
+    key = (result["meta"]["model"], name, demonstrations)
+    return key, (len(task["answers"]), result["meta"].get("started", ""))
+
+
 def pairs(results: list[dict[str, Any]]) -> list[Pair]:
-    """One pair per model and task (tasks of one name in two sets are one task): the run with the most test items,
-    then the latest; tasks whose `auto` recorded no exact-match verdict on held-out demonstrations are left out."""
-    best: dict[tuple[str, str], tuple[tuple[int, str], Pair]] = {}
+    """One pair per model, task and number of demonstrations (`run_key`); tasks whose `auto` recorded no
+    exact-match verdict on held-out demonstrations are left out."""
+    best: dict[tuple[str, str, Any], tuple[tuple[int, str], Pair]] = {}
     for result in results:
-        model, started = result["meta"]["model"], result["meta"].get("started", "")
+        model = result["meta"]["model"]
         for name, task in result["tasks"].items():
             verdict = task["methods"].get("auto", {}).get("verdict")
             steered, few = condition_scores(task, "auto"), condition_scores(task, "few_shot")
@@ -61,9 +70,9 @@ def pairs(results: list[dict[str, Any]]) -> list[Pair]:
                 steered["exact"] - few["exact"],
                 items,
             )
-            rank = (items, started)
-            if (model, name) not in best or rank > best[(model, name)][0]:
-                best[(model, name)] = (rank, pair)
+            key, rank = run_key(result, name, task)
+            if key not in best or rank > best[key][0]:
+                best[key] = (rank, pair)
     return sorted((p for _, p in best.values()), key=lambda p: (p.model, p.task))
 
 
@@ -103,11 +112,16 @@ def _share(part: int, whole: int) -> str:
     return f"{100 * part / whole:.0f} %" if whole else "-"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def run_cli(doc: str, report_of: Callable[[list[dict[str, Any]]], str]) -> None:
+    """A script over saved `steer eval` runs: parse the results.json paths, print `report_of` their contents."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("results", nargs="+", type=Path, help="steer eval results.json files")
     args = parser.parse_args()
-    print(report(pairs([json.loads(path.read_text()) for path in args.results])))
+    print(report_of([json.loads(path.read_text()) for path in args.results]))
+
+
+def main() -> None:
+    run_cli(__doc__ or "", lambda results: report(pairs(results)))
 
 
 if __name__ == "__main__":

@@ -158,8 +158,11 @@ def test_auto_read_off_its_candidates_is_what_auto_computes(tiny_llama: LoadedMo
     )
     assert derived["vector_method"] == real.method
     assert derived["layers"] == real.layers and derived["strength"] == real.default_strength
-    tried = {c["method"]: c["dev_exact"] for c in real.metrics["auto"]["candidates"]}
-    assert tried == {c["method"]: c["dev_exact"] for c in derived["dev_metrics"]["auto"]["candidates"]}
+
+    def tried(candidates: list[dict[str, Any]]) -> list[tuple[str, Any, Any]]:  # in the order auto ran them
+        return [(c["method"], c.get("dev_exact"), c.get("skipped")) for c in candidates]
+
+    assert tried(real.metrics["auto"]["candidates"]) == tried(derived["dev_metrics"]["auto"]["candidates"])
 
 
 def test_runs_split_by_task_merge_into_the_run_of_all_tasks(tiny_llama: LoadedModel, tmp_path: Path) -> None:
@@ -222,3 +225,20 @@ def test_runs_split_by_method_merge_into_the_run_of_all_methods(tiny_llama: Load
     other_items["config"]["seed"] = 0  # same settings on paper, other test items in fact
     with pytest.raises(SystemExit, match="disagree"):
         merge([other_items, parts[1]])
+
+
+def test_derived_auto_skips_what_auto_would_once_context_tuning_settles_it() -> None:
+    from steering.eval.suite import auto_from_candidates
+    from steering.methods.registry import auto_candidates
+
+    def run(exact: float) -> dict[str, Any]:
+        return {"dev_metrics": {"dev_steered_exact": exact, "dev_size": 10}, "steered": {"exact": exact}}
+
+    runs = {m: run(0.3) for m in auto_candidates()}
+    runs["context_tuning"] = run(0.8)  # 8 of 10: no candidate can lead it by more than chance
+    derived = auto_from_candidates(runs)
+    listed = derived["dev_metrics"]["auto"]["candidates"]
+    assert derived["dev_metrics"]["auto"]["chose"] == "context_tuning" and listed[0]["method"] == "context_tuning"
+    assert {c["method"] for c in listed if "skipped" in c} == set(auto_candidates()) - {"context_tuning"}
+    runs["context_tuning"] = run(0.6)  # 6 of 10: one that answered all 10 would, so every candidate is read
+    assert not any("skipped" in c for c in auto_from_candidates(runs)["dev_metrics"]["auto"]["candidates"])

@@ -15,7 +15,7 @@ from steering.eval.config import EvalConfig, reproduce_command
 from steering.eval.progress import NullReporter, Reporter
 from steering.eval.scoring import DEFINITIONS, Probe, build_probe, score, summarise
 from steering.eval.task_source import load_eval_task
-from steering.methods.auto import choose
+from steering.methods.auto import PREFERRED, choose, run_order, settled
 from steering.methods.registry import auto_candidates
 from steering.tasks.datasets import split_task
 from steering.tasks.verdict import verdict
@@ -119,9 +119,17 @@ def auto_from_candidates(runs: dict[str, Any]) -> dict[str, Any]:
     tried = {m: runs[m] for m in auto_candidates() if "error" not in runs.get(m, {"error": ""})}
     if not tried:
         return {"error": "every candidate of auto failed"}
-    chosen, reason = choose({m: r["dev_metrics"] for m, r in tried.items()})
+    kept: dict[str, Any] = {}
+    candidates: list[dict[str, Any]] = []
+    for method in run_order(list(tried)):  # what `auto` would run, and skip once context tuning settles it
+        skip = settled(kept[PREFERRED]["dev_metrics"]) if PREFERRED in kept else None
+        if skip is not None:
+            candidates.append({"method": method, "skipped": skip})
+            continue
+        kept[method] = tried[method]
+        candidates.append({"method": method, **_dev_scores(tried[method]["dev_metrics"])})
+    chosen, reason = choose({m: kept[m]["dev_metrics"] for m in tried if m in kept})
     dev = tried[chosen]["dev_metrics"]
-    candidates = [{"method": m, **_dev_scores(r["dev_metrics"])} for m, r in tried.items()]
     return {
         **tried[chosen],
         "derived_from_candidates": True,
