@@ -144,5 +144,6 @@ def test_a_held_out_score_no_candidate_can_beat_by_more_than_chance_skips_the_ot
     assert sure.method == "context_tuning" and ran(sure) == ["context_tuning"]
     assert set(skipped(sure)) == set(auto_candidates()) - {"context_tuning"}
     assert all("no candidate can beat it by more than chance" in why for why in skipped(sure).values())
+    assert sure.metrics["auto"]["reason"].startswith("context_tuning answered 100 % of 6 held-out demonstrations")
     unsure = run_auto(tiny_llama, DEFAULT_MODEL, monkeypatch, preferred_exact=0.5)
     assert ran(unsure) == auto.run_order(auto_candidates()) and unsure.method == "context_tuning"

@@ -240,5 +240,6 @@ def test_derived_auto_skips_what_auto_would_once_context_tuning_settles_it() -> 
     listed = derived["dev_metrics"]["auto"]["candidates"]
     assert derived["dev_metrics"]["auto"]["chose"] == "context_tuning" and listed[0]["method"] == "context_tuning"
     assert {c["method"] for c in listed if "skipped" in c} == set(auto_candidates()) - {"context_tuning"}
+    assert "no candidate can beat it" in derived["dev_metrics"]["auto"]["reason"]
     runs["context_tuning"] = run(0.6)  # 6 of 10: one that answered all 10 would, so every candidate is read
     assert not any("skipped" in c for c in auto_from_candidates(runs)["dev_metrics"]["auto"]["candidates"])
