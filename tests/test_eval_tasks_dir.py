@@ -15,7 +15,7 @@ from steering.tasks.datasets import task_names
 from steering.wire.protocol import Demonstration
 
 # Set aside for issue 22's rounds 2, 4, 5 and 6, (unseen_5) after round 7, (unseen_6) in round 8, (unseen_7) in 9,
-# (unseen_8) in 10, (unseen_9) in 11, (unseen_10 and unseen_11) in 12, (unseen_12) after unseen_11.
+# (unseen_8) in 10, (unseen_9) in 11, (unseen_10 and unseen_11) in 12, (unseen_12) in 13.
 UNSEEN_NAMES = ("unseen", *(f"unseen_{n}" for n in range(2, 13)))
 UNSEEN_SETS = tuple(UNSEEN_DIR.parent / name for name in UNSEEN_NAMES)
 
