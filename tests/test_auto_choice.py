@@ -88,6 +88,9 @@ def test_a_settled_choice_is_context_tuning_whatever_the_others_score(
     theirs = {m: scores(exact, accuracy, logprob, held_out) for m, exact, accuracy, logprob in others}
     if settled(ours) is not None:
         assert choose({**theirs, PREFERRED: ours})[0] == PREFERRED
+        # ... as the margin rule would have it: no other score leads by more than chance.
+        mine = right / held_out
+        assert all(exact - mine <= chance_margin(exact, mine, held_out) for _, exact, _, _ in others)
         assert "no candidate can beat it" in str(settled(ours))
     else:
         assert choose({"soft_injection": scores(1.0, held_out=held_out), PREFERRED: ours})[0] == "soft_injection"

@@ -129,8 +129,6 @@ def auto_from_candidates(runs: dict[str, Any]) -> dict[str, Any]:
         kept[method] = tried[method]
         candidates.append({"method": method, **_dev_scores(tried[method]["dev_metrics"])})
     chosen, reason = choose({m: kept[m]["dev_metrics"] for m in tried if m in kept})
-    if chosen == PREFERRED:
-        reason = settled(kept[PREFERRED]["dev_metrics"]) or reason
     dev = tried[chosen]["dev_metrics"]
     return {
         **tried[chosen],

@@ -81,10 +81,10 @@ def choose(metrics: Mapping[str, Mapping[str, Any]]) -> tuple[str, str]:
     """Which of the candidates (each one's metrics, by method) to keep, and why."""
     best = max(metrics, key=lambda method: rank_key(metrics[method]))
     preferred = metrics.get(PREFERRED)
+    if preferred is not None and (why := settled(preferred)) is not None:
+        return PREFERRED, why
     if preferred is None or best == PREFERRED:
         return best, BEST_REASON
-    if preferred.get("held_out") is False:
-        return PREFERRED, UNHELD_REASON
     ours, theirs = preferred.get("dev_steered_exact"), metrics[best].get("dev_steered_exact")
     held_out = preferred.get("dev_size")
     if not isinstance(ours, float | int) or not isinstance(theirs, float | int) or not isinstance(held_out, int):
@@ -106,11 +106,12 @@ def run_order(candidates: list[str]) -> list[str]:
 
 
 def settled(preferred: Mapping[str, Any]) -> str | None:
-    """Why no other candidate can change `choose`'s answer once context tuning scored `preferred` (None when one
-    can): nothing was held out (`UNHELD_REASON`), or even a candidate that answers every held-out demonstration
-    would not lead by more than chance (a perfect score's lead over the margin is the largest any score has: it
-    grows with the score). The others need not run: the choice is the same, sooner (48 of 134 saved evaluations, 23 %
-    of `auto`'s time there; docs/RESULTS.md, issue 22 round 13)."""
+    """Why `choose` keeps context tuning whatever the others score, once it scored `preferred` (None when another
+    could win): nothing was held out (`UNHELD_REASON`), or even a candidate that answers every held-out
+    demonstration would not lead it by more than chance (a perfect score's lead over the margin is the largest any
+    score has: it grows with the score), so the margin rule would keep it too. The others need not run: the choice
+    is the same, sooner (48 of 134 saved evaluations, 23 % of `auto`'s time there; docs/RESULTS.md, issue 22 round
+    13)."""
     if preferred.get("held_out") is False:
         return UNHELD_REASON
     ours, held_out = preferred.get("dev_steered_exact"), preferred.get("dev_size")
@@ -168,8 +169,6 @@ def compute(job: Job, options: AutoOptions, methods: Mapping[str, MethodSpec]) -
         computed.setdefault(method, vector)
     # In the candidates' own order, as before context tuning ran first: `choose` breaks ties by it.
     chosen, reason = choose({m: computed[m].metrics for m in opts.candidates if m in computed})
-    if chosen == PREFERRED:
-        reason = settled(computed[PREFERRED].metrics) or reason
     best = computed[chosen]
     best.metrics["auto"] = {
         "chose": best.method,
