@@ -42,6 +42,7 @@ class StopReason(Enum):
     SHUTDOWN = "shutdown"
     TIMEOUT = "timeout"
     LOST_LOCK = "lost_lock"
+    FINISHED_ELSEWHERE = "finished_elsewhere"
 
 
 def vector_summary(vector: TaskVector) -> dict[str, Any]:
@@ -274,13 +275,19 @@ class VectorWorker:
             log.debug("progress update for %s failed", task_id, exc_info=True)
 
     async def _heartbeat(self, task_id: str, run: _Run) -> None:
-        """Keep the lock while computing; stop when the task is deleted (here or elsewhere) or taken over."""
+        """Keep the lock while computing; stop when the task is deleted (here or elsewhere), taken over, or
+        finished by another replica (one that computed it while this one's lock lapsed in a store outage)."""
         ttl = self.settings.lock_ttl_s
         while not run.stop.is_set():
             await asyncio.sleep(min(ttl / 3, 2.0))
             try:
-                if await self.store.get(task_id) is None:
+                record = await self.store.get(task_id)
+                if record is None:
                     run.halt(StopReason.DELETED)
+                    return
+                if record.status == "ready":
+                    log.info("another replica finished %s: stopping here", task_id)
+                    run.halt(StopReason.FINISHED_ELSEWHERE)
                     return
                 if not await self.store.refresh_lock(task_id, self.holder, ttl) and not await self.store.acquire_lock(
                     task_id, self.holder, ttl

@@ -376,6 +376,33 @@ async def test_the_reconciler_adopts_and_caps_stranded_tasks(tmp_path: Path) -> 
         assert record.status == "failed" and "gave up after 2 attempts" in (record.error or "")
 
 
+async def test_a_computation_stops_when_another_replica_finishes_its_task(tmp_path: Path) -> None:
+    """After a store outage two replicas can compute one task: the one whose lock lapsed, and the one that took
+    it over. When one finishes, the other stops at its next heartbeat, and releases the lock, instead of
+    computing on, holding the lock, and writing the task again."""
+    async with running_app(settings(tmp_path, lock_ttl_s=1.5)) as (app, client):
+        svc = services_of(app)
+        quick = (await client.post("/v1/tasks", json=task_body(ANTONYMS))).json()["id"]
+        assert (await wait_task(client, quick))["status"] == "ready"
+        elsewhere = await svc.store.get_vector(quick)
+        assert elsewhere is not None
+        long = (await client.post("/v1/tasks", json=LONG_TASK)).json()["id"]
+        assert (await wait_task(client, long, until=("running", "ready", "failed")))["status"] == "running"
+        summary = (await svc.store.get(quick)).summary  # type: ignore[union-attr]
+        # What the other replica's final write does (here with another task's vector, to tell the two apart).
+        assert await svc.store.finish(long, elsewhere, status="ready", summary=summary, progress=None, error=None)
+        stopped = time.monotonic()
+        while svc.worker.busy:
+            assert time.monotonic() - stopped < 10, "still computing a task another replica finished"
+            await asyncio.sleep(0.05)
+        assert await svc.store.acquire_lock(long, "someone-else", 1.5)  # this replica let go of the lock
+        assert await svc.store.get_vector(long) == elsewhere  # and wrote nothing over the other replica's result
+        record = await svc.store.get(long)
+        assert record is not None and record.status == "ready"
+        exposition = (await client.get("/metrics")).text
+        assert metric(exposition, "steer_vector_computations_total", outcome="cancelled") == 1
+
+
 async def test_a_ready_task_that_lost_its_vector_recomputes_it(tmp_path: Path) -> None:
     async with running_app(settings(tmp_path)) as (app, client):
         svc = services_of(app)
