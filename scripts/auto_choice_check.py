@@ -33,7 +33,8 @@ def cases(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             report = task["methods"].get("auto", {}).get("dev_metrics", {}).get("auto")
             if not isinstance(report, dict):
                 continue
-            names = [c["method"] for c in report["candidates"] if c.get("dev_exact") is not None]
+            # A candidate `auto` skipped still ran in `steer eval` (as its own column): its run is there to replay.
+            names = [c["method"] for c in report["candidates"] if c.get("dev_exact") is not None or "skipped" in c]
             runs = {m: task["methods"].get(m, {}) for m in names}
             if not names or not all("steered" in run and "compute_seconds" in run for run in runs.values()):
                 continue

@@ -45,3 +45,17 @@ def test_rules_are_replayed_on_the_test_items_and_settled_tasks_counted() -> Non
     fewer = {**run, "config": {"n_demos": 8}, "tasks": {"a": settled_task}}
     smaller = {**run, "started": "2026-01-02", "tasks": {"a": {**beaten, "answers": ["x"] * 20}}}
     assert len(cases([{**run, "tasks": {"a": settled_task}}, fewer, smaller])) == 2
+
+
+def test_candidates_auto_skipped_are_replayed_from_their_own_columns() -> None:
+    """Since `auto` skips candidates once context tuning settles it, `steer eval` lists them as skipped; their runs
+    are still its columns, so the replay and the skipped time count them."""
+    written = task({"context_tuning": 0.8, "task_vector": 0.6}, {"context_tuning": 0.7, "task_vector": 0.5}, 0.4)
+    written["methods"]["auto"]["dev_metrics"]["auto"]["candidates"] = [
+        {"method": "context_tuning", "dev_exact": 0.8},
+        {"method": "task_vector", "skipped": "settled by context tuning"},
+    ]
+    run = {"meta": {"model": "m", "started": "2026-01-01"}, "config": {"n_demos": 40}, "tasks": {"a": written}}
+    text = report(cases([run]))
+    assert "the highest held-out score: +30.00 points" in text
+    assert "the others' compute time skipped: 10 s of 20 s (50 %)" in text
