@@ -38,8 +38,8 @@ def _merge_task(name: str, mine: dict[str, Any], theirs: dict[str, Any]) -> None
 
 
 def chose_among(run: dict[str, Any]) -> set[str]:
-    """The candidates an `auto` read off its candidates compared; none known for one computed for real (its run
-    keeps only scalar metrics) or a failed one."""
+    """The candidates an `auto` compared or skipped, as its report lists them (read off its candidates, or computed
+    for real); none for a failed one, or one computed for real before runs kept its report."""
     return {c["method"] for c in run.get("dev_metrics", {}).get("auto", {}).get("candidates", [])}
 
 

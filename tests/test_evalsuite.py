@@ -214,7 +214,12 @@ def test_runs_split_by_method_merge_into_the_run_of_all_methods(tiny_llama: Load
     before_newest = run_suite(  # `auto` computed for real among the candidates there were
         small_config([*earlier, "auto"], tasks=["antonyms"], options=with_auto), LocalBackend(tiny_llama)
     )
-    assert "derived_from_candidates" not in before_newest["tasks"]["antonyms"]["methods"]["auto"]
+    real_auto = before_newest["tasks"]["antonyms"]["methods"]["auto"]
+    assert "derived_from_candidates" not in real_auto
+    # Its run keeps `auto`'s report, as one read off the candidates does: what it chose, why, among which.
+    assert real_auto["dev_metrics"]["auto"]["chose"] == real_auto["vector_method"]
+    assert real_auto["dev_metrics"]["auto"]["reason"]
+    assert chose_among(real_auto) == set(earlier)
     newest_alone = run_suite(small_config([newest], tasks=["antonyms"], options=with_auto), LocalBackend(tiny_llama))
     remerged = merge([before_newest, newest_alone])  # an `auto` of fewer candidates gives way to one of all
     assert numbers(remerged) == numbers(whole)

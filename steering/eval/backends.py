@@ -53,11 +53,14 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-def scalar_metrics(metrics: dict[str, Any] | None) -> dict[str, Any]:
-    """A vector's dev metrics without the scan tables and timings (those differ in shape or run to run)."""
-    return {
-        k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float, str, bool)) and k != "compute_seconds"
-    }
+def reported_metrics(metrics: dict[str, Any] | None) -> dict[str, Any]:
+    """A vector's dev metrics without the scan tables and timings (those differ in shape or run to run), and with
+    `auto`'s report when it has one: what it chose, why, and each candidate's held-out scores or why it was skipped."""
+    metrics = metrics or {}
+    kept = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) and k != "compute_seconds"}
+    if isinstance(metrics.get("auto"), dict):
+        kept["auto"] = metrics["auto"]
+    return kept
 
 
 def stage_text(info: dict[str, Any]) -> str:
@@ -113,7 +116,7 @@ class LocalBackend:
             list(vector.layers),
             float(vector.default_strength),
             vector.compute_seconds,
-            scalar_metrics(vector.metrics),
+            reported_metrics(vector.metrics),
         )
 
     def complete(
@@ -175,7 +178,7 @@ class RemoteBackend:
             list(info.layers or []),
             float(info.default_strength if info.default_strength is not None else 1.0),
             float(metrics.get("compute_seconds", 0.0)),
-            scalar_metrics(metrics),
+            reported_metrics(metrics),
         )
 
     def complete(
