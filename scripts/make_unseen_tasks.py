@@ -16,9 +16,9 @@ wordfreq's Bulgarian and English lists), set aside in its twelfth, when both wer
 (steering/eval/unseen_11/*.jsonl, faker-vehicle, humanize, snowballstemmer and faker-biology, words from wordfreq's
 English list), set aside in its twelfth and measured in its thirteenth, and the twelfth
 (steering/eval/unseen_12/*.jsonl, bokeh-sampledata, cron-descriptor, anyascii and pyspellchecker, words from wordfreq's
-Polish list), set aside unmeasured in its thirteenth, and the thirteenth (steering/eval/unseen_13/*.jsonl,
-faker-literature, metar, ftfy and textblob, words from wordfreq's French and English lists), set aside unmeasured after
-the twelfth.
+Polish list), set aside in its thirteenth and measured in its fourteenth, and the thirteenth
+(steering/eval/unseen_13/*.jsonl, faker-literature, metar, ftfy and textblob, words from wordfreq's French and English
+lists), set aside unmeasured in its fourteenth.
 
 Run it in a scratch environment that has them, not the project's venv:
 
