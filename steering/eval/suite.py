@@ -15,7 +15,7 @@ from steering.eval.config import EvalConfig, reproduce_command
 from steering.eval.progress import NullReporter, Reporter
 from steering.eval.scoring import DEFINITIONS, Probe, build_probe, score, summarise
 from steering.eval.task_source import load_eval_task
-from steering.methods.auto import PREFERRED, choose, run_order, settled
+from steering.methods.auto import PREFERRED, candidate_scores, choose, run_order, settled
 from steering.methods.registry import auto_candidates
 from steering.tasks.datasets import split_task
 from steering.tasks.verdict import verdict
@@ -127,21 +127,13 @@ def auto_from_candidates(runs: dict[str, Any]) -> dict[str, Any]:
             candidates.append({"method": method, "skipped": skip})
             continue
         kept[method] = tried[method]
-        candidates.append({"method": method, **_dev_scores(tried[method]["dev_metrics"])})
+        candidates.append({"method": method, **candidate_scores(tried[method]["dev_metrics"])})
     chosen, reason = choose({m: kept[m]["dev_metrics"] for m in tried if m in kept})
     dev = tried[chosen]["dev_metrics"]
     return {
         **tried[chosen],
         "derived_from_candidates": True,
         "dev_metrics": {**dev, "auto": {"chose": chosen, "reason": reason, "candidates": candidates}},
-    }
-
-
-def _dev_scores(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "dev_exact": metrics.get("dev_steered_exact"),
-        "dev_accuracy": metrics.get("dev_steered_accuracy"),
-        "dev_logprob": metrics.get("dev_steered_logprob"),
     }
 
 

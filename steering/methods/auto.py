@@ -126,6 +126,15 @@ def settled(preferred: Mapping[str, Any]) -> str | None:
     )
 
 
+def candidate_scores(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """A computed candidate's held-out scores as `auto`'s report lists them (the keys `rank_key` ranks by)."""
+    return {
+        "dev_exact": metrics.get("dev_steered_exact"),
+        "dev_accuracy": metrics.get("dev_steered_accuracy"),
+        "dev_logprob": metrics.get("dev_steered_logprob"),
+    }
+
+
 def compute(job: Job, options: AutoOptions, methods: Mapping[str, MethodSpec]) -> TaskVector:
     """The best of `options.candidates`, each computed by its spec in `methods`."""
     opts = options
@@ -158,13 +167,7 @@ def compute(job: Job, options: AutoOptions, methods: Mapping[str, MethodSpec]) -
         if unit_cost is None:
             unit_cost = vector.compute_seconds / spec.relative_cost
         tried.append(
-            {
-                "method": method,
-                "dev_exact": vector.metrics.get("dev_steered_exact"),
-                "dev_accuracy": vector.metrics.get("dev_steered_accuracy"),
-                "dev_logprob": vector.metrics.get("dev_steered_logprob"),
-                "seconds": round(vector.compute_seconds, 2),
-            }
+            {"method": method, **candidate_scores(vector.metrics), "seconds": round(vector.compute_seconds, 2)}
         )
         computed.setdefault(method, vector)
     # In the candidates' own order, as before context tuning ran first: `choose` breaks ties by it.
