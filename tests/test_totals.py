@@ -68,13 +68,18 @@ def test_auto_alone_counts_only_when_it_chose_among_every_candidate_there_is() -
 
 
 def test_the_report_groups_sets_lookups_and_names_lookups_that_trail(tmp_path: Path) -> None:
-    for folder, names in {"unseen": ["province_country", "word_x"], "unseen_2": ["film_director"]}.items():
+    for folder, names in {"unseen": ["province_country", "word_x"], "unseen_2": ["film_director", "set_aside"]}.items():
         (tmp_path / folder).mkdir()
         for name in names:
             (tmp_path / folder / f"{name}.jsonl").write_text("")
     (tmp_path / "other").mkdir()
     sets = held_out_sets(tmp_path)
-    assert sets == {"province_country": "unseen", "word_x": "unseen", "film_director": "unseen_2"}
+    assert sets == {
+        "province_country": "unseen",
+        "word_x": "unseen",
+        "film_director": "unseen_2",
+        "set_aside": "unseen_2",
+    }
     tasks = {
         "province_country": every_candidate(0.5, 0.1, 0.0, 0.0),  # 0.1 against 0.2: a lookup 10 points below
         "word_x": every_candidate(0.5, 0.6, 0.0, 0.0),
@@ -87,4 +92,4 @@ def test_the_report_groups_sets_lookups_and_names_lookups_that_trail(tmp_path: P
     assert "| **every task nobody tuned on** | 4 | 20.0 | 50.0 | +30.00 |" in text
     assert "| the knowledge lookups of the held-out sets | 2 | 20.0 | 20.0 | +0.00 |" in text
     assert "more than 5 points below prompting: province_country -10.0" in text
-    assert "without a run that says `auto`: 0" in text
+    assert "without a run that says `auto`: 1 (set_aside)" in text
