@@ -32,7 +32,7 @@ def every_candidate(ct_held_out: float, ct_test: float, other_held_out: float, o
     return task(held, test, few_shot=0.2)
 
 
-def test_auto_is_read_off_the_candidates_by_todays_rule(tmp_path: Path) -> None:
+def test_auto_is_read_off_the_candidates_by_todays_rule() -> None:
     # An old run whose own `auto` kept another method: today's rule keeps context tuning (within chance of it).
     close = every_candidate(ct_held_out=0.6, ct_test=0.5, other_held_out=0.7, other_test=0.1)
     close["methods"]["auto"] = {"steered": {"exact": 0.1}, "dev_metrics": {}}
