@@ -22,9 +22,9 @@ from scripts.merge_results import chose_among
 from scripts.verdict_calibration import run_cli, run_key
 from steering.eval.config import DEFAULT_TASKS, EvalConfig
 from steering.eval.suite import auto_from_candidates
+from steering.eval.task_source import UNSEEN_DIR, available_tasks
 from steering.methods.registry import auto_candidates
 
-SETS_DIR = Path(__file__).resolve().parents[1] / "steering" / "eval"
 DEMONSTRATIONS = 40
 # Measured in round 11 as the packaged tasks nothing was tuned on (the other five outside the suite were development
 # tasks of some round, or too small for 40 demonstrations and 20 test items).
@@ -88,7 +88,7 @@ class Measured:
     auto: float
 
 
-def held_out_sets(root: Path = SETS_DIR) -> dict[str, str]:
+def held_out_sets(root: Path = UNSEEN_DIR.parent) -> dict[str, str]:
     """Each held-out task's set (the folder it is in), in the order the sets were made."""
 
     def number(folder: Path) -> int:
@@ -96,7 +96,7 @@ def held_out_sets(root: Path = SETS_DIR) -> dict[str, str]:
         return int(found.group(1) or 1) if found else 0
 
     sets = sorted((f for f in root.iterdir() if f.is_dir() and number(f)), key=number)
-    return {task.stem: folder.name for folder in sets for task in sorted(folder.glob("*.jsonl"))}
+    return {task: folder.name for folder in sets for task in available_tasks(folder)}
 
 
 def auto_exact(task: dict[str, Any]) -> float | None:
