@@ -73,6 +73,16 @@ def test_page_and_assets_are_served(server: ServerProcess) -> None:
         assert "https://" not in response.text
 
 
+def open_with_tasks_loaded(page, server: ServerProcess) -> None:
+    """Open the page and wait until its first task list has arrived and no poll is pending.
+
+    A task injected with `updateTask` before then is removed by that list, which does not hold it.
+    """
+    page.goto(server.url + "/")
+    expect(page.locator("#server-info")).to_contain_text("ready")
+    page.wait_for_function("() => state.loaded && state.pollTimer === null")
+
+
 def answer(page, column: str):
     return page.locator(f"#out-{column} .answer").first
 
@@ -147,8 +157,7 @@ def test_playground_end_to_end(server: ServerProcess, page) -> None:
 
 @pytest.mark.browser
 def test_progress_is_shown(server: ServerProcess, page) -> None:
-    page.goto(server.url + "/")
-    expect(page.locator("#server-info")).to_contain_text("ready")
+    open_with_tasks_loaded(page, server)
     # Render a running soft-injection task as the API reports it (stage/step/steps/loss).
     page.evaluate(
         """() => updateTask({id: "task-0123456789abcdef", status: "running", method: "soft_injection",
@@ -242,8 +251,7 @@ WEAK_TASK = {
 @pytest.mark.browser
 def test_verdict_on_the_card(server: ServerProcess, page) -> None:
     """A weak vector's card: rating, steered / 10-shot / zero-shot, advice, layers `0-29`, nothing overflowing."""
-    page.goto(server.url + "/")
-    expect(page.locator("#server-info")).to_contain_text("ready")
+    open_with_tasks_loaded(page, server)
     page.evaluate("(info) => updateTask(info)", WEAK_TASK)
     row = page.locator(f"li.task[data-id='{WEAK_TASK['id']}']")
     verdict = row.locator(".verdict")
