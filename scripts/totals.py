@@ -77,6 +77,8 @@ LOOKUPS = frozenset(
         "chess_opening",
         "icd10_condition",
         "restriction_site",
+        "brand_generic",
+        "pylint_code",
     }
 )
 TRAILING = 0.05  # a lookup more than this below prompting is named (issue 22's target)
