@@ -25,7 +25,7 @@ pokerkit, words from wordfreq's Japanese list), set aside in its sixteenth and m
 sixteenth (steering/eval/unseen_16/*.jsonl, simple-icd-10-cm, biopython, ety and the standard library's stat, words
 from wordfreq's English list), set aside in its seventeenth and measured in its eighteenth, and the seventeenth
 (steering/eval/unseen_17/*.jsonl, drug-named-entity-recognition, pylint, poke-env and the standard library's fractions,
-brands from wordfreq's English list), set aside unmeasured in its eighteenth.
+brands from wordfreq's English list), set aside in its eighteenth and measured in its nineteenth.
 
 Run it in a scratch environment that has them, not the project's venv:
 
